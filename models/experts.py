@@ -1,0 +1,192 @@
+"""Expert banks: E experts of one shape, stored stacked, and the ways to run them.
+
+An expert is a chain of linears with an activation between them: one linear (the MEO paper's
+expert, `dims = [d_in, d_out]`) or a whole FFN (`dims = [d, d_ff, d]`, as in OLMoE/Mixtral).
+Matrix j of every expert is one tensor `weights[j]` of shape (E, dims[j+1], dims[j]) with bias
+(E, dims[j+1]). Every execution strategy below runs the same chain; they differ only in how the
+right rows meet the right matrices:
+
+- `forward_expert`: one expert on a batch of rows (the paper's per-expert loop);
+- `forward_sorted`: rows sorted by expert, one grouped matmul per matrix;
+- `forward_selected`: each sequence through its own k experts, batched (B*k matmuls);
+- `merge` + `forward_merged`: MEO, the k experts folded into one matrix per sequence first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Matmul = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+class ExpertBank(nn.Module):
+    def __init__(self, num_experts: int, dims: list[int], act: nn.Module | None = None,
+                 bias: bool = True, gated: bool = False):
+        super().__init__()
+        if len(dims) < 2:
+            raise ValueError(f"an expert needs at least one linear, got dims={dims}")
+        self.num_experts, self.dims, self.gated = num_experts, list(dims), gated
+        self.act = act if act is not None else nn.Identity()
+        outs = [d * (2 if gated and j == 0 else 1) for j, d in enumerate(dims[1:])]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(num_experts, d_out, d_in)) for d_in, d_out in zip(dims, outs)
+        )
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.empty(num_experts, d_out)) for d_out in outs
+        ) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's default, per expert: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); experts independent
+        # (not copies of one dense weight) so that equivalence checks between variants can fail.
+        for j, w in enumerate(self.weights):
+            bound = 1.0 / math.sqrt(self.dims[j])
+            nn.init.uniform_(w, -bound, bound)
+            if self.biases is not None:
+                nn.init.uniform_(self.biases[j], -bound, bound)
+
+    @property
+    def d_in(self) -> int:
+        return self.dims[0]
+
+    @property
+    def d_out(self) -> int:
+        return self.dims[-1]
+
+    def bias(self, j: int) -> torch.Tensor | None:
+        return None if self.biases is None else self.biases[j]
+
+    def _chain(self, h: torch.Tensor, matmul: Matmul) -> torch.Tensor:
+        """Apply matrix 0, activation, matrix 1, ... with `matmul(j, h)` doing matrix j + bias."""
+        last = len(self.weights) - 1
+        for j in range(last + 1):
+            h = matmul(j, h)
+            if j < last:
+                if self.gated:  # SwiGLU: act(gate) * up, both halves of matrix 0's output
+                    gate, up = h.chunk(2, dim=-1)
+                    h = self.act(gate) * up
+                else:
+                    h = self.act(h)
+        return h
+
+    # ------------------------------------------------------------------ execution strategies
+    def forward_expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert `e` on rows x (..., d_in) -> (..., d_out)."""
+        return self._chain(x, lambda j, h: F.linear(h, self.weights[j][e], _at(self.bias(j), e)))
+
+    def forward_sorted(self, x_sorted: torch.Tensor, expert_of_row: torch.Tensor,
+                       offsets: torch.Tensor) -> torch.Tensor:
+        """Rows (S, d_in) sorted by expert; `offsets` (E,) int32 are cumulative group ends."""
+
+        def matmul(j: int, h: torch.Tensor) -> torch.Tensor:
+            out = grouped_linear(h, self.weights[j], offsets)  # (S, d_out_j)
+            b = self.bias(j)
+            return out if b is None else out + b[expert_of_row]
+
+        return self._chain(x_sorted, matmul)
+
+    def forward_selected(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Each sequence through its own experts: x (B, T, d_in), index (B, k) -> (B, k, T, d_out)."""
+        B, T, _ = x.shape
+        k = index.shape[1]
+        h = x.repeat_interleave(k, dim=0)  # (B*k, T, d_in): row b*k + i belongs to expert index[b, i]
+        flat = index.reshape(-1)  # (B*k,)
+
+        def matmul(j: int, h: torch.Tensor) -> torch.Tensor:
+            w = self.weights[j][flat]  # (B*k, d_out_j, d_in_j)
+            out = torch.bmm(h, w.transpose(1, 2))  # (B*k, T, d_out_j)
+            b = self.bias(j)
+            return out if b is None else out + b[flat].unsqueeze(1)
+
+        return self._chain(h, matmul).view(B, k, T, -1)
+
+    def merge(self, index: torch.Tensor, weights: torch.Tensor, how: str) -> list[tuple]:
+        """MEO: W_b = sum_i g_bi W_{index_bi}, b_b = sum_i g_bi b_{index_bi}, for every matrix.
+
+        Returns [(W (B, d_out_j, d_in_j), b (B, d_out_j) or None)] per matrix j.
+        """
+        merge_fn = MERGES[how]
+        return [merge_fn(w, b, index, weights)
+                for w, b in zip(self.weights, self.biases or [None] * len(self.weights))]
+
+    def forward_merged(self, x: torch.Tensor, merged: list[tuple]) -> torch.Tensor:
+        """x (B, T, d_in) through the per-sequence merged expert -> (B, T, d_out)."""
+
+        def matmul(j: int, h: torch.Tensor) -> torch.Tensor:
+            w, b = merged[j]
+            out = torch.bmm(h, w.transpose(1, 2))  # (B, T, d_in_j) x (B, d_in_j, d_out_j)
+            return out if b is None else out + b.unsqueeze(1)
+
+        return self._chain(x, matmul)
+
+
+def _at(t: torch.Tensor | None, e: int) -> torch.Tensor | None:
+    return None if t is None else t[e]
+
+
+# ---------------------------------------------------------------------------------- merges
+def merge_gather(w: torch.Tensor, b: torch.Tensor | None, index: torch.Tensor,
+                 gates: torch.Tensor) -> tuple:
+    """Read the k selected experts of each sequence: B*k matrices, B*k*P multiply-adds."""
+    B, k = index.shape
+    E, d_out, d_in = w.shape
+    g = gates.unsqueeze(1).to(w.dtype)  # (B, 1, k)
+    w_sel = w[index].view(B, k, d_out * d_in)  # (B, k, P)
+    merged_w = torch.bmm(g, w_sel).view(B, d_out, d_in)  # (B, 1, k) x (B, k, P) -> (B, P)
+    merged_b = None if b is None else torch.bmm(g, b[index]).squeeze(1)  # (B, d_out)
+    return merged_w, merged_b
+
+
+def merge_dense(w: torch.Tensor, b: torch.Tensor | None, index: torch.Tensor,
+                gates: torch.Tensor) -> tuple:
+    """A (B, E) gate matrix, zero off the top-k, times all E experts: reads E matrices once,
+    B*E*P multiply-adds. Fewer bytes than `gather` when B*k > E."""
+    B, _ = index.shape
+    E, d_out, d_in = w.shape
+    gate_matrix = w.new_zeros(B, E).scatter(1, index, gates.to(w.dtype))  # (B, E)
+    merged_w = (gate_matrix @ w.view(E, d_out * d_in)).view(B, d_out, d_in)
+    merged_b = None if b is None else gate_matrix @ b  # (B, d_out)
+    return merged_w, merged_b
+
+
+MERGES = {"gather": merge_gather, "dense": merge_dense}
+
+
+# ---------------------------------------------------------------------------- grouped matmul
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """x (S, d_in) sorted by expert, weight (E, d_out, d_in), offsets (E,) int32 group ends.
+
+    One `torch.nn.functional.grouped_mm` where this torch supports the device and dtype;
+    otherwise contiguous per-expert slices with a single host sync for the group sizes.
+    """
+    if grouped_mm_supported(x.device.type, x.dtype):
+        return F.grouped_mm(x, weight.transpose(1, 2), offs=offsets)
+    sizes = torch.diff(offsets, prepend=offsets.new_zeros(1)).tolist()  # the one host sync
+    return torch.cat([h @ w.T for h, w in zip(x.split(sizes), weight)])
+
+
+@cache
+def grouped_mm_supported(device_type: str, dtype: torch.dtype) -> bool:
+    """Probe once per (device, dtype): kernels exist for some pairs only (CUDA needs bf16)."""
+    if not hasattr(F, "grouped_mm"):
+        return False
+    try:
+        x = torch.zeros(32, 16, device=device_type, dtype=dtype)
+        w = torch.zeros(2, 16, 16, device=device_type, dtype=dtype)
+        F.grouped_mm(x, w.transpose(1, 2), offs=torch.tensor([16, 32], dtype=torch.int32,
+                                                              device=device_type))
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def group_offsets(expert_sorted: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Cumulative group ends (E,) int32 for rows sorted by expert; shape-static (no host sync)."""
+    experts = torch.arange(num_experts, device=expert_sorted.device, dtype=expert_sorted.dtype)
+    return torch.searchsorted(expert_sorted, experts, right=True).to(torch.int32)

@@ -1,0 +1,145 @@
+"""Host models: where the MoE layers live.
+
+Every host is built from a transformers config class with random weights (nothing is
+downloaded), and exposes its FFN "sites": the (up, activation, down) triple of each block, the
+places the MEO code swaps for MoE layers (BERT `intermediate.dense`/`output.dense`, GPT-2
+`c_fc`/`c_proj`, T5 `wi`/`wo`, BART `fc1`/`fc2`). `layer` is a bare FFN block of that shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class Site(NamedTuple):
+    """One FFN: `owner.up_attr`, then `act_owner.act_attr`, then `owner_down.down_attr`."""
+
+    up: tuple[nn.Module, str]
+    act: tuple[object, str]
+    down: tuple[nn.Module, str]
+
+
+@dataclass(frozen=True)
+class HostShape:
+    d_model: int
+    d_ff: int
+    layers: int  # blocks with an FFN (encoder + decoder for seq2seq)
+    heads: int  # attention heads (1 for `layer`)
+    vocab: int = 0
+    build: Callable | None = None  # (spec) -> (nn.Module, list[Site])
+    inputs: str = "hidden"  # "hidden": (B, T, d) floats; "ids": token ids
+    bias: bool = True
+    seq2seq: bool = False  # `layers` then counts encoder + decoder blocks, half each
+
+
+class FFNBlock(nn.Module):
+    """One FFN block, up -> activation -> down: the `layer` host, and T5's FFN once rewrapped
+    (T5's own block reads `wo.weight`, which an MoE layer does not have)."""
+
+    def __init__(self, up: nn.Module, act: nn.Module, down: nn.Module):
+        super().__init__()
+        self.up, self.act, self.down = up, act, down
+
+    @classmethod
+    def of_size(cls, d_model: int, d_ff: int) -> FFNBlock:
+        return cls(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+class LogitsOnly(nn.Module):
+    """Wraps a transformers model so forward takes token ids and returns the logits tensor
+    (torch.jit tracing, which fvcore uses, wants tensors in and out)."""
+
+    def __init__(self, model: nn.Module, seq2seq: bool):
+        super().__init__()
+        self.model, self.seq2seq = model, seq2seq
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.seq2seq:  # the decoder reads a sequence of the same length as the encoder
+            return self.model(input_ids=input_ids, decoder_input_ids=input_ids).logits
+        return self.model(input_ids=input_ids).logits
+
+
+# ------------------------------------------------------------------------------- builders
+def _build_layer(spec) -> tuple[nn.Module, list[Site]]:
+    block = FFNBlock.of_size(spec.d_model, spec.d_ff)
+    return block, [Site((block, "up"), (block, "act"), (block, "down"))]
+
+
+def _build_bert(spec):
+    from transformers import BertConfig, BertForMaskedLM
+
+    shape = HOSTS[spec.host]
+    config = BertConfig(hidden_size=spec.d_model, intermediate_size=spec.d_ff,
+                        num_hidden_layers=spec.layers, num_attention_heads=shape.heads,
+                        vocab_size=shape.vocab, max_position_embeddings=max(512, spec.seq_len))
+    model = BertForMaskedLM(config)  # the masked-LM head is part of the paper's FLOPs
+    sites = [Site((blk.intermediate, "dense"), (blk.intermediate, "intermediate_act_fn"),
+                  (blk.output, "dense")) for blk in model.bert.encoder.layer]
+    return LogitsOnly(model, seq2seq=False), sites
+
+
+def _build_gpt2(spec):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_embd=spec.d_model, n_inner=spec.d_ff, n_layer=spec.layers,
+                        n_head=HOSTS["gpt2"].heads, n_positions=max(1024, spec.seq_len))
+    model = GPT2LMHeadModel(config)
+    sites = [Site((blk.mlp, "c_fc"), (blk.mlp, "act"), (blk.mlp, "c_proj"))
+             for blk in model.transformer.h]
+    return LogitsOnly(model, seq2seq=False), sites
+
+
+def _build_t5(spec):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    per_stack = spec.layers // 2
+    config = T5Config(d_model=spec.d_model, d_ff=spec.d_ff, num_layers=per_stack,
+                      num_decoder_layers=per_stack, num_heads=HOSTS["t5-small"].heads,
+                      d_kv=spec.d_model // HOSTS["t5-small"].heads)
+    model = T5ForConditionalGeneration(config)
+    sites = []
+    for blk in list(model.encoder.block) + list(model.decoder.block):
+        ffn = blk.layer[-1]  # T5LayerFF: norm -> DenseReluDense -> dropout -> residual
+        dense = ffn.DenseReluDense  # its inner dropout is an eval-time no-op, dropped here
+        ffn.DenseReluDense = FFNBlock(dense.wi, dense.act, dense.wo)
+        sites.append(Site((ffn.DenseReluDense, "up"), (ffn.DenseReluDense, "act"),
+                          (ffn.DenseReluDense, "down")))
+    return LogitsOnly(model, seq2seq=True), sites
+
+
+def _build_bart(spec):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    per_stack = spec.layers // 2
+    heads = HOSTS["bart-base"].heads
+    config = BartConfig(d_model=spec.d_model, encoder_ffn_dim=spec.d_ff, decoder_ffn_dim=spec.d_ff,
+                        encoder_layers=per_stack, decoder_layers=per_stack,
+                        encoder_attention_heads=heads, decoder_attention_heads=heads,
+                        max_position_embeddings=max(1024, spec.seq_len))
+    model = BartForConditionalGeneration(config)
+    blocks = list(model.model.encoder.layers) + list(model.model.decoder.layers)
+    sites = [Site((blk, "fc1"), (blk, "activation_fn"), (blk, "fc2")) for blk in blocks]
+    return LogitsOnly(model, seq2seq=True), sites
+
+
+HOSTS: dict[str, HostShape] = {
+    "layer": HostShape(768, 3072, 1, 1, build=_build_layer),
+    # BERT-Small as in Turc et al. 2019 (4 layers, 512 wide), the smallest of the paper's figure.
+    "bert-small": HostShape(512, 2048, 4, 8, vocab=30522, build=_build_bert, inputs="ids"),
+    "bert-base": HostShape(768, 3072, 12, 12, vocab=30522, build=_build_bert, inputs="ids"),
+    "bert-large": HostShape(1024, 4096, 24, 16, vocab=30522, build=_build_bert, inputs="ids"),
+    "gpt2": HostShape(768, 3072, 12, 12, vocab=50257, build=_build_gpt2, inputs="ids"),
+    # seq2seq hosts: `layers` counts encoder + decoder blocks (6 + 6)
+    "t5-small": HostShape(512, 2048, 12, 8, vocab=32128, build=_build_t5, inputs="ids", bias=False,
+                         seq2seq=True),
+    "bart-base": HostShape(768, 3072, 12, 12, vocab=50265, build=_build_bart, inputs="ids",
+                          seq2seq=True),
+}

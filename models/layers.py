@@ -1,0 +1,176 @@
+"""MoE layers: one expert bank, one router, and a way of combining them.
+
+Symbols: B batch, T sequence length, N = B*T tokens, E experts, k experts per input,
+S = N*k (token, expert) pairs. Every layer maps (B, T, d_in) -> (B, T, d_out).
+
+| layer         | routes on           | computes                                             |
+|---------------|---------------------|------------------------------------------------------|
+| TokenMoE      | every token         | y_t = sum_i g_ti f_{e_ti}(x_t)                        |
+| SequenceMoE   | mean token of a seq | y_t = sum_i g_bi f_{e_bi}(x_t)                        |
+| MergedExperts | mean token of a seq | W_b = sum_i g_bi W_{e_bi}; y_t = W_b x_t + b_b (MEO)  |
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.experts import ExpertBank, group_offsets
+from models.phases import phase
+from models.routing import Router, Routing
+
+
+class SparseLayer(nn.Module):
+    """Base: an expert bank, a router over its input, and the implementation name that runs."""
+
+    def __init__(self, bank: ExpertBank, router: Router, impl: str):
+        super().__init__()
+        self.experts, self.router, self.impl = bank, router, impl
+
+    def extra_repr(self) -> str:
+        return f"impl={self.impl!r}, E={self.experts.num_experts}, k={self.router.top_k}"
+
+
+# ------------------------------------------------------------------------- token level
+def dispatch_loop(bank: ExpertBank, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+    """The MEO paper's per-expert loop: gather each expert's tokens, run it, scatter back.
+
+    x (N, d_in) -> (N, d_out). Index -1 marks an empty slot (XMoE) and matches no expert.
+    """
+    y = x.new_zeros(x.shape[0], bank.d_out)
+    for e in range(bank.num_experts):
+        token, slot = torch.where(routing.top_k_index == e)  # (n_e,), (n_e,)
+        if token.numel() == 0:  # the 2025 transformers loop skips idle experts; so do we
+            continue
+        with phase("experts"):
+            out = bank.forward_expert(e, x[token])  # (n_e, d_out)
+        with phase("combine"):
+            y.index_add_(0, token, out * routing.top_k_weights[token, slot, None].to(out.dtype))
+    return y
+
+
+def dispatch_grouped(bank: ExpertBank, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+    """Pairs sorted by expert, one grouped matmul per matrix, a weighted scatter-add back.
+
+    Shape-static (no host sync) when grouped_mm serves this device and dtype, so it also runs
+    on the meta device for counting. x (N, d_in) -> (N, d_out).
+    """
+    N, k = routing.top_k_index.shape
+    with phase("dispatch"):
+        flat_expert = routing.top_k_index.reshape(-1)  # (S,)
+        expert_sorted, order = flat_expert.sort(stable=True)  # (S,), (S,)
+        token_of_row = order // k  # (S,) the token each sorted row came from
+        x_sorted = x[token_of_row]  # (S, d_in)
+        offsets = group_offsets(expert_sorted, bank.num_experts)  # (E,)
+    with phase("experts"):
+        h = bank.forward_sorted(x_sorted, expert_sorted, offsets)  # (S, d_out)
+    with phase("combine"):
+        gates = routing.top_k_weights.reshape(-1)[order].to(h.dtype)  # (S,)
+        # index_add_ sums the k rows of a token in the order they arrive; the result matches
+        # the loop up to round-off.
+        return x.new_zeros(N, bank.d_out).index_add_(0, token_of_row, h * gates[:, None])
+
+
+TOKEN_DISPATCH = {"loop": dispatch_loop, "grouped": dispatch_grouped}
+
+
+class TokenMoE(SparseLayer):
+    """Vanilla top-k MoE with token-level routing (`--variant moe`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, d_in = x.shape
+        tokens = x.reshape(B * T, d_in)  # (N, d_in)
+        with phase("router"):
+            routing = self.router(tokens)  # (N, k) each
+        y = TOKEN_DISPATCH[self.impl](self.experts, tokens, routing)  # (N, d_out)
+        return y.view(B, T, -1)
+
+
+# ---------------------------------------------------------------------- sequence level
+def route_sequences(router: Router, x: torch.Tensor) -> Routing:
+    """Route on the mean token of each sequence, padding included, as the MEO code does."""
+    with phase("router"):
+        return router(x.mean(dim=1))  # (B, d_in) -> (B, k) each
+
+
+def seq_batched(bank: ExpertBank, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+    """Every token of sequence b through the k experts of b, as B*k batched matmuls."""
+    with phase("experts"):
+        h = bank.forward_selected(x, routing.top_k_index)  # (B, k, T, d_out)
+    with phase("combine"):
+        g = routing.top_k_weights.to(h.dtype)[:, :, None, None]  # (B, k, 1, 1)
+        return (h * g).sum(dim=1)  # (B, T, d_out)
+
+
+def seq_loop(bank: ExpertBank, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+    """Per expert, the sequences that chose it: the paper's loop at sequence level."""
+    y = x.new_zeros(*x.shape[:2], bank.d_out)
+    for e in range(bank.num_experts):
+        seq, slot = torch.where(routing.top_k_index == e)  # (n_e,), (n_e,)
+        if seq.numel() == 0:
+            continue
+        with phase("experts"):
+            out = bank.forward_expert(e, x[seq])  # (n_e, T, d_out)
+        with phase("combine"):
+            g = routing.top_k_weights[seq, slot].to(out.dtype)[:, None, None]
+            y.index_add_(0, seq, out * g)
+    return y
+
+
+SEQUENCE_DISPATCH = {"batched": seq_batched, "loop": seq_loop}
+
+
+class SequenceMoE(SparseLayer):
+    """Vanilla top-k MoE with sequence-level routing (`--variant moe-seq`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        routing = route_sequences(self.router, x)
+        return SEQUENCE_DISPATCH[self.impl](self.experts, x, routing)
+
+
+# ---------------------------------------------------------------------------------- MEO
+class TokenBlock(nn.Module):
+    """MEO's token-level block: x + up(ReLU(down(x))), bottleneck d/64, `up` zero-initialised
+    so that a fresh block is the identity (the released code's "token-level attention")."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.down = nn.Linear(d, max(1, d // 64))
+        self.up = nn.Linear(max(1, d // 64), d)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(torch.relu(self.down(x)))
+
+
+class Merger(nn.Module):
+    """Folds each sequence's k experts into one set of matrices (its own module so that FLOP
+    breakdowns and traces show the merge apart from the matmuls that use it)."""
+
+    def __init__(self, bank: ExpertBank, how: str):
+        super().__init__()
+        self.bank, self.how = [bank], how  # a list: the bank is owned (and counted) by the layer
+
+    def forward(self, routing: Routing) -> list[tuple]:
+        return self.bank[0].merge(routing.top_k_index, routing.top_k_weights, self.how)
+
+
+class MergedExperts(SparseLayer):
+    """MEO (`--variant meo`; `meo-token` adds the token block): merge once per sequence, then
+    one matmul per token. With linear experts and gates summing to 1 this equals SequenceMoE:
+    sum_i g_i (W_i x + b_i) = (sum_i g_i W_i) x + sum_i g_i b_i."""
+
+    def __init__(self, bank: ExpertBank, router: Router, impl: str, token_block: bool = False):
+        super().__init__(bank, router, impl)
+        self.token_block = TokenBlock(bank.d_in) if token_block else None
+        self.merger = Merger(bank, impl)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.token_block is not None:
+            x = self.token_block(x)
+        routing = route_sequences(self.router, x)
+        with phase("merge"):
+            merged = self.merger(routing)
+        with phase("experts"):
+            return self.experts.forward_merged(x, merged)  # (B, T, d_out)

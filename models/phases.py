@@ -1,0 +1,18 @@
+"""Named phases (router, dispatch, experts, merge, combine) for torch.profiler traces.
+
+`phase(name)` is a `record_function` range while a profiler is recording and a no-op otherwise,
+so timing runs pay nothing and FLOP-counting traces see no profiler ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.autograd import profiler
+
+
+def phase(name: str) -> contextlib.AbstractContextManager:
+    if torch.autograd._profiler_enabled():
+        return profiler.record_function(name)
+    return contextlib.nullcontext()

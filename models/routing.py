@@ -1,0 +1,61 @@
+"""Routers: which experts an input goes to, and with what weight.
+
+Two gate conventions appear in the seed papers' code:
+- `topk_softmax` (MEO): logits -> top-k -> softmax over the k logits, so the gates sum to 1.
+- `softmax_topk` (OLMoE, compressed experts): softmax over all E -> top-k, not renormalised.
+Inference profiling adds no router noise (the noise is a training-time exploration device).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class Routing(NamedTuple):
+    top_k_index: torch.Tensor  # (N, k) int64, sorted by descending weight
+    top_k_weights: torch.Tensor  # (N, k) gate of each chosen expert
+
+
+class Router(nn.Module):
+    """A linear gate `logits = scale * (h @ w_gate)`, then top-k under a gate convention.
+
+    The router input is whatever the layer routes on: one row per token (token level) or the
+    mean token of each sequence (sequence level); the router itself does not know which.
+    """
+
+    def __init__(self, d_in: int, num_experts: int, top_k: int, *, scale: float = 1.0,
+                 gates: str = "topk_softmax"):
+        super().__init__()
+        self.w_gate = nn.Linear(d_in, num_experts, bias=False)
+        self.top_k, self.scale, self.gates = top_k, scale, gates
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.w_gate(h) * self.scale  # (N, E)
+
+    def forward(self, h: torch.Tensor) -> Routing:
+        logits = self.logits(h)
+        if self.gates == "topk_softmax":
+            top_logits, index = logits.topk(self.top_k, dim=-1)  # sorted, descending
+            return Routing(index, top_logits.softmax(dim=-1))
+        probs = logits.softmax(dim=-1, dtype=torch.float32).to(logits.dtype)
+        top_probs, index = probs.topk(self.top_k, dim=-1)
+        return Routing(index, top_probs)
+
+
+def threshold_routing(probs: torch.Tensor, threshold: float, max_k: int | None = None) -> Routing:
+    """XMoE's router: per token, the smallest prefix of experts (by probability) whose mass
+    reaches `threshold`. Returns padded (N, K) tensors where K is the largest count in the batch;
+    padding slots carry weight 0 and index -1. Weights are the raw probabilities (no renorm).
+    """
+    sorted_probs, order = probs.sort(dim=-1, descending=True)  # (N, E)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the experts ranked above
+    chosen = mass_before < threshold  # rank j is taken while the mass so far is short of t
+    if max_k is not None:
+        chosen[:, max_k:] = False
+    width = int(chosen.sum(dim=-1).max())  # one host sync: the padded width of this batch
+    chosen, order, sorted_probs = chosen[:, :width], order[:, :width], sorted_probs[:, :width]
+    index = torch.where(chosen, order, torch.full_like(order, -1))
+    return Routing(index, sorted_probs * chosen)
