@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -93,3 +94,29 @@ def make_inputs(spec: Spec, device: str | None = None) -> tuple[torch.Tensor, ..
 
 def sparse_layers(model: nn.Module) -> list[SparseLayer]:
     return [m for m in model.modules() if isinstance(m, SparseLayer)]
+
+
+@contextlib.contextmanager
+def layers_as(model: nn.Module, variant: str, impl: str) -> Iterator[nn.Module]:
+    """Temporarily run every MoE layer of `model` as another variant/implementation over the
+    same experts and routers (so outputs are comparable weight for weight); restored on exit.
+    A fresh `meo-token` block is the identity, so `meo-token` -> `meo` drops it."""
+    swapped = []
+    for parent in list(model.modules()):
+        for attr, child in list(parent.named_children()):
+            if isinstance(child, SparseLayer):
+                stand_in = REBUILD[variant](child, impl)
+                setattr(parent, attr, stand_in)
+                swapped.append((parent, attr, child))
+    try:
+        yield model
+    finally:
+        for parent, attr, child in swapped:
+            setattr(parent, attr, child)
+
+
+REBUILD: dict[str, Callable[[SparseLayer, str], SparseLayer]] = {
+    "moe": lambda layer, impl: TokenMoE(layer.experts, layer.router, impl),
+    "moe-seq": lambda layer, impl: SequenceMoE(layer.experts, layer.router, impl),
+    "meo": lambda layer, impl: MergedExperts(layer.experts, layer.router, impl),
+}

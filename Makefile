@@ -1,0 +1,27 @@
+# Set-up and the two commands of the README's quick start.
+#
+# `pip install torch==2.13.0` takes a local CPU wheel where the machine offers one and the
+# CUDA build from PyPI on a GPU machine; pyproject.toml itself declares torch unpinned so any
+# build of torch >= 2.8 satisfies it. Override with `make TORCH=torch` for the newest release.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+.PHONY: setup sweep test lint
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+sweep: setup
+	$(VENV)/bin/meo-profile sweep
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
