@@ -62,6 +62,38 @@ def verify(spec: Spec, json_out: JsonFlag = False) -> None:
         raise typer.Exit(1)
 
 
+Source = Annotated[str, typer.Option("--source", help="Counter: fvcore (traced forward), analytic (closed form), or both (exit 1 if they differ).")]
+ByModule = Annotated[bool, typer.Option("--by-module", help="Also show MACs per module.")]
+ByOperator = Annotated[bool, typer.Option("--by-operator", help="Also show MACs per operator.")]
+Depth = Annotated[int, typer.Option("--depth", help="Module depth shown by --by-module.")]
+
+
+@app.command()
+@with_spec
+def flops(spec: Spec, source: Source = "fvcore", by_module: ByModule = False,
+          by_operator: ByOperator = False, depth: Depth = 4, json_out: JsonFlag = False) -> None:
+    """Count one configuration: MACs, FLOPs (= 2 x MACs), parameters, parts, skipped ops."""
+    from meo_profile.counting import COUNTERS, count, disagreements
+    from meo_profile.record import Result
+
+    if source not in (*COUNTERS, "both"):
+        raise fail(f"--source {source!r}: choose from {', '.join(COUNTERS)}, both")
+    counts = count(spec, "fvcore" if source == "both" else source)
+    other = count(spec, "analytic") if source == "both" else None
+    differ = disagreements(counts, other) if other else []
+    if json_out:
+        record = Result(spec).update(**counts.record_fields()).to_dict()
+        if other:
+            record.update(macs_analytic=other.macs, sources_agree=not differ)
+        emit_json(record)
+    else:
+        render.print_counts(counts, spec, by_module=by_module, by_operator=by_operator, depth=depth)
+        if other:
+            render.print_table(render.comparison_table(counts, other, spec))
+    if differ:
+        raise fail("fvcore and analytic disagree: " + "; ".join(differ), code=1)
+
+
 def main() -> None:  # pragma: no cover - `python cli.py` convenience
     app()
 

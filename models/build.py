@@ -73,7 +73,11 @@ def build_model(spec: Spec, device: str | None = None) -> nn.Module:
     shape = HOSTS[spec.host]
     with torch.device(device or spec.device):
         model, sites = shape.build(spec)
-        if spec.variant != "dense":
+        if spec.variant == "dense":
+            # a plain attribute (not registered as submodules): lets counters attribute the
+            # dense FFN's matmuls to "ffn" without guessing from module names
+            model.ffn_modules = [getattr(*s.up) for s in sites] + [getattr(*s.down) for s in sites]
+        else:
             for site in sites:
                 swap_site(site, spec, bias=shape.bias)
     model = model.to(torch_dtype(spec))

@@ -1,0 +1,31 @@
+"""Pick a counter by name: `fvcore` (a traced forward) or `analytic` (the closed form)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from meo_profile import analytic
+from meo_profile.flops import Counts, count_fvcore
+from models import Spec
+
+COUNTERS: dict[str, Callable[[Spec], Counts]] = {
+    "fvcore": count_fvcore,
+    "analytic": analytic.count,
+}
+
+
+def count(spec: Spec, source: str = "fvcore") -> Counts:
+    return COUNTERS[source](spec)
+
+
+def disagreements(a: Counts, b: Counts) -> list[str]:
+    """What differs between two counts of one configuration, one line each (empty: agree)."""
+    lines = []
+    for name in ("macs", "params_total", "params_active"):
+        if getattr(a, name) != getattr(b, name):
+            lines.append(f"{name}: {a.source} {getattr(a, name):,} != {b.source} {getattr(b, name):,}")
+    for part in sorted(set(a.macs_by_part) | set(b.macs_by_part)):
+        x, y = a.macs_by_part.get(part, 0), b.macs_by_part.get(part, 0)
+        if x != y:
+            lines.append(f"macs[{part}]: {a.source} {x:,} != {b.source} {y:,}")
+    return lines
