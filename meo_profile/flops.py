@@ -55,6 +55,7 @@ class Counts:
     unsupported_ops: dict[str, int] = field(default_factory=dict)
     macs_by_operator: dict[str, int] = field(default_factory=dict)
     macs_by_module: dict[str, int] = field(default_factory=dict)
+    note: str | None = None
 
     @property
     def flops(self) -> int:

@@ -106,8 +106,9 @@ ENV_FIELDS = ("torch_version", "fvcore_version", "transformers_version", "python
 @functools.cache
 def environment(device: str = "cpu") -> dict[str, Any]:
     """What produced a record: library versions, device, threads and the project's commit."""
-    import torch
     from importlib.metadata import version
+
+    import torch
 
     return {
         "torch_version": torch.__version__,

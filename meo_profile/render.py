@@ -96,6 +96,8 @@ def print_counts(counts, spec: Spec, by_module: bool, by_operator: bool, depth: 
     console.print(counts_table(counts, spec))
     console.print(params_line(counts))
     console.print(skipped_line(counts))
+    if counts.note:
+        console.print(f"note: {counts.note}")
     if by_operator:
         console.print(mapping_table("MACs by operator", "operator", counts.macs_by_operator))
     if by_module:

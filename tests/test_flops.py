@@ -1,0 +1,128 @@
+"""FLOP counts are exact: fvcore (with our handles) and the closed form agree to the integer."""
+
+import itertools
+import json
+import subprocess
+import sys
+from fractions import Fraction
+
+import pytest
+import torch
+
+from meo_profile import analytic
+from meo_profile.counting import count, disagreements
+from meo_profile.flops import count_fvcore
+from meo_profile.resources import DoesNotFit, check_fits
+from models import Spec, build_model
+
+VARIANTS = ["dense", "moe", "moe-seq", "meo", "meo-token"]
+GRID = list(itertools.product(VARIANTS, [(4, 1), (8, 2), (6, 6)], [(1, 16), (3, 7)]))
+
+
+@pytest.mark.parametrize("variant, ek, bt", GRID)
+@pytest.mark.parametrize("unit", ["linear", "ffn"])
+def test_layer_fvcore_equals_closed_form(variant, ek, bt, unit):
+    (E, k), (B, T) = ek, bt
+    spec = Spec(host="layer", variant=variant, num_experts=E, top_k=k, batch_size=B, seq_len=T,
+                d_model=40, d_ff=72, expert_unit=unit)
+    assert disagreements(count_fvcore(spec), analytic.count(spec)) == []
+
+
+@pytest.mark.parametrize("variant, ek, bt", GRID[::2])
+def test_bert_small_fvcore_equals_closed_form(variant, ek, bt):
+    (E, k), (B, T) = ek, bt
+    spec = Spec(host="bert-small", variant=variant, num_experts=E, top_k=k, batch_size=B,
+                seq_len=T)
+    assert disagreements(count_fvcore(spec), analytic.count(spec)) == []
+
+
+@pytest.mark.parametrize("impl", ["loop", "grouped"])
+def test_data_dependent_implementations_count_the_same_on_real_tensors(impl):
+    spec = Spec(variant="moe", impl=impl, num_experts=5, top_k=2, d_model=24, d_ff=40)
+    counts = count_fvcore(spec)
+    assert counts.count_device == ("cpu" if impl == "loop" else "meta")
+    assert disagreements(counts, analytic.count(spec)) == []
+
+
+@pytest.mark.parametrize("host", ["gpt2", "t5-small", "bart-base"])
+@pytest.mark.parametrize("variant", ["dense", "moe", "meo"])
+def test_other_hosts_agree_too(host, variant):
+    spec = Spec(host=host, variant=variant, num_experts=4, top_k=2, seq_len=9, batch_size=2,
+                layers=2)
+    assert disagreements(count_fvcore(spec), analytic.count(spec)) == []
+
+
+@pytest.mark.parametrize("k, T", [(1, 8), (2, 16), (4, 128), (8, 33)])
+def test_meo_over_vanilla_for_one_moe_linear_is_one_over_k_plus_one_over_L(k, T):
+    # one MoE linear without bias terms: meo = N*P + B*k*P, vanilla = N*k*P
+    B, d, f = 2, 16, 24
+    meo = count_fvcore(Spec(variant="meo", impl="gather", num_experts=8, top_k=k, seq_len=T,
+                            batch_size=B, d_model=d, d_ff=f))
+    moe = count_fvcore(Spec(variant="moe-seq", num_experts=8, top_k=k, seq_len=T, batch_size=B,
+                            d_model=d, d_ff=f))
+    bias_merge = B * k * (f + d)  # the merge also folds the biases of both linears
+    ratio = Fraction(meo.macs_by_part["experts"] + meo.macs_by_part["merge"] - bias_merge,
+                     moe.macs_by_part["experts"])
+    assert ratio == Fraction(1, k) + Fraction(1, T)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("host", ["layer", "bert-small", "gpt2", "t5-small", "bart-base"])
+def test_parameter_counts_match_the_built_model(host, variant):
+    spec = Spec(host=host, variant=variant, num_experts=4, top_k=2, layers=2 if host != "layer" else None)
+    model = build_model(spec, device="meta")
+    assert analytic.count(spec).params_total == sum(p.numel() for p in model.parameters())
+
+
+def test_active_parameters_exclude_unselected_experts():
+    spec = Spec(variant="moe", num_experts=8, top_k=2, d_model=16, d_ff=32)
+    counts = analytic.count(spec)
+    per_expert_linear_pair = (16 * 32 + 32) + (32 * 16 + 16)
+    assert counts.params_total - counts.params_active == 6 * per_expert_linear_pair
+
+
+def test_skipped_ops_are_listed_not_lost():
+    counts = count_fvcore(Spec(variant="moe", num_experts=4, top_k=2, d_model=16, d_ff=32))
+    for op in ("aten::softmax", "aten::topk", "aten::gelu", "aten::index"):
+        assert counts.unsupported_ops.get(op, 0) > 0, op
+
+
+def test_paper_headline_reproduces():
+    """MEO paper: 72.0 GFLOPs (vanilla) vs 28.6-28.9 (MEO); BERT-base, L=128, B=1, k=4."""
+    common = dict(host="bert-base", num_experts=32, top_k=4, seq_len=128, batch_size=1)
+    moe = count(Spec(variant="moe", **common))
+    meo = count(Spec(variant="meo", **common))
+    without_router = moe.flops - 2 * moe.macs_by_part["router"]
+    assert abs(without_router / 71.99e9 - 1) < 0.002  # the paper's figure has no router term
+    assert 28.5e9 <= meo.flops <= 29.0e9
+
+
+def test_bert_large_with_32_experts_counts_without_materialising():
+    spec = Spec(host="bert-large", variant="moe", num_experts=32, top_k=4, seq_len=128, batch_size=1)
+    counts = count_fvcore(spec)
+    assert counts.count_device == "meta"
+    assert counts.params_total * 4 > 24 * 2**30  # ~26 GB of float32 weights: more than this RAM
+    assert counts.macs == analytic.count(spec).macs
+
+
+def test_preflight_refuses_what_does_not_fit():
+    spec = Spec(host="bert-base", variant="moe", num_experts=32)
+    with pytest.raises(DoesNotFit, match="GiB"):
+        check_fits(spec, limit_bytes=2**30)
+
+
+def test_flops_json_prints_one_record_with_units():
+    proc = subprocess.run([sys.executable, "-m", "cli", "flops", "--variant", "meo", "--experts", "4",
+                           "--top-k", "2", "--d-model", "32", "--d-ff", "64", "--source", "both",
+                           "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["flops"] == 2 * record["macs"] == 2 * record["macs_analytic"]
+    assert record["flops_source"] == "fvcore" and record["sources_agree"] is True
+    assert record["macs"] == sum(record["macs_by_part"].values())
+
+
+def test_counts_do_not_depend_on_dtype():
+    spec = Spec(variant="moe-seq", num_experts=4, top_k=2, d_model=16, d_ff=32)
+    assert count_fvcore(spec).macs == count_fvcore(spec.replace(dtype="bfloat16")).macs
+    assert torch.get_default_dtype() == torch.float32  # counting leaves global state alone

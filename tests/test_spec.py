@@ -1,0 +1,57 @@
+"""Bad configurations are refused where the spec is made, naming the flag and the value."""
+
+import subprocess
+import sys
+
+import pytest
+
+from models import Spec, SpecError
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    (dict(num_experts=4, top_k=8), "--top-k"),
+    (dict(num_experts=0), "--experts"),
+    (dict(top_k=0), "--top-k"),
+    (dict(seq_len=0), "--seq-len"),
+    (dict(host="bert-huge"), "--host"),
+    (dict(variant="smoe"), "--variant"),
+    (dict(impl="fused"), "--impl"),
+    (dict(variant="moe", impl="gather"), "--impl"),
+    (dict(dtype="int8"), "--dtype"),
+    (dict(host="bert-base", d_model=100), "--d-model"),
+    (dict(host="t5-small", layers=3), "--layers"),
+    (dict(variant="ce", top_k=4, n_ce=4), "--n-ce"),
+])
+def test_bad_values_name_their_flag(kwargs, flag):
+    with pytest.raises(SpecError) as err:
+        Spec(**kwargs)
+    assert str(err.value).startswith(flag) and "\n" not in str(err.value)
+
+
+def test_auto_impl_picks_the_merge_that_reads_fewer_bytes():
+    assert Spec(variant="meo", num_experts=64, top_k=2, batch_size=8).impl == "gather"  # 16 < 64
+    assert Spec(variant="meo", num_experts=16, top_k=4, batch_size=8).impl == "dense"  # 32 > 16
+    assert Spec(variant="moe").impl == "grouped"
+
+
+def test_host_defaults_fill_the_shape():
+    spec = Spec(host="bert-large")
+    assert (spec.d_model, spec.d_ff, spec.layers) == (1024, 4096, 24)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["verify", "--experts", "4", "--top-k", "8"], "--top-k 8"),
+    (["flops", "--host", "nope"], "--host 'nope'"),
+    (["flops", "--experts", "many"], "--experts"),
+    (["flops", "--source", "guess"], "--source 'guess'"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(args, needle):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
