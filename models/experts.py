@@ -9,7 +9,13 @@ right rows meet the right matrices:
 - `forward_expert`: one expert on a batch of rows (the paper's per-expert loop);
 - `forward_sorted`: rows sorted by expert, one grouped matmul per matrix;
 - `forward_selected`: each sequence through its own k experts, batched (B*k matmuls);
-- `merge` + `forward_merged`: MEO, the k experts folded into one matrix per sequence first.
+- `merge` + `forward_merged`: MEO, the k experts folded into one matrix per sequence first;
+- `forward_stacked`: expert e on its own (padded) batch of rows, one bmm per matrix (XMoE's
+  capacity buffers).
+
+`forward_expert` and `forward_sorted` also take per-row input `scales` (compressed experts):
+scales[j] (rows, parts_j, d_in_j) multiplies the input of matrix j, where a SwiGLU bank's first
+matrix has two parts, gate and up, each reading its own scaled copy of the input.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 Matmul = Callable[[int, torch.Tensor], torch.Tensor]
+Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+Scales = list[torch.Tensor] | None  # per-row input scale of each matrix (compressed experts)
 
 
 class ExpertBank(nn.Module):
@@ -62,6 +70,16 @@ class ExpertBank(nn.Module):
     def bias(self, j: int) -> torch.Tensor | None:
         return None if self.biases is None else self.biases[j]
 
+    @property
+    def expert_numel(self) -> int:
+        """Parameters of one expert (all its matrices and biases)."""
+        return sum(p[0].numel() for p in [*self.weights, *(self.biases or [])])
+
+    def input_shapes(self) -> list[tuple[int, int]]:
+        """(parts, width) of each matrix's input, the shape a per-row input scale takes: SwiGLU's
+        first matrix has two parts (gate, up) that read the same input but may scale it apart."""
+        return [(2 if self.gated and j == 0 else 1, d) for j, d in enumerate(self.dims[:-1])]
+
     def _chain(self, h: torch.Tensor, matmul: Matmul) -> torch.Tensor:
         """Apply matrix 0, activation, matrix 1, ... with `matmul(j, h)` doing matrix j + bias."""
         last = len(self.weights) - 1
@@ -76,20 +94,38 @@ class ExpertBank(nn.Module):
         return h
 
     # ------------------------------------------------------------------ execution strategies
-    def forward_expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """Expert `e` on rows x (..., d_in) -> (..., d_out)."""
-        return self._chain(x, lambda j, h: F.linear(h, self.weights[j][e], _at(self.bias(j), e)))
-
-    def forward_sorted(self, x_sorted: torch.Tensor, expert_of_row: torch.Tensor,
-                       offsets: torch.Tensor) -> torch.Tensor:
-        """Rows (S, d_in) sorted by expert; `offsets` (E,) int32 are cumulative group ends."""
+    def forward_expert(self, e: int, x: torch.Tensor, scales: Scales = None) -> torch.Tensor:
+        """Expert `e` on rows x (..., d_in) -> (..., d_out); `scales` per row, see the module doc."""
 
         def matmul(j: int, h: torch.Tensor) -> torch.Tensor:
-            out = grouped_linear(h, self.weights[j], offsets)  # (S, d_out_j)
-            b = self.bias(j)
+            return scaled_linear(F.linear, h, self.weights[j][e], _at(self.bias(j), e),
+                                 None if scales is None else scales[j])
+
+        return self._chain(x, matmul)
+
+    def forward_sorted(self, x_sorted: torch.Tensor, expert_of_row: torch.Tensor,
+                       offsets: torch.Tensor, scales: Scales = None) -> torch.Tensor:
+        """Rows (S, d_in) sorted by expert; `offsets` (E,) int32 are cumulative group ends."""
+
+        def linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+            out = grouped_linear(h, w, offsets)  # (S, d_out_j)
             return out if b is None else out + b[expert_of_row]
 
+        def matmul(j: int, h: torch.Tensor) -> torch.Tensor:
+            return scaled_linear(linear, h, self.weights[j], self.bias(j),
+                                 None if scales is None else scales[j])
+
         return self._chain(x_sorted, matmul)
+
+    def forward_stacked(self, x: torch.Tensor) -> torch.Tensor:
+        """Expert e on its own rows x[e]: x (E, C, d_in) -> (E, C, d_out), one bmm per matrix."""
+
+        def matmul(j: int, h: torch.Tensor) -> torch.Tensor:
+            out = torch.bmm(h, self.weights[j].transpose(1, 2))  # (E, C, d_in_j) x (E, d_in_j, d_out_j)
+            b = self.bias(j)
+            return out if b is None else out + b.unsqueeze(1)
+
+        return self._chain(x, matmul)
 
     def forward_selected(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Each sequence through its own experts: x (B, T, d_in), index (B, k) -> (B, k, T, d_out)."""
@@ -128,6 +164,22 @@ class ExpertBank(nn.Module):
 
 def _at(t: torch.Tensor | None, e: int) -> torch.Tensor | None:
     return None if t is None else t[e]
+
+
+def scaled_linear(linear: Linear, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+                  scale: torch.Tensor | None) -> torch.Tensor:
+    """`linear(h, w, b)` with the input scaled per row. scale (rows, parts, d_in) splits the
+    matrix's output rows into `parts` blocks (SwiGLU: gate | up), block p reading h * scale[:, p]:
+    W_gate (x * e1) and W_up (x * e3) cost the same multiply-adds as the fused W (x)."""
+    if scale is None:
+        return linear(h, w, b)
+    parts = scale.shape[1]
+    if parts == 1:
+        return linear(h * scale[:, 0], w, b)
+    w_parts = w.chunk(parts, dim=-2)  # (..., d_out / parts, d_in) each
+    b_parts = (None,) * parts if b is None else b.chunk(parts, dim=-1)
+    return torch.cat([linear(h * scale[:, p], w_p, b_p)
+                      for p, (w_p, b_p) in enumerate(zip(w_parts, b_parts, strict=True))], dim=-1)
 
 
 # ---------------------------------------------------------------------------------- merges

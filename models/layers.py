@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.experts import ExpertBank, group_offsets
+from models.experts import ExpertBank, Scales, group_offsets
 from models.phases import phase
 from models.routing import Router, Routing
 
@@ -32,10 +32,17 @@ class SparseLayer(nn.Module):
 
 
 # ------------------------------------------------------------------------- token level
-def dispatch_loop(bank: ExpertBank, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+def rows_of(scales: Scales, rows: torch.Tensor) -> Scales:
+    """Per-token input scales (compressed experts) gathered for the rows an expert runs on."""
+    return None if scales is None else [s[rows] for s in scales]
+
+
+def dispatch_loop(bank: ExpertBank, x: torch.Tensor, routing: Routing,
+                  scales: Scales = None) -> torch.Tensor:
     """The MEO paper's per-expert loop: gather each expert's tokens, run it, scatter back.
 
     x (N, d_in) -> (N, d_out). Index -1 marks an empty slot (XMoE) and matches no expert.
+    `scales`: optional per-token input scales [(N, parts_j, d_in_j)] (see ExpertBank).
     """
     y = x.new_zeros(x.shape[0], bank.d_out)
     for e in range(bank.num_experts):
@@ -43,32 +50,43 @@ def dispatch_loop(bank: ExpertBank, x: torch.Tensor, routing: Routing) -> torch.
         if token.numel() == 0:  # the 2025 transformers loop skips idle experts; so do we
             continue
         with phase("experts"):
-            out = bank.forward_expert(e, x[token])  # (n_e, d_out)
+            out = bank.forward_expert(e, x[token], rows_of(scales, token))  # (n_e, d_out)
         with phase("combine"):
             y.index_add_(0, token, out * routing.top_k_weights[token, slot, None].to(out.dtype))
     return y
 
 
-def dispatch_grouped(bank: ExpertBank, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+def dispatch_grouped(bank: ExpertBank, x: torch.Tensor, routing: Routing,
+                     scales: Scales = None) -> torch.Tensor:
     """Pairs sorted by expert, one grouped matmul per matrix, a weighted scatter-add back.
 
     Shape-static (no host sync) when grouped_mm serves this device and dtype, so it also runs
-    on the meta device for counting. x (N, d_in) -> (N, d_out).
+    on the meta device for counting. x (N, d_in) -> (N, d_out). Every slot is computed: routing
+    with empty slots (index -1) compacts its pairs first and calls `run_sorted` (see XMoE).
     """
-    N, k = routing.top_k_index.shape
+    k = routing.top_k_index.shape[1]
     with phase("dispatch"):
         flat_expert = routing.top_k_index.reshape(-1)  # (S,)
         expert_sorted, order = flat_expert.sort(stable=True)  # (S,), (S,)
         token_of_row = order // k  # (S,) the token each sorted row came from
+        gates = routing.top_k_weights.reshape(-1)[order]  # (S,)
+    return run_sorted(bank, x, token_of_row, expert_sorted, gates, scales)
+
+
+def run_sorted(bank: ExpertBank, x: torch.Tensor, token_of_row: torch.Tensor,
+               expert_sorted: torch.Tensor, gates: torch.Tensor, scales: Scales = None) -> torch.Tensor:
+    """(token, expert, gate) rows already sorted by expert: gather the tokens, one grouped
+    matmul per matrix, scatter-add the gated rows back. x (N, d_in) -> (N, d_out)."""
+    with phase("dispatch"):
         x_sorted = x[token_of_row]  # (S, d_in)
         offsets = group_offsets(expert_sorted, bank.num_experts)  # (E,)
     with phase("experts"):
-        h = bank.forward_sorted(x_sorted, expert_sorted, offsets)  # (S, d_out)
+        h = bank.forward_sorted(x_sorted, expert_sorted, offsets, rows_of(scales, token_of_row))
     with phase("combine"):
-        gates = routing.top_k_weights.reshape(-1)[order].to(h.dtype)  # (S,)
         # index_add_ sums the k rows of a token in the order they arrive; the result matches
         # the loop up to round-off.
-        return x.new_zeros(N, bank.d_out).index_add_(0, token_of_row, h * gates[:, None])
+        weighted = h * gates.to(h.dtype)[:, None]  # (S, d_out)
+        return x.new_zeros(x.shape[0], bank.d_out).index_add_(0, token_of_row, weighted)
 
 
 TOKEN_DISPATCH = {"loop": dispatch_loop, "grouped": dispatch_grouped}
