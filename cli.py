@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from meo_profile import render
-from meo_profile.options import fail, with_spec
-from models import Spec
+from meo_profile.options import fail, parse_bytes, with_axes, with_spec
+from meo_profile.grid import GridError
+from models import Spec, SpecError
 
 
 class App(typer.Typer):
@@ -24,6 +26,9 @@ class App(typer.Typer):
             sys.exit(130)
         except typer.TyperException as e:  # click's usage errors, as Typer re-exports them
             typer.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(2)
+        except (SpecError, GridError) as e:  # bad input found outside a command's own handling
+            typer.echo(f"error: {e}", err=True)
             sys.exit(2)
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -92,6 +97,117 @@ def flops(spec: Spec, source: Source = "fvcore", by_module: ByModule = False,
             render.print_table(render.comparison_table(counts, other, spec))
     if differ:
         raise fail("fvcore and analytic disagree: " + "; ".join(differ), code=1)
+
+
+Warmup = Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.")]
+MinRunTime = Annotated[float, typer.Option("--min-run-time", help="Seconds of timed calls, at least.")]
+Autorange = Annotated[str, typer.Option("--autorange", help="CPU timer: blocked or adaptive autorange.")]
+FlushL2 = Annotated[bool, typer.Option("--flush-l2", help="CUDA: flush the L2 cache before each call.")]
+
+
+@app.command()
+@with_spec
+def latency(spec: Spec, json_out: JsonFlag = False, warmup: Warmup = 3, min_run_time: MinRunTime = 1.0,
+            autorange: Autorange = "blocked", flush_l2: FlushL2 = False) -> None:
+    """One configuration: latency statistics, tokens/s, peak memory, roofline bound."""
+    from meo_profile.latency import measure_latency
+    from meo_profile.record import Result
+    from meo_profile.render_perf import latency_table
+    from meo_profile.timing import Timing, TimingOptions
+
+    options = TimingOptions(warmup=warmup, min_run_time=min_run_time, autorange=autorange,
+                            flush_l2=flush_l2)
+    result = Result(spec=spec).update(**measure_latency(spec, options))
+    if result.status != "ok":
+        typer.echo(f"error: {result.status}: {result.error}", err=True)
+    for warning in Timing.from_fields(result.to_dict()).warnings if result.status == "ok" else []:
+        typer.echo(f"warning: {warning}", err=True)
+    if json_out:
+        emit_json(result.to_dict())
+    elif result.status == "ok":
+        render.print_table(latency_table(result))
+    if result.status != "ok":
+        raise typer.Exit(1)
+
+
+TraceOut = Annotated[str, typer.Option("--out", help="Chrome/Perfetto trace file to write.")]
+Steps = Annotated[int, typer.Option("--steps", help="Profiled steps (after --warmup unprofiled ones).")]
+Top = Annotated[int, typer.Option("--top", help="Operators shown, by self time.")]
+
+
+@app.command()
+@with_spec
+def trace(spec: Spec, out: TraceOut = "trace.json", json_out: JsonFlag = False, warmup: Warmup = 2,
+          steps: Steps = 1, top: Top = 20) -> None:
+    """One configuration under torch.profiler: operators by self time, phases, a trace file."""
+    from meo_profile.render_perf import ops_table, phases_table
+    from meo_profile.trace import trace as run_trace
+
+    summary = run_trace(spec, out, warmup=warmup, steps=steps)
+    if json_out:
+        emit_json(summary.to_dict())
+        return
+    render.print_table(ops_table(summary, top))
+    render.print_table(phases_table(summary))
+
+
+@app.command()
+@with_axes
+def sweep(
+    axes: dict,
+    preset: Annotated[str | None, typer.Option("--preset", help="A built-in grid (see `meo-profile presets`); default: default.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A YAML grid file (see README).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Results directory; default: reports/<preset>.")] = None,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated: flops, latency, memory; default: each block's.")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--fresh", help="Skip configurations already stored for this device, or start over (old results are kept aside).")] = True,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any configuration failed (oom or error).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of a progress bar.")] = False,
+    max_memory: Annotated[str | None, typer.Option("--max-memory", help="Refuse (status oom) configurations whose weights exceed this, e.g. 8GiB.")] = None,
+    warmup: Warmup = 3,
+    min_run_time: MinRunTime = 1.0,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Render the report at the end.")] = True,
+) -> None:
+    """Run a grid of configurations; every record is stored as it is measured; report at the end."""
+    from meo_profile import sweep as sweeping
+    from meo_profile.grid import GridError, parse_metrics
+    from meo_profile.timing import TimingOptions
+
+    try:
+        grid, name = sweeping.plan_grid(preset, config, axes,
+                                        parse_metrics(metrics.split(",")) if metrics else None)
+        jobs, impossible = grid.expand()
+        limit = parse_bytes(max_memory) if max_memory else None
+    except GridError as e:
+        raise fail(str(e)) from None
+    out = out or Path("reports") / name
+    if not resume:
+        aside = sweeping.start_over(out)
+        if aside:
+            typer.echo(f"previous results kept as {aside}", err=True)
+    options = sweeping.SweepOptions(out=out, resume=resume, max_memory_bytes=limit,
+                                    timing=TimingOptions(warmup=warmup, min_run_time=min_run_time))
+    if impossible:
+        typer.echo(f"{impossible} grid combinations left out: top-k above the expert count", err=True)
+    try:
+        summary = render.run_with_progress(sweeping.run_sweep, jobs, options, quiet)
+    except sweeping.SweepBusy as e:
+        raise fail(str(e)) from None
+    render.print_sweep_summary(summary, out, sweeping.skipped_lines(out))
+    if report and not summary.interrupted:
+        render.finish_report(out, command="meo-profile " + " ".join(sys.argv[1:]))
+    if summary.interrupted:
+        typer.echo(f"interrupted: resume with the same command (results in {out})", err=True)
+        raise typer.Exit(130)
+    if strict and summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def presets() -> None:
+    """List the built-in sweep presets, what each runs, and roughly how long it takes."""
+    from meo_profile.presets import PRESETS
+
+    render.print_table(render.presets_table(PRESETS))
 
 
 def main() -> None:  # pragma: no cover - `python cli.py` convenience

@@ -14,7 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from models.spec import DEVICES, DTYPES, EXPERT_UNITS, IMPLS, MODES, VARIANTS, Spec, SpecError
+from models.spec import (DEVICES, DTYPES, EXPERT_UNITS, IMPLS, MODES, VARIANTS, Spec, SpecError,
+                         flag_of)
 
 _ALL_IMPLS = sorted({i for impls in IMPLS.values() for i in impls} | {"auto"})
 
@@ -86,3 +87,47 @@ class spec_errors_exit:
         if exc_type is not None and issubclass(exc_type, SpecError):
             raise fail(str(exc)) from None
         return False
+
+
+def with_axes(command: Callable) -> Callable:
+    """Give `command(axes: dict, ...)` the configuration flags as comma-separated lists
+    (`--variant moe,meo --top-k 1,2,4`); it receives {spec field: [values]} for those given."""
+    from meo_profile.grid import GridError, parse_axis_flag
+
+    hints = typing.get_type_hints(command, include_extras=True)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation))
+           for p in inspect.signature(command).parameters.values() if p.name != "axes"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation=Annotated[str | None, typer.Option(
+                                   flag_of(name), help=option.help + " Comma-separated list.",
+                                   rich_help_panel="Sweep axes")])
+             for name, _, _, option in SPEC_OPTIONS]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name, *_ in SPEC_OPTIONS}
+        try:
+            axes = {name: parse_axis_flag(name, text) for name, text in given.items() if text is not None}
+        except GridError as e:
+            raise fail(str(e)) from None
+        with spec_errors_exit():
+            return command(axes=axes, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own + added)
+    return wrapper
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'8GiB', '500MB', '1e9' -> bytes; a bad value is a one-line error naming the flag."""
+    from meo_profile.grid import GridError
+
+    number = text.strip().lower().rstrip("s")
+    unit = number.lstrip("0123456789.e+-_")
+    try:
+        return int(float(number[: len(number) - len(unit)]) * _UNITS[unit.strip()])
+    except (KeyError, ValueError):
+        raise GridError(f"--max-memory {text!r}: expected a size such as 8GiB or 500MB") from None

@@ -29,6 +29,7 @@ class Result:
     spec: Spec
     status: str = "ok"
     error: str | None = None
+    metrics: list[str] = field(default_factory=list)  # what was asked: flops, latency, memory
     # counts
     macs: int | None = None
     flops: int | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -103,3 +105,48 @@ def print_counts(counts, spec: Spec, by_module: bool, by_operator: bool, depth: 
     if by_module:
         modules = modules_to_depth(counts.macs_by_module, depth)
         console.print(mapping_table(f"MACs by module (depth <= {depth})", "module", modules))
+
+
+# ------------------------------------------------------------------------------ sweeps
+def run_with_progress(run, jobs, options, quiet: bool):
+    """Run a sweep under a progress display (renders progress; the sweep measures)."""
+    from meo_profile.progress import BarProgress, LogProgress
+
+    display = LogProgress(len(jobs)) if quiet or not sys.stderr.isatty() else BarProgress(len(jobs))
+    with display:
+        return run(jobs, options, display)
+
+
+def print_sweep_summary(summary, out, skipped: list[str]) -> None:
+    console = Console(stderr=True)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items())) or "nothing new"
+    console.print(f"sweep: {summary.total} configurations; measured {summary.measured} ({counts}); "
+                  f"{summary.already_stored} already stored; results in {out}")
+    wall = max(summary.wall_s, 1e-9)
+    phases = ", ".join(f"{name} {s:.1f} s ({s / wall:.0%})" for name, s in summary.phases_s.most_common())
+    console.print(f"wall {summary.wall_s:.1f} s: {phases or 'no work'}")
+    for line in skipped:
+        console.print(f"[yellow]skipped unreadable line[/] {line}")
+
+
+def finish_report(out, command: str) -> None:
+    """The report of a finished sweep (the report module renders; this only calls it)."""
+    from meo_profile import report
+
+    path = report.render_report(out, out, command=command)
+    Console(stderr=True).print(f"report: {path}")
+
+
+def presets_table(presets) -> Table:
+    table = Table(title="sweep presets", show_lines=True)
+    table.add_column("preset")
+    table.add_column("runs")
+    table.add_column("configurations", justify="right")
+    table.add_column("time")
+    for name, preset in presets.items():
+        try:
+            size = str(len(preset.grid.expand()[0]))
+        except ValueError as e:  # e.g. the gpu preset on a machine without CUDA
+            size = f"not here: {e}"
+        table.add_row(name, preset.description, size, preset.estimate)
+    return table

@@ -1,0 +1,153 @@
+"""Grids of configurations: axes (spec field -> values) expanded into validated Specs.
+
+A grid is a list of blocks; each block has its own axes and metrics, so one preset can count
+FLOPs on full-size hosts and time a smaller layer. Built-in presets live in `PRESETS`; a YAML
+config file has the same shape:
+
+    metrics: [flops, latency, memory]        # default for blocks that do not say
+    grid:                                    # one block, or `grids:` with a list of blocks
+      host: layer
+      variant: [moe, meo]
+      top_k: [1, 2, 4]
+      experts: 16                            # flag spellings (experts, top-k) are accepted too
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.spec import SPEC_FIELDS, FLAG_OF, Spec, SpecError
+
+METRICS = ("flops", "latency", "memory")
+# flag spelling -> spec field, so config files and axis flags take what the CLI shows
+_ALIASES = {flag.lstrip("-").replace("-", "_"): name for name, flag in FLAG_OF.items()}
+
+
+class GridError(ValueError):
+    """A grid or config file that cannot be expanded; one line naming the key and the value."""
+
+
+@dataclass
+class Block:
+    axes: dict[str, list[Any]]
+    metrics: tuple[str, ...] = METRICS
+    label: str = ""
+
+    def specs(self) -> tuple[list[Spec], int]:
+        """Every valid combination, and how many combinations were impossible (top-k > E)."""
+        names = list(self.axes)
+        specs, seen, impossible = [], set(), 0
+        for values in itertools.product(*(self.axes[n] for n in names)):
+            fields = dict(zip(names, values))
+            try:
+                spec = Spec(**fields)
+            except SpecError as e:
+                if e.field_name == "top_k" and "exceeds" in e.reason:
+                    impossible += 1  # a grid crosses k with E; k > E is simply not a model
+                    continue
+                raise
+            if spec not in seen:  # dense ignores E and k: one baseline, not one per cell
+                seen.add(spec)
+                specs.append(spec)
+        return specs, impossible
+
+
+@dataclass
+class Grid:
+    blocks: list[Block] = field(default_factory=list)
+
+    def expand(self) -> tuple[list[tuple[Spec, tuple[str, ...]]], int]:
+        """(spec, metrics) for every configuration in order, and the impossible count."""
+        jobs, impossible = [], 0
+        for block in self.blocks:
+            specs, skipped = block.specs()
+            impossible += skipped
+            jobs += [(spec, block.metrics) for spec in specs]
+        return jobs, impossible
+
+    def override(self, axes: dict[str, list[Any]]) -> Grid:
+        """The same grid with some axes replaced in every block (axis flags on a preset)."""
+        return Grid([Block({**b.axes, **axes}, b.metrics, b.label) for b in self.blocks])
+
+
+# ------------------------------------------------------------------------------ parsing
+def field_name(key: str) -> str:
+    name = key.replace("-", "_")
+    name = _ALIASES.get(name, name)
+    if name not in SPEC_FIELDS:
+        raise GridError(f"unknown key {key!r}; use spec fields or flags such as "
+                        "host, variant, experts, top_k, seq_len, batch_size")
+    return name
+
+
+def as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def parse_metrics(value: Any) -> tuple[str, ...]:
+    metrics = tuple(as_list(value))
+    for m in metrics:
+        if m not in METRICS:
+            raise GridError(f"metrics {m!r}: choose from {', '.join(METRICS)}")
+    return metrics
+
+
+def block_from_mapping(axes: dict[str, Any], metrics: tuple[str, ...], label: str = "") -> Block:
+    if not isinstance(axes, dict) or not axes:
+        raise GridError(f"grid block {label or ''} must be a mapping of spec fields to values")
+    return Block({field_name(k): as_list(v) for k, v in axes.items()}, metrics, label)
+
+
+def load_config(path: str | Path) -> Grid:
+    """A grid from a YAML file; errors name the key (exit 2 at the command line)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise GridError(f"--config {str(path)!r}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise GridError(f"--config {str(path)!r}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise GridError(f"--config {str(path)!r}: expected a mapping with `grid` or `grids`")
+    unknown = set(data) - {"metrics", "grid", "grids"}
+    if unknown:
+        raise GridError(f"unknown key {sorted(unknown)[0]!r} at the top of {Path(path).name}; "
+                        "expected metrics, grid or grids")
+    metrics = parse_metrics(data.get("metrics", list(METRICS)))
+    blocks = data.get("grids") or ([data["grid"]] if "grid" in data else None)
+    if not blocks:
+        raise GridError(f"--config {str(path)!r}: no `grid` or `grids` given")
+    return Grid([_block_entry(b, metrics, i) for i, b in enumerate(as_list(blocks))])
+
+
+def _block_entry(entry: Any, metrics: tuple[str, ...], index: int) -> Block:
+    if isinstance(entry, dict) and "axes" in entry:
+        own = parse_metrics(entry["metrics"]) if "metrics" in entry else metrics
+        return block_from_mapping(entry["axes"], own, entry.get("label", f"block {index}"))
+    return block_from_mapping(entry, metrics, f"block {index}")
+
+
+def parse_axis_flag(name: str, text: str) -> list[Any]:
+    """`--top-k 1,2,4` -> [1, 2, 4], typed like the spec field (a bad item names the flag)."""
+    typ = _FIELD_TYPES[name]
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise GridError(f"{FLAG_OF.get(name, '--' + name.replace('_', '-'))}: empty list")
+    try:
+        return [typ(t) for t in items]
+    except ValueError:
+        raise GridError(f"{FLAG_OF.get(name, '--' + name.replace('_', '-'))} {text!r}: "
+                        f"expected comma-separated {typ.__name__} values") from None
+
+
+_FIELD_TYPES = {
+    "host": str, "variant": str, "num_experts": int, "top_k": int, "d_model": int, "d_ff": int,
+    "seq_len": int, "batch_size": int, "dtype": str, "device": str, "impl": str,
+    "expert_unit": str, "seed": int, "mode": str, "layers": int, "n_ce": int, "ce_init": str,
+    "threshold": float, "granularity": int, "max_k": int, "capacity_factor": float,
+    "router_scale": float,
+}

@@ -1,0 +1,70 @@
+"""One configuration measured into one Result: counts, latency, memory, as asked.
+
+Failures never escape as exceptions: out-of-memory (real, or a pre-flight estimate above the
+limit) gives `status: oom`, anything else `status: error` with its first line, so a sweep
+records the row and goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import torch
+
+from meo_profile.counting import count
+from meo_profile.record import Result
+from meo_profile.resources import DoesNotFit, check_fits
+from meo_profile.timing import TimingOptions
+from models import Spec
+
+METRICS = ("flops", "latency", "memory")
+
+
+@contextlib.contextmanager
+def timed(phases: Counter | None, name: str) -> Iterator[None]:
+    """Accumulate wall seconds spent in `name` (how a sweep reports where its time went)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if phases is not None:
+            phases[name] += time.perf_counter() - start
+
+
+def measure(spec: Spec, metrics: tuple[str, ...] = METRICS, *,
+            timing: TimingOptions | None = None, max_memory_bytes: int | None = None,
+            phases: Counter | None = None) -> Result:
+    result = Result(spec, metrics=list(metrics))
+    try:
+        _measure_into(result, metrics, timing, max_memory_bytes, phases)
+    except (torch.OutOfMemoryError, DoesNotFit, MemoryError) as e:
+        result.update(status="oom", error=_first_line(e) or "out of memory")
+    except Exception as e:  # a failing configuration is a recorded row, not a dead sweep
+        result.update(status="error", error=f"{type(e).__name__}: {_first_line(e)}")
+    return result
+
+
+def _measure_into(result: Result, metrics, timing, max_memory_bytes, phases) -> None:
+    spec = result.spec
+    if "flops" in metrics:
+        with timed(phases, "counting"):
+            result.update(**count(spec).record_fields())
+    if "latency" not in metrics and "memory" not in metrics:
+        return
+    from meo_profile.latency import measure_workload
+    from meo_profile.workload import Workload
+
+    with timed(phases, "building"):
+        check_fits(spec, limit_bytes=max_memory_bytes)
+        work = Workload.build(spec)
+    with timed(phases, "timing"):
+        fields = measure_workload(work, timing or TimingOptions(), memory="memory" in metrics)
+    result.update(**fields)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else ""
