@@ -56,8 +56,8 @@ class Spec:
 
     host: str = "layer"
     variant: str = "meo"
-    num_experts: int = 16
-    top_k: int = 4
+    num_experts: int | None = None  # None: the host's (16; a native MoE host's own count)
+    top_k: int | None = None  # None: the host's (4; a native MoE host's own k)
     d_model: int | None = None  # None: the host's own width
     d_ff: int | None = None
     seq_len: int = 128
@@ -65,7 +65,7 @@ class Spec:
     dtype: str = "float32"
     device: str = "cpu"  # "auto" resolves to cuda when present
     impl: str = "auto"
-    expert_unit: str | None = None  # None: "linear" (the paper's), "ffn" for xmoe
+    expert_unit: str | None = None  # None: the host's ("linear", the paper's; "ffn" on MoE hosts), "ffn" for xmoe
     seed: int = 0
     mode: str = "inference"
     layers: int | None = None  # None: the host's own depth
@@ -85,13 +85,15 @@ class Spec:
         _choice("variant", self.variant, VARIANTS)
         _choice("dtype", self.dtype, DTYPES)
         _choice("device", self.device, DEVICES)
-        self._set("expert_unit", self.expert_unit or ("ffn" if self.variant == "xmoe" else "linear"))
+        shape = HOSTS[self.host]
+        self._set("num_experts", shape.experts if self.num_experts is None else self.num_experts)
+        self._set("top_k", shape.top_k if self.top_k is None else self.top_k)
+        self._set("expert_unit", self.expert_unit or ("ffn" if self.variant == "xmoe" else shape.expert_unit))
         _choice("expert_unit", self.expert_unit, EXPERT_UNITS)
         _choice("mode", self.mode, MODES)
         for name in ("num_experts", "top_k", "seq_len", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise SpecError(name, getattr(self, name), "must be an integer >= 1")
-        shape = HOSTS[self.host]
         self._set("d_model", self.d_model or shape.d_model)
         self._set("d_ff", self.d_ff or shape.d_ff)
         self._set("layers", self.layers or shape.layers)
@@ -100,6 +102,8 @@ class Spec:
                 raise SpecError(name, getattr(self, name), "must be >= 1")
         if self.d_model % shape.heads:
             raise SpecError("d_model", self.d_model, f"must be divisible by {self.host}'s {shape.heads} heads")
+        if shape.rope and (self.d_model // shape.heads) % 2:
+            raise SpecError("d_model", self.d_model, f"must be an even multiple of {self.host}'s {shape.heads} heads (rotary embeddings)")
         if shape.seq2seq and self.layers % 2:
             raise SpecError("layers", self.layers, f"{self.host} splits layers between encoder and decoder: use an even number")
         if self.device == "auto":
