@@ -8,11 +8,13 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from models.compressed import CompressedExperts
 from models.experts import ExpertBank
-from models.hosts import HOSTS, Site
+from models.hosts import HOSTS, Site, SwiGLU
 from models.layers import MergedExperts, SequenceMoE, SparseLayer, TokenMoE
 from models.routing import Router
 from models.spec import Spec
+from models.xmoe import XMoE
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -22,17 +24,29 @@ LAYERS: dict[str, Callable[[ExpertBank, Router, Spec], SparseLayer]] = {
     "moe-seq": lambda bank, router, spec: SequenceMoE(bank, router, spec.impl),
     "meo": lambda bank, router, spec: MergedExperts(bank, router, spec.impl),
     "meo-token": lambda bank, router, spec: MergedExperts(bank, router, spec.impl, token_block=True),
+    "ce": lambda bank, router, spec: CompressedExperts(bank, router, spec.impl, n_ce=spec.n_ce,
+                                                       init=spec.ce_init),
+    "xmoe": lambda bank, router, spec: XMoE(bank, router, spec.impl, threshold=spec.threshold,
+                                            max_k=spec.max_k, capacity_factor=spec.capacity_factor),
 }
+
+# Router gate convention per variant (default MEO's topk_softmax). Compressed experts follow
+# OLMoE: softmax over all E, then top-k, not renormalised. XMoE reads the router's logits only.
+ROUTER_GATES = {"ce": "softmax_topk"}
 
 
 def torch_dtype(spec: Spec) -> torch.dtype:
     return DTYPES[spec.dtype]
 
 
-def make_sparse_layer(spec: Spec, dims: list[int], act: nn.Module | None, bias: bool) -> SparseLayer:
-    """One MoE layer of the spec's variant over experts of shape `dims`."""
-    bank = ExpertBank(spec.experts_total, dims, act=act, bias=bias)
-    router = Router(dims[0], spec.experts_total, spec.top_k, scale=spec.router_scale)
+def make_sparse_layer(spec: Spec, dims: list[int], act: nn.Module | None, bias: bool,
+                      gated: bool = False) -> SparseLayer:
+    """One MoE layer of the spec's variant over experts of shape `dims` (SwiGLU when `gated`)."""
+    g = spec.granularity or 1  # XMoE's small experts: hidden widths / g, experts_total = E * g
+    dims = [dims[0], *(width // g for width in dims[1:-1]), dims[-1]]
+    bank = ExpertBank(spec.experts_total, dims, act=act, bias=bias, gated=gated)
+    router = Router(dims[0], spec.experts_total, spec.top_k, scale=spec.router_scale,
+                    gates=ROUTER_GATES.get(spec.variant, "topk_softmax"))
     return LAYERS[spec.variant](bank, router, spec)
 
 
@@ -56,12 +70,15 @@ def swap_site(site: Site, spec: Spec, bias: bool) -> None:
     experts are whole FFNs (`ffn`, the activation moving inside the experts)."""
     d, d_ff = spec.d_model, spec.d_ff
     (up_owner, up_attr), (act_owner, act_attr), (down_owner, down_attr) = site
+    act = _as_module(getattr(act_owner, act_attr))
+    gated = isinstance(act, SwiGLU)  # a fused (gate | up) projection: 2 * d_ff outputs
     if spec.expert_unit == "linear":
-        setattr(up_owner, up_attr, make_sparse_layer(spec, [d, d_ff], None, bias))
+        up_width = 2 * d_ff if gated else d_ff  # SwiGLU's combine stays between the MoE linears
+        setattr(up_owner, up_attr, make_sparse_layer(spec, [d, up_width], None, bias))
         setattr(down_owner, down_attr, make_sparse_layer(spec, [d_ff, d], None, bias))
         return
-    act = _as_module(getattr(act_owner, act_attr))
-    setattr(up_owner, up_attr, make_sparse_layer(spec, [d, d_ff, d], act, bias))
+    inner = act.act if gated else act  # a SwiGLU bank chunks gate | up itself
+    setattr(up_owner, up_attr, make_sparse_layer(spec, [d, d_ff, d], inner, bias, gated=gated))
     setattr(act_owner, act_attr, nn.Identity())
     setattr(down_owner, down_attr, nn.Identity())
 
@@ -123,4 +140,8 @@ REBUILD: dict[str, Callable[[SparseLayer, str], SparseLayer]] = {
     "moe": lambda layer, impl: TokenMoE(layer.experts, layer.router, impl),
     "moe-seq": lambda layer, impl: SequenceMoE(layer.experts, layer.router, impl),
     "meo": lambda layer, impl: MergedExperts(layer.experts, layer.router, impl),
+    # the compressed vectors and XMoE's knobs come from the layer being rerun
+    "ce": lambda layer, impl: CompressedExperts(layer.experts, layer.router, impl, n_ce=layer.n_ce,
+                                                vectors=layer.vectors),
+    "xmoe": lambda layer, impl: XMoE(layer.experts, layer.router, impl, **layer.knobs),
 }
