@@ -1,0 +1,193 @@
+"""The sweep never loses data: resume, kills, truncated lines, failures, locks, bad configs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from meo_profile.grid import Block, Grid, GridError, load_config, parse_axis_flag
+from meo_profile.presets import PRESETS
+from meo_profile.store import Store, load
+from meo_profile.sweep import SweepLock, SweepOptions, plan_grid, run_sweep
+from meo_profile.timing import TimingOptions
+from models import SpecError
+
+TINY_AXES = ["--host", "layer", "--d-model", "16", "--d-ff", "32", "--seq-len", "8",
+             "--batch-size", "2", "--device", "cpu", "--min-run-time", "0.02", "--warmup", "1"]
+FAST = TimingOptions(warmup=1, min_run_time=0.02)
+
+
+def sweep_cli(out, *args, **popen):
+    cmd = [sys.executable, "-m", "cli", "sweep", "--out", str(out), "--quiet", "--no-report", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **popen)
+
+
+def keys(records):
+    return sorted((r["variant"], r["num_experts"], r["top_k"]) for r in records)
+
+
+# ------------------------------------------------------------------------------- grids
+def test_grid_expansion_crosses_axes_drops_impossible_and_dedupes_dense():
+    block = Block({"host": ["layer"], "variant": ["dense", "moe", "meo"], "num_experts": [2, 4],
+                   "top_k": [1, 4], "d_model": [16], "d_ff": [32]})
+    specs, impossible = block.specs()
+    assert impossible == 2  # moe and meo at E=2, k=4
+    assert sum(s.variant == "dense" for s in specs) == 1  # dense ignores E and k
+    assert len(specs) == 1 + 2 * 3
+
+
+def test_bad_values_in_a_grid_are_errors_not_skips():
+    with pytest.raises(SpecError, match="--top-k 0"):
+        Block({"top_k": [0]}).specs()
+
+
+def test_axis_flags_parse_typed_lists_and_name_bad_items():
+    assert parse_axis_flag("top_k", "1, 2,4") == [1, 2, 4]
+    with pytest.raises(GridError, match="--top-k"):
+        parse_axis_flag("top_k", "1,two")
+
+
+def test_axis_flags_override_a_preset_in_every_block():
+    grid, name = plan_grid("quick", None, {"top_k": [1]}, None)
+    assert name == "quick"
+    assert all(b.axes["top_k"] == [1] for b in grid.blocks)
+
+
+def test_every_cpu_preset_expands():
+    for name in ("default", "paper", "quick"):
+        jobs, _ = PRESETS[name].grid.expand()
+        assert jobs, name
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("grid:\n  expertz: [4]\n", "'expertz'"),
+    ("grid:\n  top_k: [0]\n", "--top-k 0"),
+    ("metrics: [speed]\ngrid:\n  top_k: [1]\n", "'speed'"),
+    ("gird:\n  top_k: [1]\n", "'gird'"),
+    ("grid: [unclosed\n", "not valid YAML"),
+])
+def test_config_file_errors_exit_2_naming_the_key(tmp_path, text, needle):
+    config = tmp_path / "grid.yaml"
+    config.write_text(text)
+    proc = sweep_cli(tmp_path / "out", "--config", str(config))
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_config_file_accepts_flag_spellings(tmp_path):
+    config = tmp_path / "grid.yaml"
+    config.write_text("metrics: [flops]\ngrid:\n  experts: [4]\n  top-k: [1, 2]\n  variant: meo\n")
+    jobs, _ = load_config(config).expand()
+    assert sorted(s.top_k for s, _ in jobs) == [1, 2] and all(m == ("flops",) for _, m in jobs)
+
+
+# ------------------------------------------------------------------------------- runner
+def small_jobs(metrics=("flops", "latency")):
+    grid = Grid([Block({"host": ["layer"], "variant": ["moe", "meo"], "num_experts": [2, 4],
+                        "top_k": [1, 2], "d_model": [16], "d_ff": [32], "seq_len": [8],
+                        "batch_size": [2]}, metrics)])
+    return grid.expand()[0]
+
+
+def test_resume_adds_no_duplicate_and_skips_nothing(tmp_path):
+    jobs = small_jobs(("flops",))
+    first = run_sweep(jobs[:3], SweepOptions(tmp_path, timing=FAST))
+    second = run_sweep(jobs, SweepOptions(tmp_path, timing=FAST))
+    assert (first.measured, second.measured, second.already_stored) == (3, len(jobs) - 3, 3)
+    records = load(tmp_path).records
+    assert len(records) == len(jobs) == len(set(map(json.dumps, (keys([r]) for r in records))))
+
+
+def test_a_failing_configuration_is_recorded_and_the_rest_completes(tmp_path):
+    good = small_jobs(("flops", "latency"))[:2]
+    broken = [(good[0][0].replace(device="meta"), ("latency",))]  # meta tensors cannot be timed
+    too_big = [(good[1][0].replace(num_experts=64, d_model=256, d_ff=1024), ("latency",))]
+    summary = run_sweep(broken + too_big + good,
+                        SweepOptions(tmp_path, max_memory_bytes=1_000_000, timing=FAST))
+    by_status = {}
+    for r in load(tmp_path).records:
+        by_status.setdefault(r["status"], []).append(r)
+    assert summary.statuses == {"error": 1, "oom": 1, "ok": 2}
+    assert "meta" in by_status["error"][0]["error"]
+    assert "GiB" in by_status["oom"][0]["error"]
+    assert all(r["latency_ms_median"] > 0 for r in by_status["ok"])
+
+
+def test_truncated_last_line_is_reported_and_skipped(tmp_path):
+    jobs = small_jobs(("flops",))
+    run_sweep(jobs[:2], SweepOptions(tmp_path, timing=FAST))
+    with open(tmp_path / "results.jsonl", "a") as f:
+        f.write('{"schema_version": 1, "host": "lay')  # what a kill mid-write leaves
+    loaded = load(tmp_path)
+    assert len(loaded.records) == 2 and len(loaded.skipped) == 1 and ":3:" in loaded.skipped[0]
+    run_sweep(jobs, SweepOptions(tmp_path, timing=FAST))
+    loaded = load(tmp_path)
+    assert len(loaded.records) == len(jobs) and len(loaded.skipped) == 1
+
+
+def test_a_second_live_sweep_into_the_same_directory_is_refused(tmp_path):
+    with SweepLock(tmp_path):
+        proc = sweep_cli(tmp_path, *TINY_AXES, "--variant", "meo", "--metrics", "flops")
+    assert proc.returncode == 2 and "another sweep" in proc.stderr
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def _wait_for_records(path: Path, n: int, proc, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and len(load(path).records) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"sweep did not store {n} records in time")
+
+
+SLOW_GRID = [*TINY_AXES, "--variant", "moe,meo", "--experts", "2,4,8", "--top-k", "1,2",
+             "--metrics", "flops,latency"]
+
+
+def test_sigkill_mid_sweep_then_resume_gives_the_complete_set(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "sweep", "--out", str(tmp_path),
+                             "--quiet", "--no-report", *SLOW_GRID],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_records(tmp_path / "results.jsonl", 2, proc)
+    proc.kill()
+    proc.wait()
+    partial = len(load(tmp_path).records)
+    assert 2 <= partial < 12
+    finish = sweep_cli(tmp_path, *SLOW_GRID)
+    assert finish.returncode == 0, finish.stderr
+    records = load(tmp_path).records
+    assert keys(records) == sorted(set(keys(records))) and len(records) == 12
+
+
+def test_ctrl_c_writes_the_record_in_flight_and_exits_130(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "sweep", "--out", str(tmp_path),
+                             "--quiet", "--no-report", *SLOW_GRID],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_records(tmp_path / "results.jsonl", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "resume" in err
+    stored = load(tmp_path)
+    assert stored.skipped == [] and 1 <= len(stored.records) < 12
+
+
+def test_csv_and_environment_written_beside_the_jsonl(tmp_path):
+    run_sweep(small_jobs(("flops",))[:2], SweepOptions(tmp_path, timing=FAST))
+    csv_lines = (tmp_path / "results.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 3 and csv_lines[0].startswith("schema_version,run_id")
+    env = json.loads((tmp_path / "environment.json").read_text())
+    assert "torch_version" in env["cpu"]
+
+
+def test_store_starts_a_fresh_line_after_a_torn_write(tmp_path):
+    (tmp_path / "results.jsonl").write_text('{"a": 1}\n{"torn')
+    Store(tmp_path)
+    assert (tmp_path / "results.jsonl").read_text().endswith("\n")
+    assert os.path.getsize(tmp_path / "results.jsonl") > 0
