@@ -214,10 +214,12 @@ MERGES = {"gather": merge_gather, "dense": merge_dense}
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """x (S, d_in) sorted by expert, weight (E, d_out, d_in), offsets (E,) int32 group ends.
 
-    One `torch.nn.functional.grouped_mm` where this torch supports the device and dtype;
+    One `torch.nn.functional.grouped_mm` where this torch supports the device and dtype and the
+    rows are 16-byte multiples (its kernels refuse other strides, e.g. d_in = 6 in float32);
     otherwise contiguous per-expert slices with a single host sync for the group sizes.
     """
-    if grouped_mm_supported(x.device.type, x.dtype):
+    row_bytes = (x.shape[-1] * x.element_size(), weight.shape[-2] * weight.element_size())
+    if grouped_mm_supported(x.device.type, x.dtype) and all(b % 16 == 0 for b in row_bytes):
         return F.grouped_mm(x, weight.transpose(1, 2), offs=offsets)
     sizes = torch.diff(offsets, prepend=offsets.new_zeros(1)).tolist()  # the one host sync
     return torch.cat([h @ w.T for h, w in zip(x.split(sizes), weight)])
