@@ -210,6 +210,23 @@ def presets() -> None:
     render.print_table(render.presets_table(PRESETS))
 
 
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="A results directory or its results.jsonl.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Where report and figures/ go; default: beside the results.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="md or html.")] = "md",
+) -> None:
+    """Tables and figures from stored results: report.md (or .html) and figures/ (PNG and SVG)."""
+    from meo_profile import report as reporting
+
+    try:
+        path = reporting.render_report(results, out, fmt, "meo-profile " + " ".join(sys.argv[1:]))
+        reporting.print_summary(results)
+    except reporting.ReportError as e:
+        raise fail(str(e)) from None
+    typer.echo(f"report: {path}", err=True)
+
+
 def main() -> None:  # pragma: no cover - `python cli.py` convenience
     app()
 

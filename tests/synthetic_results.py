@@ -1,0 +1,139 @@
+"""Synthetic result sets with realistic values, for report and figure tests (no measuring).
+
+FLOPs follow the analytic model of the MEO paper's setting (bert-base, k=4, L=128, B=1:
+vanilla ~72.4e9 with routers, ~72.0e9 without; MEO ~29e9). Latency, memory and roofline numbers
+come from a toy cost model (a 100 GFLOP/s, 12 GB/s CPU): MEO's merge is bandwidth-bound, so its
+speedup falls short of its FLOPs ratio, as on real machines.
+"""
+
+from __future__ import annotations
+
+from meo_profile.record import Result
+from models import Spec
+
+ENV = {"torch_version": "2.13.0", "fvcore_version": "0.1.5.post20221221",
+       "transformers_version": "5.0.0", "python_version": "3.12.3",
+       "device_name": "Test CPU (2 cores)", "num_threads": 2, "git_commit": "abc1234"}
+GPU_NAME = "NVIDIA H100 80GB HBM3"
+VOCAB = 30522
+
+
+def bert_macs(spec: Spec) -> dict[str, int]:
+    """MACs by part for a BERT host with linear experts (both FFN linears MoE layers)."""
+    d, d_ff, n, B, L, E, k = (spec.d_model, spec.d_ff, spec.layers, spec.batch_size,
+                              spec.seq_len, spec.num_experts, spec.top_k)
+    ffn_copy = n * B * L * 2 * d * d_ff
+    parts = {"attention": n * B * (4 * d * d * L + 2 * L * L * d),
+             "head": B * L * (d * d + d * VOCAB)}
+    if spec.variant == "moe":
+        parts |= {"experts": k * ffn_copy, "router": n * B * L * (d + d_ff) * E}
+    else:  # meo: one merged copy per token, the merge once per sequence, a sequence router
+        parts |= {"experts": ffn_copy, "merge": n * B * k * 2 * d * d_ff,
+                  "router": n * B * (d + d_ff) * E}
+    return parts
+
+
+def layer_macs(spec: Spec) -> dict[str, int]:
+    d, d_ff, B, L, E, k = (spec.d_model, spec.d_ff, spec.batch_size, spec.seq_len,
+                           spec.num_experts, spec.top_k)
+    P2 = 2 * d * d_ff  # both linears of the FFN
+    tokens = B * L
+    if spec.variant == "dense":
+        return {"ffn": tokens * P2}
+    if spec.variant in ("moe", "moe-seq"):
+        routed = tokens if spec.variant == "moe" else B
+        return {"experts": tokens * k * P2, "router": routed * (d + d_ff) * E}
+    return {"experts": tokens * P2, "merge": B * k * P2, "router": B * (d + d_ff) * E}
+
+
+def counted(spec: Spec, parts: dict[str, int]) -> dict:
+    macs = sum(parts.values())
+    return {"macs": macs, "flops": 2 * macs, "flops_source": "analytic", "macs_by_part": parts,
+            "count_device": "meta"}
+
+
+def flops_records(hosts=("bert-small", "bert-base", "bert-large"), ks=(1, 2, 4, 8, 16, 32),
+                  experts: int = 32) -> list[dict]:
+    out = []
+    for host in hosts:
+        for variant in ("moe", "meo"):
+            for k in ks:
+                spec = Spec(host=host, variant=variant, num_experts=experts, top_k=k,
+                            seq_len=128, batch_size=1, device="cpu")
+                out.append(Result(spec, env=dict(ENV), **counted(spec, bert_macs(spec))).to_dict())
+    return out
+
+
+# Toy machine: matmul throughput and memory bandwidth, and what each implementation wastes.
+PEAK_FLOPS = 150e9
+BANDWIDTH_BYTES_S = 12e9
+EFFICIENCY = {"dense": 0.75, "moe": 0.6, "moe-seq": 0.65, "meo": 0.7}
+
+
+def layer_timing(spec: Spec, flops: int) -> dict:
+    d, d_ff, B, E, k = spec.d_model, spec.d_ff, spec.batch_size, spec.num_experts, spec.top_k
+    matrix_bytes = 2 * d * d_ff * 4  # both linears of one expert, float32
+    reads = {"dense": 1, "moe": E, "moe-seq": min(E, B * k),
+             "meo": min(E, B * k) + 2 * B}[spec.variant]  # merge reads, writes and rereads B copies
+    compute_ms, memory_ms = flops / PEAK_FLOPS * 1e3, reads * matrix_bytes / BANDWIDTH_BYTES_S * 1e3
+    bound_ms = max(compute_ms, memory_ms)
+    dispatch_ms = {"moe": 0.4 * E, "moe-seq": 0.1 * E}.get(spec.variant, 0.0)
+    # phases do not overlap in this toy: the merge streams weights, then the matmul computes
+    median = (compute_ms + memory_ms) / EFFICIENCY[spec.variant] + dispatch_ms
+    weights = matrix_bytes * (1 if spec.variant == "dense" else E)
+    merged = B * matrix_bytes if spec.variant == "meo" else 0
+    activations = spec.batch_size * spec.seq_len * d_ff * 4 * 3
+    train = 3 if spec.mode == "train" else 1
+    peak = weights + (merged + activations) * train
+    return {"latency_ms_median": median, "latency_ms_p20": median * 0.97,
+            "latency_ms_p80": median * 1.04, "latency_runs": 20, "timer": "torch_benchmark",
+            "latency_samples_ms": [median * f for f in (0.96, 0.98, 1.0, 1.02, 1.05)],
+            "tokens_per_s": B * spec.seq_len / median * 1e3, "roofline_ms": bound_ms,
+            "roofline_ratio": median / bound_ms, "peak_mem_bytes": peak,
+            "peak_mem_above_weights_bytes": peak - weights, "weights_bytes": weights,
+            "mem_method": "tracemalloc"}
+
+
+def layer_records(experts=(4, 8, 16, 32, 64), ks=(1, 2, 4, 8),
+                  variants=("dense", "moe", "moe-seq", "meo"), modes=("inference",),
+                  device: str = "cpu", dtype: str = "float32") -> list[dict]:
+    out = []
+    for mode in modes:
+        for variant in variants:
+            grid = [(1, 1)] if variant == "dense" else [(e, k) for e in experts for k in ks if k <= e]
+            for e, k in grid:
+                spec = Spec(host="layer", variant=variant, num_experts=e, top_k=k, seq_len=128,
+                            batch_size=8, device="cpu", dtype=dtype, mode=mode)
+                counts = counted(spec, layer_macs(spec))
+                record = Result(spec, env=dict(ENV), **counts,
+                                **layer_timing(spec, counts["flops"])).to_dict()
+                out.append(_on_device(record, device))
+    return out
+
+
+def _on_device(record: dict, device: str) -> dict:
+    """A record as if measured on `device` (Spec refuses cuda where there is none)."""
+    if device == "cuda":
+        scale = 0.02  # a GPU is ~50x faster on these shapes
+        for key in ("latency_ms_median", "latency_ms_p20", "latency_ms_p80", "roofline_ms"):
+            record[key] *= scale
+        record["latency_samples_ms"] = [t * scale for t in record["latency_samples_ms"]]
+        record["tokens_per_s"] /= scale
+        record.update(device="cuda", device_name=GPU_NAME, timer="cuda_events",
+                      mem_method="cuda_max_allocated")
+    return record
+
+
+def failure_records() -> list[dict]:
+    oom = Result(Spec(host="bert-large", variant="moe", num_experts=64, top_k=32, device="cpu"),
+                 status="oom", error="estimated 41.2 GiB exceeds --max-memory 8 GiB", env=dict(ENV))
+    err = Result(Spec(host="layer", variant="meo", num_experts=4, top_k=4, device="cpu"),
+                 status="error", error="RuntimeError: boom", env=dict(ENV))
+    return [oom.to_dict(), err.to_dict()]
+
+
+def full_set(gpu: bool = False, train: bool = False) -> list[dict]:
+    records = flops_records() + layer_records(modes=("inference", "train") if train else ("inference",))
+    if gpu:
+        records += layer_records(device="cuda", dtype="bfloat16")
+    return records + failure_records()
