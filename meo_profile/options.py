@@ -28,8 +28,8 @@ def _opt(flag: str, help: str, **kw: Any) -> Any:
 SPEC_OPTIONS: list[tuple[str, Any, Any, Any]] = [
     ("host", str, "layer", _opt("--host", "Host model: layer, bert-small, bert-base, bert-large, gpt2, t5-small, bart-base.")),
     ("variant", str, "meo", _opt("--variant", f"MoE variant: {', '.join(VARIANTS)}.")),
-    ("num_experts", int, 16, _opt("--experts", "Experts per MoE layer (E).")),
-    ("top_k", int, 4, _opt("--top-k", "Experts selected per token or sequence (k).")),
+    ("num_experts", int | None, None, _opt("--experts", "Experts per MoE layer (E); default: 16, or a MoE host's own.")),
+    ("top_k", int | None, None, _opt("--top-k", "Experts selected per token or sequence (k); default: 4, or a MoE host's own.")),
     ("d_model", int | None, None, _opt("--d-model", "Model width; default: the host's.")),
     ("d_ff", int | None, None, _opt("--d-ff", "FFN width; default: the host's.")),
     ("layers", int | None, None, _opt("--layers", "Blocks with an FFN; default: the host's.")),
