@@ -135,8 +135,8 @@ def new_panels(n: int, max_cols: int = 2) -> tuple[Figure, list]:
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(PANEL_SIZE_IN[0] * cols, PANEL_SIZE_IN[1] * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
-    for ax in axes[n:]:
-        ax.set_visible(False)
+    for ax in axes[n:]:  # an odd panel count leaves a cell empty
+        ax.remove()
     return fig, axes[:n]
 
 

@@ -1,0 +1,134 @@
+"""Figures: each drawn from a small synthetic results set and from a real tiny sweep; labelled,
+one colour per variant everywhere, left out with a reason when their data is absent, and drawing
+leaves matplotlib's global state alone."""
+
+import matplotlib
+import pytest
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from synthetic_results import flops_records, full_set, layer_records
+
+from meo_profile import figures, report, views
+from meo_profile.grid import Block
+from meo_profile.sweep import SweepOptions, run_sweep
+from meo_profile.timing import TimingOptions
+
+
+@pytest.fixture(scope="module")
+def ok():
+    return views.ok_rows(views.prepare(full_set(gpu=True, train=True)))
+
+
+@pytest.fixture(scope="module")
+def drawn(ok):
+    return {name: figures.draw(name, ok) for name in figures.FIGURES}
+
+
+@pytest.mark.parametrize("name", list(figures.FIGURES))
+def test_each_figure_is_a_labelled_figure_with_a_caption(drawn, name):
+    d = drawn[name]
+    assert isinstance(d.figure, Figure) and len(d.caption) > 40
+    for ax in d.figure.axes:
+        if ax.get_label() == "<colorbar>":
+            continue
+        assert ax.get_xlabel() and ax.get_ylabel(), name
+        assert ax.get_title(loc="left"), name
+
+
+def test_figures_split_panels_per_device_and_mode(drawn):
+    panels = lambda name: [a for a in drawn[name].figure.axes if a.get_label() != "<colorbar>"]  # noqa: E731
+    assert len(panels("fig4_latency_vs_k")) == 2  # cpu, cuda
+    assert len(panels("fig5_speedup_heatmap")) == 2
+    assert len(panels("fig6_memory_vs_experts")) == 3  # cpu inference, cpu train, cuda inference
+    assert "train" in " ".join(a.get_title(loc="left") for a in panels("fig6_memory_vs_experts"))
+
+
+def _colours_by_label(fig: Figure) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            out.setdefault(line.get_label(), set()).add(to_hex(line.get_color()))
+        for points in ax.collections:
+            if points.get_label() and not points.get_label().startswith("_"):
+                out.setdefault(points.get_label(), set()).add(to_hex(points.get_facecolor()[0]))
+    return out
+
+
+def test_one_colour_per_variant_across_figures(drawn):
+    for name in ("fig4_latency_vs_k", "fig6_memory_vs_experts", "fig7_roofline"):
+        colours = _colours_by_label(drawn[name].figure)
+        for variant in ("moe", "meo", "dense"):
+            assert colours[figures.label(variant)] == {figures.VARIANT_COLOURS[variant].lower()}, name
+    fig1 = _colours_by_label(drawn["fig1_flops_vs_k"].figure)
+    assert fig1["MEO, bert-base"] == {figures.VARIANT_COLOURS["meo"].lower()}
+    assert fig1["vanilla MoE, bert-large"] == {figures.VARIANT_COLOURS["moe"].lower()}
+
+
+def test_ratio_figure_draws_the_closed_form_beside_the_measurement(drawn):
+    labels = _colours_by_label(drawn["fig3_flops_ratio"].figure)
+    assert "closed form 1/k + 1/L, L=128" in labels
+    assert "MoE layers only (experts + merge), all hosts" in labels
+
+
+def test_heatmap_cells_carry_speedup_and_flops_ratio(drawn):
+    ax = drawn["fig5_speedup_heatmap"].figure.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert any(t.startswith("FLOPs ") and t.endswith("×") for t in texts)
+    assert "not measured" in texts  # k=8 > E=4
+
+
+def test_missing_metrics_raise_missing_with_a_reason():
+    flops_only = views.ok_rows(views.prepare(flops_records(ks=(1, 2))))
+    for name in ("fig4_latency_vs_k", "fig5_speedup_heatmap", "fig6_memory_vs_experts",
+                 "fig7_roofline"):
+        with pytest.raises(figures.Missing, match="no "):
+            figures.draw(name, flops_only)
+    empty = views.ok_rows(views.prepare([{"status": "error", "host": "layer"}]))
+    for name in figures.FIGURES:
+        with pytest.raises(figures.Missing):
+            figures.draw(name, empty)
+
+
+def test_drawing_leaves_matplotlib_state_alone(ok):
+    before = dict(matplotlib.rcParams)
+    backend = matplotlib.get_backend()
+    figures.draw("fig4_latency_vs_k", ok)
+    assert dict(matplotlib.rcParams) == before and matplotlib.get_backend() == backend
+
+
+def test_saved_files_do_not_change_rc_params(tmp_path, ok):
+    before = dict(matplotlib.rcParams)
+    paths = figures.save(figures.draw("fig7_roofline", ok).figure, tmp_path, "roof")
+    assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.exists() for p in paths)
+    assert dict(matplotlib.rcParams) == before
+
+
+def test_memory_figure_from_one_expert_count_is_left_out():
+    one_e = views.ok_rows(views.prepare(layer_records(experts=(16,), ks=(1, 2))))
+    with pytest.raises(figures.Missing, match="fewer than two expert counts"):
+        figures.draw("fig6_memory_vs_experts", one_e)
+
+
+# ------------------------------------------------------------------ a real (tiny) sweep
+@pytest.fixture(scope="module")
+def real_sweep(tmp_path_factory):
+    """A real sweep, the fewest configurations that feed figures 1 and 3-6: a 32-wide layer,
+    moe and meo at (E, k) = (2, 1), (2, 2), (4, 1)."""
+    out = tmp_path_factory.mktemp("sweep")
+    layer = {"host": ["layer"], "variant": ["moe", "meo"], "d_model": [32], "d_ff": [64],
+             "seq_len": [16], "batch_size": [2], "device": ["cpu"]}
+    blocks = [Block({**layer, "num_experts": [2], "top_k": [1, 2]}),
+              Block({**layer, "num_experts": [4], "top_k": [1]})]
+    jobs = [(s, b.metrics) for b in blocks for s in b.specs()[0]]
+    run_sweep(jobs, SweepOptions(out=out, timing=TimingOptions(warmup=1, min_run_time=0.01)))
+    return out
+
+
+@pytest.mark.slow  # a real sweep: seconds per configuration on a shared 2-core CPU
+def test_real_sweep_draws_the_figures(real_sweep):
+    rep = report.build_report(report.load_results(real_sweep)[1], command="test")
+    drawn = {f.name for f in rep.figures}
+    assert {"fig1_flops_vs_k", "fig3_flops_ratio", "fig4_latency_vs_k", "fig5_speedup_heatmap",
+            "fig6_memory_vs_experts"} <= drawn
+    omitted = [b for b in rep.blocks if isinstance(b, report.Omitted)]
+    assert {o.title for o in omitted} <= {"Measured time against the roofline bound"}
