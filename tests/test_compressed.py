@@ -163,3 +163,12 @@ def test_bfloat16_runs():
                 ce_init="random", **TINY)
     y = build_model(spec)(*make_inputs(spec))
     assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+
+
+def test_only_the_aux_experts_vectors_get_gradients():
+    layer = ce_layer(E=8, k=4, n_ce=2, kind="swiglu").train()
+    x = torch.randn(1, 3, 8)
+    layer(x).pow(2).sum().backward()
+    aux = layer.router(x.view(3, 8)).top_k_index[:, 2:].unique()
+    touched = (layer.vectors.weight.grad.abs().sum(dim=1) > 0).nonzero().flatten()
+    assert torch.equal(touched, aux.sort().values)
