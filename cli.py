@@ -219,9 +219,11 @@ def report(
     """Tables and figures from stored results: report.md (or .html) and figures/ (PNG and SVG)."""
     from meo_profile import report as reporting
 
+    command = (f"meo-profile report {results}" + (f" --out {out}" if out else "")
+               + (f" --format {fmt}" if fmt != "md" else ""))
     try:
-        path = reporting.render_report(results, out, fmt, "meo-profile " + " ".join(sys.argv[1:]))
-        reporting.print_summary(results)
+        path = reporting.render_report(results, out, fmt, command)
+        reporting.print_summary(results, command=command)
     except reporting.ReportError as e:
         raise fail(str(e)) from None
     typer.echo(f"report: {path}", err=True)

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator, ScalarFormatter
 
 from meo_profile import views
+from meo_profile.formats import byte_unit, fmt_times, label, order_variants
 from meo_profile.paper import FLOPS_CONVENTION, meo_flops_ratio_closed_form
 
 VARIANT_COLOURS = {
@@ -38,16 +39,6 @@ VARIANT_COLOURS = {
     "ce": "#009E73",
     "xmoe": "#CC79A7",
 }
-VARIANT_LABELS = {
-    "dense": "dense FFN",
-    "moe": "vanilla MoE",
-    "moe-seq": "vanilla MoE, sequence-routed",
-    "meo": "MEO",
-    "meo-token": "MEO + token block",
-    "ce": "compressed experts",
-    "xmoe": "XMoE",
-}
-VARIANT_ORDER = tuple(VARIANT_COLOURS)
 # variant -> (marker, size): a second cue beside colour, for grey print; earlier variants are
 # drawn with larger markers so that identical values (moe and moe-seq memory) stay visible.
 VARIANT_MARKERS = {"moe": ("o", 8), "moe-seq": ("s", 5), "meo": ("D", 6), "meo-token": ("^", 5),
@@ -101,10 +92,6 @@ def colour(variant: str) -> str:
     return VARIANT_COLOURS.get(variant, "#000000")
 
 
-def label(variant: str) -> str:
-    return VARIANT_LABELS.get(variant, variant)
-
-
 def marker(variant: str) -> dict:
     shape, size = VARIANT_MARKERS.get(variant, ("o", 6))
     return {"marker": shape, "markersize": size}
@@ -112,11 +99,6 @@ def marker(variant: str) -> dict:
 
 def host_style(host: str) -> tuple[str, str]:
     return HOST_STYLES.get(host, ("o", "-"))
-
-
-def order_variants(variants) -> list[str]:
-    rank = {v: i for i, v in enumerate(VARIANT_ORDER)}
-    return sorted(variants, key=lambda v: (rank.get(v, len(rank)), v))
 
 
 def styled(draw: Callable[[pd.DataFrame], Drawn]) -> Callable[[pd.DataFrame], Drawn]:
@@ -147,10 +129,15 @@ def panel_title(ax, device: str, setting: str) -> None:
 
 
 def log10_axis(ax, axis: str = "y") -> None:
-    """Log-10 scale labelled 1, 2, 5, 10, 20, ... in plain numbers rather than powers of ten."""
+    """Log-10 scale labelled 1, 2, 5, 10, 20, ... in plain numbers rather than powers of ten;
+    denser ticks when the data spans less than a decade or two, so the axis keeps a few labels."""
     (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
     target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    decades = math.log10(high / low) if low > 0 else 3
+    subs = (1.0, 2.0, 5.0) if decades >= 1.5 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) \
+        if decades >= 0.6 else (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    target.set_major_locator(LogLocator(base=10, subs=subs))
     target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     target.set_minor_locator(NullLocator())
 
@@ -243,9 +230,11 @@ def draw_flops_ratio(df: pd.DataFrame) -> Drawn:
         ax.plot(layer_only["top_k"], layer_only["moe_layer_ratio"], linestyle="none", marker="x",
                 markersize=8, color="black", label="MoE layers only (experts + merge), all hosts")
     k_grid = np.geomspace(ratios["top_k"].min(), ratios["top_k"].max(), 50)
-    for seq_len in sorted(ratios["seq_len"].unique()):
+    dashes = ["--", ":", "-."]
+    for i, seq_len in enumerate(sorted(ratios["seq_len"].unique())):
         ax.plot(k_grid, meo_flops_ratio_closed_form(k_grid, seq_len), color="black",
-                linestyle="--", linewidth=1, label=f"closed form 1/k + 1/L, L={seq_len}")
+                linestyle=dashes[i % len(dashes)], linewidth=1,
+                label=f"closed form 1/k + 1/L, L={seq_len}")
     log2_axis(ax, ratios["top_k"])
     log10_axis(ax)
     ax.set_xlabel("selected experts k (log scale)")
@@ -312,11 +301,16 @@ def draw_speedup_heatmap(df: pd.DataFrame) -> Drawn:
     bar = fig.colorbar(image, ax=axes, label="MEO speedup over vanilla MoE (latency ratio)",
                        shrink=0.9)
     bar.ax.yaxis.set_major_locator(LogLocator(base=2))
-    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: speedup_tick(v)))
     bar.ax.yaxis.set_minor_locator(NullLocator())
     return Drawn(fig, "Each cell: MEO's measured speedup over vanilla MoE (vanilla / MEO median "
                       "latency, both at their fastest implementation; blue: MEO faster, red: "
                       "slower), and below it the speedup FLOPs predict (vanilla / MEO FLOPs).")
+
+
+def speedup_tick(value: float) -> str:
+    """2×, 1×, 1/2×, 1/4×: slowdowns read as fractions rather than 0.0625."""
+    return f"{value:g}×" if value >= 1 else f"1/{1 / value:.0f}×"
 
 
 def _heatmap_panel(ax, rows: pd.DataFrame, norm):
@@ -331,11 +325,11 @@ def _heatmap_panel(ax, rows: pd.DataFrame, norm):
     ax.grid(False)
     for _, r in rows.iterrows():
         i, j = experts.index(r["num_experts"]), ks.index(r["top_k"])
-        flops = f"FLOPs {r['flops_ratio']:.2f}×" if r["flops_ratio"] == r["flops_ratio"] else "FLOPs n/a"
+        flops = f"FLOPs {fmt_times(r['flops_ratio'])}"
         # white ink only where the cell is dark enough for it (far from 1 on the colour scale)
         ink = "white" if abs(norm(r["speedup"]) - 0.5) > 0.3 else "black"
         # origin="lower": +y is up, so the speedup sits above the FLOPs ratio
-        ax.text(j, i + 0.1, f"{r['speedup']:.2f}×", ha="center", va="center", fontsize=9.5,
+        ax.text(j, i + 0.1, fmt_times(r["speedup"]), ha="center", va="center", fontsize=9.5,
                 fontweight="bold", color=ink)
         ax.text(j, i - 0.22, flops, ha="center", va="center", fontsize=7.5, color=ink)
     for i, j in zip(*np.nonzero(np.isnan(grid)), strict=True):
@@ -348,14 +342,6 @@ def _heatmap_panel(ax, rows: pd.DataFrame, norm):
 
 
 # ----------------------------------------------------------------- 6: memory against E
-BYTE_UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
-
-
-def byte_unit(largest_bytes: float) -> tuple[str, float]:
-    """One unit per figure or table, picked from its largest value (as torch's Compare does)."""
-    return next(((n, s) for n, s in BYTE_UNITS if largest_bytes >= s), ("B", 1))
-
-
 @styled
 def draw_memory_vs_experts(df: pd.DataFrame) -> Drawn:
     view = views.memory_view(df)

@@ -12,18 +12,18 @@ from collections.abc import Callable
 import pandas as pd
 
 from meo_profile import views
-from meo_profile.figures import byte_unit, label
-from meo_profile.tables import (
+from meo_profile.formats import (
+    byte_unit,
     fmt_bytes,
     fmt_ms,
     fmt_num,
     fmt_pct,
     fmt_signed_pct,
     fmt_times,
+    label,
     missing,
-    paper_rows,
-    printed_values,
 )
+from meo_profile.tables import paper_rows, printed_values
 
 Finding = Callable[[pd.DataFrame], list[str]]
 

@@ -13,6 +13,7 @@ Entry points for other commands (the sweep renders a report when it finishes):
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +127,7 @@ def build_report(records: list[dict], command: str, source: str = "results.jsonl
     every = views.prepare(records)
     ok = views.ok_rows(every)
     blocks: list[Block] = [Heading("meo-profile report", 1), Paragraph(_provenance(every, command, source)),
-                           TableBlock(tables.setup_table(every, skipped_lines))]
+                           TableBlock(tables.setup_table(every, skipped_lines, command))]
     for section in SECTIONS:
         blocks += section_blocks(section, ok)
     blocks += [Heading("8. Findings"), Bullets(findings(ok) or
@@ -195,10 +196,15 @@ def html_table(t: Table) -> str:
             f"</tr></thead><tbody>{body}</tbody></table>{note}")
 
 
+def html_text(text: str) -> str:
+    """Escaped text, with markdown's `code` spans kept as code."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+
+
 HTML: dict[type, Callable] = {
     Heading: lambda b: f"<h{b.level}>{html.escape(b.text)}</h{b.level}>",
-    Paragraph: lambda b: f"<p>{html.escape(b.text)}</p>",
-    Bullets: lambda b: "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in b.items) + "</ul>",
+    Paragraph: lambda b: f"<p>{html_text(b.text)}</p>",
+    Bullets: lambda b: "<ul>" + "".join(f"<li>{html_text(i)}</li>" for i in b.items) + "</ul>",
     TableBlock: lambda b: html_table(b.table),
     FigureBlock: lambda b: (f'<figure><img src="{FIGURES_DIR}/{b.name}.png" alt="{html.escape(b.title)}">'
                             f"<figcaption>{html.escape(b.caption)} "
@@ -275,12 +281,13 @@ KEY_TABLES: tuple[tables.TableFn, ...] = (
 )
 
 
-def summary_tables(records: list[dict], skipped_lines: int = 0) -> list[Table]:
+def summary_tables(records: list[dict], skipped_lines: int = 0,
+                   command: str | None = None) -> list[Table]:
     """The tables the terminal shows: setup, the paper's numbers, FLOPs, speedup, roofline,
     failures."""
     every = views.prepare(records)
     ok = views.ok_rows(every)
-    out = [tables.setup_table(every, skipped_lines)]
+    out = [tables.setup_table(every, skipped_lines, command)]
     out += [t for fn in KEY_TABLES for t in fn(ok)]
     failed = tables.failures_table(every)
     return out + ([failed] if failed is not None else [])
@@ -296,9 +303,10 @@ def rich_table(t: Table) -> RichTable:
     return rt
 
 
-def print_summary(results: str | Path, console: Console | None = None) -> None:
+def print_summary(results: str | Path, console: Console | None = None,
+                  command: str | None = None) -> None:
     """Print the key tables of a results set to the terminal."""
     _, records, skipped = load_results(results)
     console = console or Console()
-    for t in summary_tables(records, skipped):
+    for t in summary_tables(records, skipped, command):
         console.print(rich_table(t))

@@ -1,7 +1,7 @@
 """The report's tables: results in, `Table`s of formatted cells out. Nothing here measures.
 
 A `Table` is plain data (title, column names, rows of strings, a note); `report` renders it as
-markdown or HTML and `render_rich` for the terminal, so every format shows the same cells.
+markdown or HTML and `report.rich_table` for the terminal, so every format shows the same cells.
 Units sit in the column names; FLOPs are 2 x MACs.
 """
 
@@ -15,10 +15,21 @@ from typing import Any
 import pandas as pd
 
 from meo_profile import views
-from meo_profile.figures import byte_unit, label
+from meo_profile.formats import (
+    NA,
+    byte_unit,
+    fmt_bytes,
+    fmt_int,
+    fmt_ms,
+    fmt_num,
+    fmt_pct,
+    fmt_signed_pct,
+    fmt_times,
+    label,
+    missing,
+    order_variants,
+)
 from meo_profile.paper import FLOPS_CONVENTION, PAPER_NUMBERS, PaperNumber
-
-NA = "–"
 
 
 @dataclass
@@ -31,47 +42,6 @@ class Table:
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=self.columns)
-
-
-# ------------------------------------------------------------------------------ formats
-def missing(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def fmt_num(x: Any, digits: int = 2) -> str:
-    return NA if missing(x) else f"{x:,.{digits}f}"
-
-
-def fmt_ms(x: Any) -> str:
-    """Three significant digits without exponents: 812, 81.2, 8.12, 0.812."""
-    if missing(x):
-        return NA
-    digits = 0 if x >= 100 else 1 if x >= 10 else 2 if x >= 1 else 3
-    return f"{x:,.{digits}f}"
-
-
-def fmt_times(x: Any) -> str:
-    """A ratio: 0.87×, 12.4×, 808×."""
-    if missing(x):
-        return NA
-    digits = 0 if abs(x) >= 100 else 1 if abs(x) >= 10 else 2
-    return f"{x:,.{digits}f}×"
-
-
-def fmt_pct(x: Any) -> str:
-    return NA if missing(x) else f"{100 * x:.0f}%"
-
-
-def fmt_signed_pct(x: Any) -> str:
-    return NA if missing(x) else f"{100 * x:+.2f}%"
-
-
-def fmt_bytes(x: Any, unit: tuple[str, float]) -> str:
-    return NA if missing(x) else f"{x / unit[1]:,.2f}"
-
-
-def fmt_int(x: Any) -> str:
-    return NA if missing(x) else str(int(x))
 
 
 def table(title: str, header: list[tuple[str, bool]], rows: Iterable[list[str]],
@@ -94,9 +64,10 @@ SETUP_FIELDS = (("device", "device"), ("machine", "device_name"), ("dtype", "dty
                 ("git commit", "git_commit"))
 
 
-def setup_table(all_rows: pd.DataFrame, skipped_lines: int = 0) -> Table:
-    """What produced the results: machines, numerics, library versions, record counts."""
-    rows = [[name, _unique(all_rows, col)] for name, col in SETUP_FIELDS]
+def setup_table(all_rows: pd.DataFrame, skipped_lines: int = 0, command: str | None = None) -> Table:
+    """What produced the results: the command, machines, numerics, library versions, counts."""
+    rows = [["command", command]] if command else []
+    rows += [[name, _unique(all_rows, col)] for name, col in SETUP_FIELDS]
     counts = all_rows["status"].value_counts()
     rows.append(["records", ", ".join(f"{counts.get(s, 0)} {s}" for s in
                                       ("ok", "oom", "error", "skipped"))])
@@ -216,8 +187,6 @@ def _latency_cell(rows: pd.DataFrame, variant: str, k: int) -> str:
 
 
 def _variant_order(variants: pd.Series) -> list[str]:
-    from meo_profile.figures import order_variants
-
     return order_variants(variants.unique())
 
 

@@ -8,7 +8,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from synthetic_results import flops_records, full_set, layer_records
 
-from meo_profile import figures, report, views
+from meo_profile import figures, formats, report, views
 from meo_profile.grid import Block
 from meo_profile.sweep import SweepOptions, run_sweep
 from meo_profile.timing import TimingOptions
@@ -58,7 +58,7 @@ def test_one_colour_per_variant_across_figures(drawn):
     for name in ("fig4_latency_vs_k", "fig6_memory_vs_experts", "fig7_roofline"):
         colours = _colours_by_label(drawn[name].figure)
         for variant in ("moe", "meo", "dense"):
-            assert colours[figures.label(variant)] == {figures.VARIANT_COLOURS[variant].lower()}, name
+            assert colours[formats.label(variant)] == {figures.VARIANT_COLOURS[variant].lower()}, name
     fig1 = _colours_by_label(drawn["fig1_flops_vs_k"].figure)
     assert fig1["MEO, bert-base"] == {figures.VARIANT_COLOURS["meo"].lower()}
     assert fig1["vanilla MoE, bert-large"] == {figures.VARIANT_COLOURS["moe"].lower()}

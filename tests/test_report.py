@@ -11,7 +11,7 @@ from synthetic_results import ENV, flops_records, full_set, layer_records
 from typer.testing import CliRunner
 
 from cli import app
-from meo_profile import report, tables, views
+from meo_profile import formats, report, tables, views
 from meo_profile.findings import findings
 from meo_profile.paper import PAPER_NUMBERS, meo_flops_ratio_closed_form, paper_number
 from meo_profile.tables import Table
@@ -126,12 +126,12 @@ def test_latency_view_keeps_dense_as_a_k_free_baseline_at_the_held_setting():
 @pytest.mark.parametrize("value,text", [(812.4, "812"), (81.24, "81.2"), (8.124, "8.12"),
                                         (0.8124, "0.812"), (float("nan"), "–")])
 def test_fmt_ms_keeps_three_significant_digits(value, text):
-    assert tables.fmt_ms(value) == text
+    assert formats.fmt_ms(value) == text
 
 
 def test_fmt_times_and_byte_units():
-    assert [tables.fmt_times(x) for x in (0.873, 12.34, 808.04)] == ["0.87×", "12.3×", "808×"]
-    assert tables.byte_unit(3 * 2**30)[0] == "GiB" and tables.byte_unit(5 * 2**20)[0] == "MiB"
+    assert [formats.fmt_times(x) for x in (0.873, 12.34, 808.04)] == ["0.87×", "12.3×", "808×"]
+    assert formats.byte_unit(3 * 2**30)[0] == "GiB" and formats.byte_unit(5 * 2**20)[0] == "MiB"
 
 
 def test_markdown_table_golden():
