@@ -68,8 +68,9 @@ def flops_ratio(ok: pd.DataFrame) -> list[str]:
 def _closed_form_sentence(layer: pd.DataFrame) -> str:
     gap = (layer["moe_layer_ratio"] - layer["closed_form"]).abs()
     if fmt_num(gap.max(), 3) == fmt_num(0.0, 3):
+        points = "both" if len(layer) == 2 else f"all {len(layer)}"
         return (f"The MoE layers alone (experts and merge) cost MEO exactly the closed form "
-                f"1/k + 1/L at all {len(layer)} counted points, to the table's three decimals.")
+                f"1/k + 1/L at {points} counted points, to the table's three decimals.")
     worst = layer.loc[gap.idxmax()]
     # The closed form assumes the merge reads the k selected experts; the dense merge reads all E.
     why = (f": its merge ran as `dense`, which weighs all E={worst['num_experts']} experts, "
