@@ -87,24 +87,24 @@ class Section:
 # The report's parts in order. A new figure (the four-method comparison of issue 8) is one more
 # FigureEntry in figures.FIGURES and one more Section here.
 SECTIONS: list[Section] = [
-    Section("1. FLOPs against the number of selected experts",
+    Section("FLOPs against the number of selected experts",
             "The paper's figure: vanilla MoE's FLOPs grow with k, MEO's stay nearly flat.",
             "fig1_flops_vs_k"),
-    Section("2. The paper's numbers",
+    Section("The paper's numbers",
             "Each efficiency number the MEO paper prints, next to this run's count.",
             tables=(as_list(tables.paper_table),)),
-    Section("3. FLOPs ratio MEO / vanilla",
+    Section("FLOPs ratio MEO / vanilla",
             "The closed form for one MoE linear is (B·L·P + B·k·P) / (B·L·k·P) = 1/k + 1/L.",
             "fig3_flops_ratio", (as_list(tables.flops_table),)),
-    Section("4. Latency against k", "What the FLOPs become in time, per device.",
+    Section("Latency against k", "What the FLOPs become in time, per device.",
             "fig4_latency_vs_k", (tables.latency_tables,)),
-    Section("5. MEO's speedup over vanilla, experts × k",
+    Section("MEO's speedup over vanilla, experts × k",
             "Measured speedup beside the speedup FLOPs predict.",
             "fig5_speedup_heatmap", (tables.speedup_tables,)),
-    Section("6. Peak memory against experts",
+    Section("Peak memory against experts",
             "Parameters grow with E; MEO's merged weights grow with the batch.",
             "fig6_memory_vs_experts", (tables.memory_tables,)),
-    Section("7. Roofline", "Each configuration's measured time against its physical bound.",
+    Section("Roofline", "Each configuration's measured time against its physical bound.",
             "fig7_roofline", (tables.roofline_tables,)),
 ]
 
@@ -113,8 +113,7 @@ SECTIONS: list[Section] = [
 class Report:
     blocks: list[Block] = field(default_factory=list)
 
-    @property
-    def figures(self) -> list[FigureBlock]:
+    def figure_blocks(self) -> list[FigureBlock]:
         return [b for b in self.blocks if isinstance(b, FigureBlock)]
 
     def tables(self) -> list[Table]:
@@ -128,18 +127,18 @@ def build_report(records: list[dict], command: str, source: str = "results.jsonl
     ok = views.ok_rows(every)
     blocks: list[Block] = [Heading("meo-profile report", 1), Paragraph(_provenance(every, command, source)),
                            TableBlock(tables.setup_table(every, skipped_lines, command))]
-    for section in SECTIONS:
-        blocks += section_blocks(section, ok)
-    blocks += [Heading("8. Findings"), Bullets(findings(ok) or
-                                               ["No finding: the results hold no comparison."])]
+    for number, section in enumerate(SECTIONS, 1):  # numbered here, so a new section renumbers
+        blocks += section_blocks(section, ok, number)
+    blocks += [Heading(f"{len(SECTIONS) + 1}. Findings"),
+               Bullets(findings(ok) or ["No finding: the results hold no comparison."])]
     failed = tables.failures_table(every)
     if failed is not None:
         blocks += [Heading("Configurations that did not complete"), TableBlock(failed)]
     return Report(blocks)
 
 
-def section_blocks(section: Section, ok: pd.DataFrame) -> list[Block]:
-    blocks: list[Block] = [Heading(section.title), Paragraph(section.intro)]
+def section_blocks(section: Section, ok: pd.DataFrame, number: int) -> list[Block]:
+    blocks: list[Block] = [Heading(f"{number}. {section.title}"), Paragraph(section.intro)]
     if section.figure is not None:
         entry = figures.FIGURES[section.figure]
         try:
@@ -250,7 +249,7 @@ def write_report(report: Report, out_dir: Path, fmt: str = "md") -> Path:
     if fmt not in WRITERS:
         raise ReportError(f"--format {fmt!r}: unknown; choose from {', '.join(WRITERS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for block in report.figures:
+    for block in report.figure_blocks():
         if block.drawn is not None:
             figures.save(block.drawn.figure, out_dir / FIGURES_DIR, block.name)
     name, render = WRITERS[fmt]

@@ -127,7 +127,7 @@ def real_sweep(tmp_path_factory):
 @pytest.mark.slow  # a real sweep: seconds per configuration on a shared 2-core CPU
 def test_real_sweep_draws_the_figures(real_sweep):
     rep = report.build_report(report.load_results(real_sweep)[1], command="test")
-    drawn = {f.name for f in rep.figures}
+    drawn = {f.name for f in rep.figure_blocks()}
     assert {"fig1_flops_vs_k", "fig3_flops_ratio", "fig4_latency_vs_k", "fig5_speedup_heatmap",
             "fig6_memory_vs_experts"} <= drawn
     omitted = [b for b in rep.blocks if isinstance(b, report.Omitted)]

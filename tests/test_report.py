@@ -184,7 +184,7 @@ def test_report_states_setup_versions_and_command(built):
 
 
 def test_full_results_draw_every_figure(built):
-    assert [f.name for f in built.figures] == ["fig1_flops_vs_k", "fig3_flops_ratio",
+    assert [f.name for f in built.figure_blocks()] == ["fig1_flops_vs_k", "fig3_flops_ratio",
                                                "fig4_latency_vs_k", "fig5_speedup_heatmap",
                                                "fig6_memory_vs_experts", "fig7_roofline"]
     assert not [b for b in built.blocks if isinstance(b, report.Omitted)]
@@ -207,7 +207,7 @@ def test_flops_only_results_leave_the_measured_figures_out_with_reasons():
     assert set(omitted) == {"Latency against k", "MEO speedup over vanilla, experts × k",
                             "Peak memory against experts", "Measured time against the roofline bound"}
     assert "no latency measurements" in report.to_markdown(rep)
-    assert [f.name for f in rep.figures] == ["fig1_flops_vs_k", "fig3_flops_ratio"]
+    assert [f.name for f in rep.figure_blocks()] == ["fig1_flops_vs_k", "fig3_flops_ratio"]
 
 
 def test_latency_without_flops_or_bounds_still_reports():
