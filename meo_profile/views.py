@@ -21,7 +21,7 @@ import pandas as pd
 
 from meo_profile.paper import meo_flops_ratio_closed_form
 from meo_profile.record import ENV_FIELDS, Result
-from models.spec import SPEC_FIELDS
+from models.spec import SPEC_FIELDS, Spec
 
 IDENTITY_FIELDS = ("schema_version", "run_id", "created_utc", "status", "error")
 MEASURED_FIELDS = tuple(f.name for f in dataclasses.fields(Result) if f.name not in
@@ -55,10 +55,17 @@ def prepare(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """
     df = pd.DataFrame(list(records))
     df = df.reindex(columns=list(dict.fromkeys([*COLUMNS, *df.columns])))
+    for col, default in SPEC_DEFAULTS.items():
+        # a record older than a spec field ran its default, as Result.from_dict also reads it
+        df[col] = df[col].fillna(default)
     for col in NUMERIC:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["status"] = df["status"].fillna("ok")
     return df
+
+
+SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Spec)
+                 if f.default is not None and f.default is not dataclasses.MISSING}
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:

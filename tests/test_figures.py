@@ -124,7 +124,7 @@ def real_sweep(tmp_path_factory):
     return out
 
 
-@pytest.mark.slow  # a real sweep: seconds per configuration on a shared 2-core CPU
+@pytest.mark.slow  # a real sweep: ~3 s on an idle 2-core CPU, several times that under load
 def test_real_sweep_draws_the_figures(real_sweep):
     rep = report.build_report(report.load_results(real_sweep)[1], command="test")
     drawn = {f.name for f in rep.figure_blocks()}
