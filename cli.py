@@ -79,6 +79,7 @@ def flops(spec: Spec, source: Source = "fvcore", by_module: ByModule = False,
           by_operator: ByOperator = False, depth: Depth = 4, json_out: JsonFlag = False) -> None:
     """Count one configuration: MACs, FLOPs (= 2 x MACs), parameters, parts, skipped ops."""
     from meo_profile.counting import COUNTERS, count, disagreements
+    from meo_profile.measure import fidelity_fields
     from meo_profile.record import Result
 
     if source not in (*COUNTERS, "both"):
@@ -86,13 +87,15 @@ def flops(spec: Spec, source: Source = "fvcore", by_module: ByModule = False,
     counts = count(spec, "fvcore" if source == "both" else source)
     other = count(spec, "analytic") if source == "both" else None
     differ = disagreements(counts, other) if other else []
+    fidelity = fidelity_fields(spec)
     if json_out:
-        record = Result(spec).update(**counts.record_fields()).to_dict()
+        record = Result(spec).update(**counts.record_fields(), **fidelity).to_dict()
         if other:
             record.update(macs_analytic=other.macs, sources_agree=not differ)
         emit_json(record)
     else:
         render.print_counts(counts, spec, by_module=by_module, by_operator=by_operator, depth=depth)
+        render.print_extras({**counts.routing, **fidelity})
         if other:
             render.print_table(render.comparison_table(counts, other, spec))
     if differ:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from meo_profile.flops import Counts
 from models.hosts import HOSTS
-from models.spec import Spec
+from models.spec import Spec, SpecError
 
 LAYER_NORM_MACS_PER_ELEMENT = 5  # fvcore's rule for an affine layer_norm
 
@@ -57,6 +57,15 @@ def _meo(spec: Spec, dims: list[int], token_block: bool = False) -> Counter:
     return macs
 
 
+def _compressed(spec: Spec, dims: list[int]) -> Counter:
+    """Compressed experts: m = k - n_ce experts in full; the n_ce vectors of width
+    V = sum of the expert's matrix input widths are averaged per token (one bmm)."""
+    N, E, k, n_ce = spec.batch_size * spec.seq_len, spec.experts_total, spec.top_k, spec.n_ce
+    P, _ = _matrix_sizes(dims)
+    return Counter(experts=N * (k - n_ce) * P, compress=N * n_ce * sum(dims[:-1]),
+                   router=N * dims[0] * E)
+
+
 def _dense(spec: Spec, dims: list[int]) -> Counter:
     return Counter(ffn=spec.batch_size * spec.seq_len * _matrix_sizes(dims)[0])
 
@@ -67,6 +76,7 @@ LAYER_MACS: dict[str, Callable[[Spec, list[int]], Counter]] = {
     "moe-seq": lambda spec, dims: _vanilla(spec, dims, token_router=False),
     "meo": _meo,
     "meo-token": lambda spec, dims: _meo(spec, dims, token_block=True),
+    "ce": _compressed,
 }
 
 
@@ -81,6 +91,9 @@ def _layer_params(spec: Spec, dims: list[int]) -> tuple[int, int]:
     if spec.variant == "meo-token":
         r = max(1, dims[0] // 64)
         total += dims[0] * r + r + r * dims[0] + dims[0]  # the token block: down, up
+    if spec.variant == "ce":  # one vector per expert; a token reads m experts and n_ce vectors
+        V, n_ce = sum(dims[:-1]), spec.n_ce
+        return total + E * V, (E - k + n_ce) * per_expert + (E - n_ce) * V
     return total, (E - k) * per_expert
 
 
@@ -152,8 +165,11 @@ HOST_PARTS: dict[str, Callable[[Spec], tuple[Counter, int]]] = {
 # ------------------------------------------------------------------------------- the model
 def count(spec: Spec) -> Counts:
     """MACs by part and parameters of the spec's model, in closed form."""
-    if spec.host not in HOST_PARTS or spec.variant not in LAYER_MACS:
-        raise NotImplementedError(f"no closed form for host {spec.host!r} variant {spec.variant!r}")
+    if spec.host not in HOST_PARTS:
+        raise SpecError("host", spec.host, "has no closed form here; count it with --source fvcore")
+    if spec.variant not in LAYER_MACS:  # XMoE's cost depends on where the router sends tokens
+        raise SpecError("variant", spec.variant, "has a data-dependent cost and no closed form; "
+                        "count it with --source fvcore")
     macs, params_total = HOST_PARTS[spec.host](spec)
     inactive = 0
     for dims in expert_dims(spec):

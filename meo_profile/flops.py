@@ -30,8 +30,10 @@ import torch
 from torch import nn
 
 from models import Spec, build_model, make_inputs
+from models.compressed import CompressedVectors
 from models.layers import Merger, SparseLayer, TokenBlock
 from models.routing import Router
+from models.xmoe import routing_summary
 
 # Ops with arithmetic or data movement that fvcore ignores without a word; we list them.
 _SURFACED_OPS = ("aten::relu", "aten::relu_", "aten::clamp", "aten::clamp_", "aten::floor",
@@ -56,6 +58,7 @@ class Counts:
     macs_by_operator: dict[str, int] = field(default_factory=dict)
     macs_by_module: dict[str, int] = field(default_factory=dict)
     note: str | None = None
+    routing: dict = field(default_factory=dict)  # XMoE: experts chosen per token, dropped pairs
 
     @property
     def flops(self) -> int:
@@ -65,7 +68,7 @@ class Counts:
         return {"macs": self.macs, "flops": self.flops, "flops_source": self.source,
                 "count_device": self.count_device, "unsupported_ops": dict(self.unsupported_ops),
                 "macs_by_part": dict(self.macs_by_part), "params_total": self.params_total,
-                "params_active": self.params_active}
+                "params_active": self.params_active, **self.routing}
 
 
 # ------------------------------------------------------------------------------- handles
@@ -160,6 +163,7 @@ def _count_on(spec: Spec, device: str) -> Counts:
         skipped = Counter(analysis.unsupported_ops()) + zero_ops
         by_module_op = analysis.by_module_and_operator()
     params_total = sum(p.numel() for p in model.parameters())
+    routing = routing_summary(model) if device != "meta" else {}
     return Counts(
         macs=total,
         macs_by_part=parts_from_modules(model, by_module_op),
@@ -170,29 +174,29 @@ def _count_on(spec: Spec, device: str) -> Counts:
         unsupported_ops=dict(sorted(skipped.items())),
         macs_by_operator={k: int(v) for k, v in analysis.by_operator().items()},
         macs_by_module={k: int(v) for k, v in analysis.by_module().items()},
+        routing=routing,
     )
 
 
 def inactive_params(model: nn.Module) -> int:
-    """Expert parameters one token does not read: (E - k) experts of every MoE layer."""
+    """Parameters one token does not read, summed over the MoE layers (each layer says what it
+    reads: k experts for top-k routing, m experts and n_ce vectors for compressed experts, the
+    mean kept count of the last forward for XMoE)."""
     idle = 0
     for layer in model.modules():
         if isinstance(layer, SparseLayer):
-            bank = layer.experts
-            per_expert = sum(p.numel() for p in bank.parameters()) // bank.num_experts
-            idle += (bank.num_experts - active_experts(layer)) * per_expert
+            idle += sum(p.numel() for p in layer.parameters()) - layer.params_active()
     return idle
 
 
-def active_experts(layer: SparseLayer) -> float:
-    return layer.router.top_k
-
-
 # --------------------------------------------------------------------------------- parts
+# Module type -> part, innermost first (a SparseLayer holds its router, merger, vectors).
+PART_OF_TYPE = ((Router, "router"), (Merger, "merge"), (TokenBlock, "token_block"),
+                (CompressedVectors, "compress"), (SparseLayer, "experts"))
+
 def _part_of_module(name: str, module: nn.Module, ffn_ids: set[int]) -> str | None:
     """The part a module's own ops belong to, or None to defer to its parent."""
-    for kind, part in ((Router, "router"), (Merger, "merge"), (TokenBlock, "token_block"),
-                       (SparseLayer, "experts")):
+    for kind, part in PART_OF_TYPE:
         if isinstance(module, kind):
             return part
     if id(module) in ffn_ids:

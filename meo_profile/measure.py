@@ -51,7 +51,7 @@ def _measure_into(result: Result, metrics, timing, max_memory_bytes, phases) -> 
     spec = result.spec
     if "flops" in metrics:
         with timed(phases, "counting"):
-            result.update(**count(spec).record_fields())
+            result.update(**count(spec).record_fields(), **fidelity_fields(spec))
     if "latency" not in metrics and "memory" not in metrics:
         return
     from meo_profile.latency import measure_workload
@@ -63,6 +63,23 @@ def _measure_into(result: Result, metrics, timing, max_memory_bytes, phases) -> 
     with timed(phases, "timing"):
         fields = measure_workload(work, timing or TimingOptions(), memory="memory" in metrics)
     result.update(**fields)
+
+
+@torch.no_grad()
+def fidelity_fields(spec: Spec) -> dict:
+    """Compressed experts: relative L2 error of the model output against full top-k with the
+    same router (a real forward; {} for other variants or weights that would not fit)."""
+    if spec.variant != "ce":
+        return {}
+    from models import build_model, make_inputs
+    from models.compressed import model_rel_l2_error
+
+    try:
+        check_fits(spec)
+    except DoesNotFit:
+        return {}
+    model = build_model(spec.replace(mode="inference"))
+    return {"rel_l2_error": model_rel_l2_error(model, *make_inputs(spec))}
 
 
 def _first_line(e: BaseException) -> str:

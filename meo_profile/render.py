@@ -107,6 +107,21 @@ def print_counts(counts, spec: Spec, by_module: bool, by_operator: bool, depth: 
         console.print(mapping_table(f"MACs by module (depth <= {depth})", "module", modules))
 
 
+EXTRA_LABELS = {
+    "experts_per_token_mean": "experts chosen per token, mean",
+    "experts_per_token_p90": "experts chosen per token, p90",
+    "experts_per_token_max": "experts chosen per token, max",
+    "dropped_pairs": "(token, expert) pairs dropped by capacity",
+    "rel_l2_error": "relative L2 error vs full top-k (fidelity)",
+}
+
+
+def print_extras(fields: dict) -> None:
+    for name, value in fields.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else f"{value:,}"
+        Console().print(f"{EXTRA_LABELS.get(name, name)}: {shown}")
+
+
 # ------------------------------------------------------------------------------ sweeps
 def run_with_progress(run, jobs, options, quiet: bool):
     """Run a sweep under a progress display (renders progress; the sweep measures)."""

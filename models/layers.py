@@ -30,6 +30,12 @@ class SparseLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"impl={self.impl!r}, E={self.experts.num_experts}, k={self.router.top_k}"
 
+    def params_active(self) -> int | None:
+        """Parameters one input reads: everything but the (E - k) experts it skips. MEO reads
+        the k experts it merges. Variants with other rules override this."""
+        idle = (self.experts.num_experts - self.router.top_k) * self.experts.expert_numel
+        return sum(p.numel() for p in self.parameters()) - idle
+
 
 # ------------------------------------------------------------------------- token level
 def rows_of(scales: Scales, rows: torch.Tensor) -> Scales:

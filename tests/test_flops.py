@@ -15,7 +15,7 @@ from meo_profile.flops import count_fvcore
 from meo_profile.resources import DoesNotFit, check_fits
 from models import Spec, build_model
 
-VARIANTS = ["dense", "moe", "moe-seq", "meo", "meo-token"]
+VARIANTS = ["dense", "moe", "moe-seq", "meo", "meo-token", "ce"]
 GRID = list(itertools.product(VARIANTS, [(4, 1), (8, 2), (6, 6)], [(1, 16), (3, 7)]))
 
 
@@ -126,3 +126,22 @@ def test_counts_do_not_depend_on_dtype():
     spec = Spec(variant="moe-seq", num_experts=4, top_k=2, d_model=16, d_ff=32)
     assert count_fvcore(spec).macs == count_fvcore(spec.replace(dtype="bfloat16")).macs
     assert torch.get_default_dtype() == torch.float32  # counting leaves global state alone
+
+
+def test_compressed_experts_cut_active_parameters_by_the_aux_experts():
+    moe = analytic.count(Spec(variant="moe", num_experts=8, top_k=4, d_model=16, d_ff=32))
+    ce = count_fvcore(Spec(variant="ce", n_ce=2, num_experts=8, top_k=4, d_model=16, d_ff=32))
+    per_expert = (16 * 32 + 32) + (32 * 16 + 16)  # one expert of each of the two MoE linears
+    vectors = 16 + 32  # one input-scaling vector per MoE linear
+    assert moe.params_active - ce.params_active == 2 * per_expert - 2 * vectors
+
+
+def test_xmoe_records_the_routing_it_counted():
+    spec = Spec(variant="xmoe", num_experts=8, d_model=16, d_ff=32, router_scale=8.0, threshold=0.9)
+    counts = count_fvcore(spec)
+    mean = counts.routing["experts_per_token_mean"]
+    assert counts.count_device == "cpu" and 1 <= mean <= 8
+    assert counts.routing["experts_per_token_max"] >= counts.routing["experts_per_token_p90"] >= 1
+    # dropless: every chosen (token, expert) pair runs through one up and one down matrix
+    kept_pairs = round(mean * spec.batch_size * spec.seq_len)
+    assert counts.macs_by_part["experts"] == kept_pairs * 2 * 16 * 32
