@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from meo_profile import render
-from meo_profile.options import fail, parse_bytes, with_axes, with_spec
 from meo_profile.grid import GridError
+from meo_profile.options import fail, parse_bytes, with_axes, with_spec
 from models import Spec, SpecError
 
 

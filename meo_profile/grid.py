@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.spec import SPEC_FIELDS, FLAG_OF, Spec, SpecError
+from models.spec import FLAG_OF, SPEC_FIELDS, Spec, SpecError
 
 METRICS = ("flops", "latency", "memory")
 # flag spelling -> spec field, so config files and axis flags take what the CLI shows

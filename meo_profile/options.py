@@ -14,8 +14,17 @@ from typing import Annotated, Any
 
 import typer
 
-from models.spec import (DEVICES, DTYPES, EXPERT_UNITS, IMPLS, MODES, VARIANTS, Spec, SpecError,
-                         flag_of)
+from models.spec import (
+    DEVICES,
+    DTYPES,
+    EXPERT_UNITS,
+    IMPLS,
+    MODES,
+    VARIANTS,
+    Spec,
+    SpecError,
+    flag_of,
+)
 
 _ALL_IMPLS = sorted({i for impls in IMPLS.values() for i in impls} | {"auto"})
 
