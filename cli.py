@@ -210,7 +210,7 @@ def presets() -> None:
     """List the built-in sweep presets, what each runs, and roughly how long it takes."""
     from meo_profile.presets import PRESETS
 
-    render.print_table(render.presets_table(PRESETS))
+    render.Console().print(render.presets_text(PRESETS))
 
 
 @app.command()
@@ -230,6 +230,70 @@ def report(
     except reporting.ReportError as e:
         raise fail(str(e)) from None
     typer.echo(f"report: {path}", err=True)
+
+
+@app.command()
+def check(
+    results: Annotated[Path | None, typer.Argument(help="A results directory or .jsonl to judge; default: measure what the claims need.")] = None,
+    claims_file: Annotated[Path | None, typer.Option("--claims", help="A claims YAML file (docs/claims.md); default: the built-in paper claims.")] = None,
+    junit: Annotated[Path | None, typer.Option("--junit-xml", help="Also write the verdicts as JUnit XML, for CI systems.")] = None,
+    save: Annotated[Path | None, typer.Option("--save", help="Store the records measured in this results directory (for `compare`).")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Efficiency claims against results: pass, fail or pending; exit 1 when a claim fails."""
+    from meo_profile import render_checks
+    from meo_profile.checking import run_checks
+    from meo_profile.claims import ClaimError, load_claims
+
+    try:
+        run = run_checks(load_claims(claims_file), results, save,
+                         log=None if json_out else lambda line: typer.echo(line, err=True))
+    except ClaimError as e:
+        raise fail(str(e)) from None
+    for line in run.skipped:
+        typer.echo(f"warning: skipped {line}", err=True)
+    if junit:
+        junit.write_text(render_checks.junit_xml(run.verdicts, run.errors), encoding="utf-8")
+    if json_out:
+        emit_json({"ok": run.exit_code == 0, "verdicts": [v.to_dict() for v in run.verdicts],
+                   "errors": run.errors})
+    else:
+        render.print_table(render_checks.check_table(run.verdicts))
+        for line in render_checks.check_lines(run.verdicts):
+            typer.echo(line, err=True)
+        typer.echo(render_checks.check_summary(run.verdicts, run.errors), err=True)
+    for error in run.errors:
+        typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(run.exit_code)
+
+
+@app.command()
+def compare(
+    baseline: Annotated[Path, typer.Argument(help="The baseline results directory or .jsonl.")],
+    current: Annotated[Path, typer.Argument(help="The current results directory or .jsonl.")],
+    tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="METRIC=X% for macs, params (default 0: equal), latency (10%), memory (5%); repeatable.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, markdown (a pull-request comment) or json.")] = "table",
+) -> None:
+    """A baseline results set against a current one, with tolerances; exit 1 on a regression."""
+    from meo_profile import render_checks
+    from meo_profile.compare import CompareError, compare_paths
+
+    formats = ("table", "markdown", "json")
+    if fmt not in formats:
+        raise fail(f"--format {fmt!r}: choose from {', '.join(formats)}")
+    try:
+        comparison = compare_paths(baseline, current, tolerance or ())
+    except CompareError as e:
+        raise fail(str(e)) from None
+    if fmt == "json":
+        emit_json(comparison.to_dict())
+    elif fmt == "markdown":
+        typer.echo(render_checks.compare_markdown(comparison), nl=False)
+    else:
+        for warning in comparison.warnings:
+            typer.echo(f"warning: {warning}", err=True)
+        render.print_table(render_checks.compare_table(comparison))
+    raise typer.Exit(1 if comparison.regressions else 0)
 
 
 def main() -> None:  # pragma: no cover - `python cli.py` convenience

@@ -152,16 +152,14 @@ def finish_report(out, command: str) -> None:
     Console(stderr=True).print(f"report: {path}")
 
 
-def presets_table(presets) -> Table:
-    table = Table(title="sweep presets", show_lines=True)
-    table.add_column("preset")
-    table.add_column("runs")
-    table.add_column("configurations", justify="right")
-    table.add_column("time")
+def presets_text(presets) -> str:
+    """Each preset: name, size and time on one line, what it runs indented below."""
+    lines = []
     for name, preset in presets.items():
         try:
-            size = str(len(preset.grid.expand()[0]))
+            size = f"{len(preset.grid.expand()[0])} configurations"
         except ValueError as e:  # e.g. the gpu preset on a machine without CUDA
-            size = f"not here: {e}"
-        table.add_row(name, preset.description, size, preset.estimate)
-    return table
+            size = f"not runnable here ({e})"
+        lines += [f"[bold]{name}[/]: {size}, {preset.estimate}", f"    {preset.description}", ""]
+    lines.append("run one with: meo-profile sweep --preset NAME")
+    return "\n".join(lines)
