@@ -146,6 +146,8 @@ def describe_setting(chosen: dict[str, Any]) -> str:
 
 SETTING_FORMAT = {
     "host": lambda v: f"host {v}",
+    "d_model": lambda v: f"d={v}",
+    "d_ff": lambda v: f"d_ff={v}",
     "num_experts": lambda v: f"E={v}",
     "top_k": lambda v: f"k={v}",
     "batch_size": lambda v: f"B={v}",

@@ -120,7 +120,7 @@ def test_latency_view_keeps_dense_as_a_k_free_baseline_at_the_held_setting():
     view = views.latency_view(ok_frame(records))
     assert sorted(view["variant"]) == ["dense", "moe", "moe"]
     assert view.loc[view["variant"] == "dense", "latency_ms_median"].item() == 1.0
-    assert view["setting"].iloc[0].startswith("host layer, E=16, B=8")
+    assert view["setting"].iloc[0].startswith("host layer, d=64, d_ff=256, E=16, B=8")
 
 
 # ------------------------------------------------------------------ formats and tables
@@ -168,7 +168,8 @@ def test_paper_numbers_state_their_convention():
 
 def test_latency_table_golden_rows(full):
     cpu = tables.latency_tables(ok_frame(full))[0]
-    assert cpu.title.startswith("Latency (ms), cpu: Test CPU (2 cores); host layer, E=16, B=8")
+    assert cpu.title.startswith("Latency (ms), cpu: Test CPU (2 cores); host layer, d=768, "
+                                "d_ff=3072, E=16, B=8")
     assert cpu.columns == ["variant", "k=1", "k=2", "k=4", "k=8"]
     assert [r[0] for r in cpu.rows] == ["dense FFN", "vanilla MoE", "vanilla MoE, sequence-routed",
                                          "MEO"]
@@ -272,3 +273,13 @@ def test_cli_report_writes_the_report(tmp_path):
     md = (tmp_path / "r" / "report.md").read_text()
     assert "GFLOPs against selected experts: left out, FLOPs counted at a single k" in md
     assert "71.99" in result.output
+
+
+def test_noisy_latency_points_are_flagged_with_the_tables_numbers():
+    records = layer_records(experts=(16,), ks=(1, 2), variants=("moe", "meo"))
+    noisy = next(r for r in records if r["variant"] == "meo" and r["top_k"] == 2)
+    noisy["latency_ms_p80"] = 2 * noisy["latency_ms_median"]
+    ok = ok_frame(records)
+    sentence = next(s for s in findings(ok) if "spread more than 10%" in s)
+    cell = tables.latency_tables(ok)[0].rows[1][2]  # MEO at k=2, as the table prints it
+    assert "1 of 4 latency points" in sentence and f"MEO, k=2, {cell} ms" in sentence
