@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meo_profile.claims import format_value, parse_fraction
+from meo_profile.claims import format_value, parse_fraction, percent
 from models.spec import SPEC_FIELDS
 
 
@@ -199,20 +199,24 @@ def latest(records: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, dict]]:
 
 
 SHORT = {"num_experts": "E", "top_k": "k", "batch_size": "B", "seq_len": "L", "d_model": "d",
-         "d_ff": "d_ff", "expert_unit": "unit"}
+         "expert_unit": "unit"}
+ALWAYS_SHOWN = ("host", "variant", "num_experts", "top_k", "batch_size", "seq_len")
 
 
 def labeller(keys: Iterable[tuple]):
-    """A short label per configuration: host and variant, then only the fields that vary."""
-    keys = list(keys)
+    """A short label per configuration: host, variant, E, k, B, L, then only the other fields
+    that tell apart configurations sharing those."""
     idx = {k: i for i, k in enumerate(SPEC_FIELDS)}
-    varying = [f for f in SPEC_FIELDS if f not in ("host", "variant")
-               and len({k[idx[f]] for k in keys}) > 1]
+    groups: dict[tuple, list[tuple]] = {}
+    for key in keys:
+        groups.setdefault(tuple(key[idx[f]] for f in ALWAYS_SHOWN), []).append(key)
+    extra = [f for f in SPEC_FIELDS if f not in ALWAYS_SHOWN
+             and any(len({k[idx[f]] for k in group}) > 1 for group in groups.values())]
 
     def label(key: tuple) -> str:
-        rest = " ".join(f"{SHORT.get(f, f)}={key[idx[f]]}" for f in varying
-                        if key[idx[f]] is not None)
-        return f"{key[idx['host']]} {key[idx['variant']]}" + (f" {rest}" if rest else "")
+        fields = [f for f in ALWAYS_SHOWN[2:] + tuple(extra) if key[idx[f]] is not None]
+        rest = " ".join(f"{SHORT.get(f, f)}={key[idx[f]]}" for f in fields)
+        return f"{key[idx['host']]} {key[idx['variant']]} {rest}".strip()
 
     return label
 
@@ -272,5 +276,19 @@ def compare_paths(baseline: str | Path, current: str | Path,
     return result
 
 
+COUNT_UNITS = ("MACs", "params")
+
+
 def format_cell(value: float | None, unit: str) -> str:
-    return format_value(value, unit) if unit else "-"
+    """Counts in full (a change of one multiply-add must show), costs scaled."""
+    if value is None or not unit:
+        return "-"
+    return f"{int(value):,}" if unit in COUNT_UNITS else format_value(value, unit)
+
+
+def format_change(row: Row) -> str:
+    if row.change is None:
+        return "-"
+    if row.unit in COUNT_UNITS:
+        return f"{int(row.current) - int(row.baseline):+,} ({percent(row.change)})"
+    return f"{row.change:+.1%}"

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from meo_profile.claims import Verdict
-from meo_profile.compare import Comparison, Row, format_cell
+from meo_profile.compare import Comparison, Row, format_cell, format_change
 
 VERDICT_STYLE = {"pass": "green", "fail": "bold red", "pending": "yellow",
                  "ok": "green", "improved": "green", "regression": "bold red",
@@ -74,10 +74,6 @@ def junit_xml(verdicts: list[Verdict], errors: list[str], suite: str = "meo-prof
 
 
 # ---------------------------------------------------------------------------------- compare
-def _change(row: Row) -> str:
-    return "-" if row.change is None else f"{row.change:+.2%}"
-
-
 def _shown(comparison: Comparison) -> tuple[list[Row], int]:
     """Rows worth a line: all but counts that did not move; and how many were left out."""
     shown = [r for r in comparison.rows if r.verdict != "ok" or r.unit in ("ms", "bytes")
@@ -102,7 +98,7 @@ def compare_table(comparison: Comparison) -> Table:
         table.add_column(col, justify="right" if col in ("baseline", "current", "change") else "left")
     for r in rows:
         table.add_row(escape(r.config), r.field, format_cell(r.baseline, r.unit),
-                      format_cell(r.current, r.unit), _change(r), _styled(r.verdict), escape(r.note))
+                      format_cell(r.current, r.unit), format_change(r), _styled(r.verdict), escape(r.note))
     return table
 
 
@@ -113,7 +109,7 @@ def _md_rows(rows: list[Row]) -> list[str]:
         verdict = f"**{r.verdict}**" if r.fails else r.verdict
         note = f" ({r.note})" if r.note else ""
         lines.append(f"| {r.config} | `{r.field}` | {format_cell(r.baseline, r.unit)} | "
-                     f"{format_cell(r.current, r.unit)} | {_change(r)} | {verdict}{note} |")
+                     f"{format_cell(r.current, r.unit)} | {format_change(r)} | {verdict}{note} |")
     return lines
 
 
