@@ -31,6 +31,7 @@ from meo_profile.timing import TimingOptions, time_call
 from models import Spec, build_model, sparse_layers, torch_dtype
 from models.build import DTYPES
 from models.layers import MergedExperts, SparseLayer
+from models.spec import SpecError
 
 # Sizes for the peak probes: large enough to leave the caches and reach the device's steady
 # state, small enough to finish in about a second on a two-core CPU.
@@ -181,6 +182,6 @@ def configuration_bound(spec: Spec, model: nn.Module | None = None) -> Bound | N
         return None
     try:
         macs = count(spec).macs
-    except NotImplementedError:
+    except (NotImplementedError, SpecError):  # XMoE's cost depends on its routing: no closed form
         return None
     return roofline(spec, macs, bytes_moved(spec, model))
