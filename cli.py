@@ -245,6 +245,8 @@ def check(
     from meo_profile.checking import run_checks
     from meo_profile.claims import ClaimError, load_claims
 
+    if results is not None and save is not None:
+        raise fail("--save: nothing is measured when RESULTS is given")
     try:
         run = run_checks(load_claims(claims_file), results, save,
                          log=None if json_out else lambda line: typer.echo(line, err=True))

@@ -118,7 +118,6 @@ class CheckRun:
     errors: list[str]  # claims whose selection matched no record: bad input (exit 2)
     records: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # unreadable lines of a results file
-    measured: int = 0
 
     @property
     def failed(self) -> list[Verdict]:
@@ -130,12 +129,12 @@ class CheckRun:
 
 
 def plan(claims: list[Claim], pending: dict[str, str]) -> dict[Spec, tuple[str, ...]]:
-    """Each configuration the measurable claims need, once, with the metrics they read."""
+    """Each configuration the measurable claims need, once, with the metrics they read.
+    (Pending claims are left alone: their variant may not even be a valid spec yet.)"""
     needed: dict[Spec, set[str]] = {}
     for claim in claims:
-        specs = claim.specs()  # validated even when judging stored records: errors exit 2
         if claim.name not in pending:
-            for spec in specs:
+            for spec in claim.specs():  # a selection that is no valid spec: ClaimError, exit 2
                 needed.setdefault(spec, set()).add(claim.quantity.spec.needs)
     order = ("flops", "latency", "memory")
     return {spec: tuple(m for m in order if m in metrics) for spec, metrics in needed.items()}
@@ -167,11 +166,10 @@ def run_checks(claims: list[Claim], results: str | Path | None = None, save: Pat
     """Judge `claims` against a results file, or against the configurations they need,
     measured now (FLOPs-only claims count on the meta device: seconds, not minutes)."""
     pending = pending_reasons(claims)
-    needed = plan(claims, pending)
     skipped: list[str] = []
     if results is None:
-        records = measure_plan(needed, save, log)
-    else:
+        records = measure_plan(plan(claims, pending), save, log)
+    else:  # stored records are judged as they are (a GPU's records on a CPU machine, too)
         from meo_profile.store import load, results_path
 
         if not results_path(results).exists():
@@ -179,5 +177,4 @@ def run_checks(claims: list[Claim], results: str | Path | None = None, save: Pat
         loaded = load(results)
         records, skipped = loaded.records, loaded.skipped
     verdicts, errors = judge_all(claims, records, pending)
-    return CheckRun(verdicts, errors, records, skipped,
-                    measured=len(needed) if results is None else 0)
+    return CheckRun(verdicts, errors, records, skipped)

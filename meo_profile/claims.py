@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -173,6 +173,17 @@ class Target:
         return CLOSED_FORMS[self.closed_form].label if self.closed_form else format_value(self.value, unit)
 
 
+class Judgement(NamedTuple):
+    ok: bool
+    expected: float
+    deviation: str  # how far from the expected value, for people
+    margin: float  # how far along the way to failing: <= 1 holds, > 1 fails (picks the worst case)
+
+
+def _ratio_or(a: float, b: float, ok: bool) -> float:
+    return a / b if b > 0 and a >= 0 else (0.0 if ok else math.inf)
+
+
 @dataclass(frozen=True)
 class Approx:
     """|measured / expected - 1| <= tolerance."""
@@ -180,12 +191,14 @@ class Approx:
     target: Target
     tolerance: float
 
-    def judge(self, measured: float, config: dict[str, Any]) -> tuple[bool, float, str]:
+    def judge(self, measured: float, config: dict[str, Any]) -> Judgement:
         expected = self.target.at(config)
         if expected == 0:
-            return measured == 0, expected, ""
-        off = measured / expected - 1
-        return abs(off) <= self.tolerance * (1 + 1e-12), expected, percent(off)
+            return Judgement(measured == 0, expected, "", 0.0 if measured == 0 else math.inf)
+        off = abs(measured / expected - 1)
+        ok = off <= self.tolerance * (1 + 1e-12)  # a tolerance like 0.1 is not exact in binary
+        return Judgement(ok, expected, percent(measured / expected - 1),
+                         _ratio_or(off, self.tolerance, ok))
 
     def describe(self, unit: str) -> str:
         return f"{self.target.describe(unit)} +/- {self.tolerance:.2%}"
@@ -198,10 +211,12 @@ class Bound:
     target: Target
     upper: bool
 
-    def judge(self, measured: float, config: dict[str, Any]) -> tuple[bool, float, str]:
+    def judge(self, measured: float, config: dict[str, Any]) -> Judgement:
         bound = self.target.at(config)
         ok = measured <= bound if self.upper else measured >= bound
-        return ok, bound, f"{percent(measured / bound - 1)} from the bound" if bound else ""
+        margin = _ratio_or(measured, bound, ok) if self.upper else _ratio_or(bound, measured, ok)
+        deviation = f"{percent(measured / bound - 1)} from the bound" if bound else ""
+        return Judgement(ok, bound, deviation, margin)
 
     def describe(self, unit: str) -> str:
         return f"{'<=' if self.upper else '>='} {self.target.describe(unit)}"
@@ -227,6 +242,9 @@ _EXPECT_KEYS = set(EXPECTATIONS) | {"tolerance"}
 
 
 # ----------------------------------------------------------------------------------- claims
+SHORT = {"num_experts": "E", "top_k": "k", "batch_size": "B", "seq_len": "L", "granularity": "g",
+         "threshold": "t", "expert_unit": "unit"}  # the papers' symbols, for table cells
+
 # Spec fields that differ between variants by construction (resolved per variant, or stored as
 # None for the others): never part of "the same configuration" across a ratio's two sides.
 VARIANT_FIELDS = ("variant", "impl", "n_ce", "ce_init", "threshold", "granularity", "max_k",
@@ -243,6 +261,7 @@ class Outcome:
     expected: float | None = None
     deviation: str = ""
     error: str | None = None  # the measurement failed
+    margin: float = math.inf  # see Judgement
 
     def text(self, unit: str, versus: bool = True) -> str:
         if self.error:
@@ -293,8 +312,8 @@ class Claim:
     def quantity_text(self) -> str:
         if self.ratio is None:
             return self.quantity.describe()
-        num, den = (" ".join(str(v) if k == "variant" else f"{k}={v}" for k, v in side.items())
-                    for side in self.ratio)
+        num, den = (" ".join(str(v) if k == "variant" else f"{SHORT.get(k, k)}={v}"
+                             for k, v in side.items()) for side in self.ratio)
         return f"{self.quantity.describe()}, {num} / {den}"
 
     # ------------------------------------------------------------------------ configurations
@@ -335,7 +354,7 @@ class Claim:
             outcomes += self._judge_case(case, records)
         failed = [o for o in outcomes if not o.ok]
         shown = failed or outcomes
-        worst = shown[0] if len(shown) == 1 else max(shown, key=_badness)
+        worst = max(shown, key=lambda o: o.margin)
         measured = worst.text(self.unit, versus=False) if len(outcomes) == 1 else (
             f"{len(outcomes) - len(failed)}/{len(outcomes)} hold; "
             f"{'failing' if failed else 'closest'}: {worst.line(self.unit, versus=False)}")
@@ -361,7 +380,7 @@ class Claim:
 
     def _usable(self, selection: dict[str, Any], records) -> tuple[list[dict], str | None]:
         """Records matching `selection` with the metric measured; or why none is usable."""
-        matched = [r for r in records if all(_same(r.get(k), v) for k, v in selection.items())]
+        matched = [r for r in records if all(_same(k, r.get(k), v) for k, v in selection.items())]
         if not matched:
             raise ClaimError(f"claim {self.name!r}: selection {selection} matches no record")
         ok = [r for r in matched if r.get("status") == "ok" and self.quantity.of(r) is not None]
@@ -388,8 +407,8 @@ class Claim:
         return [(n, d) for n in num for d in by_key.get(key(n), [])]
 
     def _outcome(self, label: str, measured: float, config: dict[str, Any]) -> Outcome:
-        ok, expected, deviation = self.expect.judge(measured, config)
-        return Outcome(label, ok, measured, expected, deviation)
+        j = self.expect.judge(measured, config)
+        return Outcome(label, j.ok, measured, j.expected, j.deviation, margin=j.margin)
 
     def _ratio_outcome(self, label: str, num: dict, den: dict, case: dict) -> Outcome:
         bottom = self.quantity.of(den)
@@ -398,19 +417,17 @@ class Claim:
         return self._outcome(label, self.quantity.of(num) / bottom, {**den, **case})
 
 
-def _same(stored: Any, wanted: Any) -> bool:
-    if isinstance(wanted, list):
-        return any(_same(stored, w) for w in wanted)
+# Fields whose selected value "auto" stands for what the spec resolves it to (records store the
+# resolved value): any stored value matches.
+RESOLVED = {"impl": "auto", "device": "auto"}
+
+
+def _same(name: str, stored: Any, wanted: Any) -> bool:
+    if RESOLVED.get(name) == wanted:
+        return True
     if isinstance(wanted, (int, float)) and isinstance(stored, (int, float)):
         return math.isclose(stored, wanted, rel_tol=1e-12)
     return stored == wanted
-
-
-def _badness(o: Outcome) -> float:
-    """How close an outcome came to failing (for showing the worst case)."""
-    if o.error or o.measured is None or not o.expected:
-        return math.inf
-    return abs(o.measured / o.expected - 1)
 
 
 # ---------------------------------------------------------------------------------- parsing

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from cli import app
@@ -173,14 +174,15 @@ def test_pending_claims_never_pass(tmp_path):
     assert verdict["verdict"] == "pending" and "trained" in verdict["detail"]
 
 
-def test_a_variant_the_code_cannot_build_is_pending():
-    claims = parse_claims({"claims": [{
-        "name": "future", "source": "test", "select": {"host": "layer", "variant": "moe"},
-        "metric": "macs", "expect": {"at_least": 1}, "requires": {"registered": "sparse-mixer"}}]})
-    reasons = pending_reasons(claims)
-    assert "not built yet" in reasons["future"]
-    (verdict,), errors = judge_all(claims, [], reasons)
-    assert verdict.verdict == "pending" and not errors
+def test_a_variant_the_code_cannot_build_is_pending(tmp_path):
+    claims = tmp_path / "claims.yaml"
+    claims.write_text("claims:\n  - {name: future, source: test, metric: macs, expect: {at_least: 1},"
+                      " select: {host: layer, variant: sparse-mixer},"
+                      " requires: {registered: sparse-mixer}}\n")
+    result = cli("check", "--claims", str(claims), "--json")
+    assert result.exit_code == 0, result.stderr
+    (verdict,) = json.loads(result.stdout)["verdicts"]
+    assert verdict["verdict"] == "pending" and "not built yet" in verdict["detail"]
 
 
 def test_builtin_pending_claims_name_their_reason():
@@ -213,8 +215,7 @@ def test_a_malformed_claim_exits_2_naming_it(tmp_path, case):
     line, message = MALFORMED[case]
     bad = tmp_path / "claims.yaml"
     bad.write_text(_claim_with(line))
-    results = write_records(tmp_path / "r.jsonl", tiny_records())
-    result = cli("check", str(results), "--claims", str(bad))
+    result = cli("check", "--claims", str(bad))  # refused before anything is measured
     assert result.exit_code == 2
     assert "'my-claim'" in result.stderr and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -302,6 +303,24 @@ def test_store_round_trip_keeps_claims_judgeable(tmp_path):
     claims = tmp_path / "claims.yaml"
     claims.write_text(CLAIM)
     assert cli("check", str(tmp_path / "run"), "--claims", str(claims)).exit_code == 0
+
+
+def test_save_needs_something_measured(tmp_path):
+    results = write_records(tmp_path / "r.jsonl", tiny_records())
+    result = cli("check", str(results), "--save", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "--save" in result.stderr
+
+
+def test_auto_in_a_selection_matches_what_it_resolved_to():
+    claims = parse_claims(yaml.safe_load(CLAIM.replace("top_k: 2}", "top_k: 2, impl: auto, device: auto}")))
+    (verdict,), errors = judge_all(claims, tiny_records(), {})
+    assert verdict.verdict == "pass" and not errors
+
+
+def test_the_documented_example_parses():
+    text = (Path(__file__).parents[1] / "docs" / "claims.md").read_text()
+    example = text.split("### Example", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    assert len(parse_claims(yaml.safe_load(example))) == 3
 
 
 def test_claim_errors_are_one_line():
