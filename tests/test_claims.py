@@ -185,6 +185,25 @@ def test_a_variant_the_code_cannot_build_is_pending(tmp_path):
     assert verdict["verdict"] == "pending" and "not built yet" in verdict["detail"]
 
 
+def test_ce_claim_waits_while_the_counter_ignores_compression(monkeypatch):
+    """Before counting supported compressed experts, it counted k whole experts per token for
+    every MoE layer; the ce claim must then be pending, not judged on a wrong count."""
+    from meo_profile.checking import _probe
+    from models.layers import SparseLayer
+
+    def k_of_e_experts(model):  # the generic rule: (E - k) experts of each layer are idle
+        return sum((m.experts.num_experts - m.router.top_k) * m.experts.expert_numel
+                   for m in model.modules() if isinstance(m, SparseLayer))
+
+    claims = [c for c in load_claims() if c.name == "ce-active-params"]
+    _probe.cache_clear()
+    monkeypatch.setattr(flops, "inactive_params", k_of_e_experts)
+    try:
+        assert "ignores" in pending_reasons(claims)["ce-active-params"]
+    finally:
+        _probe.cache_clear()
+
+
 def test_builtin_pending_claims_name_their_reason():
     claims = [c for c in load_claims() if c.name == "xmoe-moe-layer-flops"]
     assert "--router-scale" in pending_reasons(claims)["xmoe-moe-layer-flops"]
