@@ -26,8 +26,7 @@ import yaml
 
 from models.spec import SPEC_FIELDS, Spec, SpecError
 
-BUILTIN = "claims_builtin.yaml"
-VERDICTS = ("pass", "fail", "pending")
+BUILTIN = "claims_builtin.yaml"  # shipped beside this module (package data)
 
 
 class ClaimError(ValueError):
@@ -279,7 +278,7 @@ class Outcome:
 class Verdict:
     name: str
     verdict: str  # pass, fail, pending
-    quantity: str  # what was measured, e.g. "flops without router (meo / moe)"
+    quantity: str  # what was measured, e.g. "flops without router, meo / moe"
     expected: str
     measured: str
     detail: str
@@ -288,8 +287,8 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "verdict": self.verdict, "quantity": self.quantity,
-                "expected": self.expected,
-                "measured": self.measured, "detail": self.detail, "source": self.source,
+                "expected": self.expected, "measured": self.measured, "detail": self.detail,
+                "source": self.source,
                 "cases": [{"config": o.label, "ok": o.ok, "measured": o.measured,
                            "expected": o.expected, "error": o.error} for o in self.outcomes]}
 
