@@ -79,18 +79,10 @@ def params_accounted(variant: str) -> str | None:
             f"accounting ({expected:,}) on a tiny model: counting does not support {variant!r} yet")
 
 
-def trained_routing(variant: str) -> str | None:
-    """Routing from trained weights. The tool builds random weights; for threshold routing the
-    experts a token picks (so its FLOPs) are then set by --router-scale, not by the method."""
-    return (f"{variant!r} saves compute only as far as a trained router is sharp; with random "
-            f"weights the cost is whatever --router-scale makes it (needs trained routing)")
-
-
 PROBES: dict[str, Callable[[str], str | None]] = {
     "registered": registered,
     "counted": counted,
     "params_accounted": params_accounted,
-    "trained_routing": trained_routing,
 }
 
 
