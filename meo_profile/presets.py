@@ -27,6 +27,20 @@ def layer_grid(experts, top_k, variants, d_model, d_ff, batch, seq, dtype="float
                   "dtype": [dtype], "device": [device]}, ("flops", "latency", "memory"), label)
 
 
+# The four methods at one expert budget (the report's method comparison): 16 FFN experts of
+# width 2048, or XMoE's 64 of width 512, the same weights. Each knob applies to its own variant
+# only (the spec drops it elsewhere), so one block gives four configurations; n_ce (k/2 = 2) and
+# the threshold (0.9) are the spec's defaults, left unset so that `--top-k` on a preset still
+# expands. Router logits x8 for all: a random router is nearly flat, and XMoE's threshold would
+# choose most experts.
+METHODS_LAYER = Block({"host": ["layer"], "variant": ["moe", "meo", "ce", "xmoe"],
+                       "expert_unit": ["ffn"], "num_experts": [16], "top_k": [4],
+                       "granularity": [4], "router_scale": [8.0],
+                       "d_model": [512], "d_ff": [2048], "batch_size": [8], "seq_len": [128],
+                       "device": ["auto"]},
+                      ("flops", "latency", "memory"), "four methods at one expert budget")
+
+
 @dataclass(frozen=True)
 class Preset:
     description: str
@@ -38,19 +52,23 @@ PRESETS: dict[str, Preset] = {
     "default": Preset(
         "The paper's FLOPs figure (bert-small/base/large, k 1..32, moe vs meo) and a layer-level "
         "latency and memory grid (experts 4..64 x k 1..8 x dense/moe/moe-seq/meo, d 512, "
-        "d_ff 2048, batch 8, sequence 128).",
+        "d_ff 2048, batch 8, sequence 128), and the four methods (moe/meo/ce/xmoe) at one "
+        "expert budget (16 FFN experts, k 4, n_ce 2, XMoE g 4 threshold 0.9).",
         "about 3 min on a 2-core CPU",
         Grid([PAPER_FLOPS,
               layer_grid([4, 16, 64], [1, 2, 4, 8], ["dense", "moe", "moe-seq", "meo"],
-                         d_model=512, d_ff=2048, batch=8, seq=128)]),
+                         d_model=512, d_ff=2048, batch=8, seq=128),
+              METHODS_LAYER]),
     ),
     "paper": Preset(
         "The MEO paper's efficiency figure and table: FLOPs for bert-small/base/large at k 1..32, "
-        "vanilla MoE vs MEO, plus the paper's layer (d 768, d_ff 3072, E 16, k 4) timed.",
+        "vanilla MoE vs MEO, plus the paper's layer (d 768, d_ff 3072, E 16, k 4) timed, and "
+        "the four methods (moe/meo/ce/xmoe) at one expert budget (d 512, 16 FFN experts).",
         "about 1 min on a 2-core CPU",
         Grid([PAPER_FLOPS,
               layer_grid([16], [4], ["dense", "moe", "moe-seq", "meo"], d_model=768, d_ff=3072,
-                         batch=8, seq=128, label="paper layer")]),
+                         batch=8, seq=128, label="paper layer"),
+              METHODS_LAYER]),
     ),
     "quick": Preset(
         "A smoke test: a small layer (d 128, d_ff 512) at E 4/8, k 1/2, dense/moe/meo, and the "
