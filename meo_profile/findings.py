@@ -234,8 +234,50 @@ def _below_bound(rows: pd.DataFrame) -> str:
             f"overestimates the work, so read their ratios as a flaw of the bound, not a speed.")
 
 
+def methods_compared(ok: pd.DataFrame) -> list[str]:
+    """What compressed experts and XMoE save against vanilla MoE at one expert budget, what
+    they trade for it (fidelity, experts chosen), and the latency each method realises."""
+    view = views.methods_view(ok)
+    out = []
+    for device, rows in view.groupby("device_label", sort=True) if not view.empty else []:
+        by = rows.set_index("variant")
+        parts = [METHOD_SENTENCES[v](by.loc[v], by.loc["moe"]) for v in METHOD_SENTENCES
+                 if v in by.index]
+        timed = [f"{label(v)} {fmt_times(by.loc[v, 'latency_rel'])}"
+                 for v in ("meo", "ce", "xmoe")
+                 if v in by.index and not missing(by.loc[v, "latency_rel"])]
+        latency = f" Measured latency against vanilla MoE's: {', '.join(timed)}." if timed else ""
+        out.append(f"On {device}, at one expert budget, " + "; ".join(parts) + "." + latency)
+    return out
+
+
+def _ce_sentence(r: pd.Series, vanilla: pd.Series) -> str:
+    fidelity = ("" if missing(r["rel_l2_error"]) else
+                f", at a relative L2 error of {fmt_num(r['rel_l2_error'], 3)} against full "
+                f"top-{int(r['top_k'])} with untrained ({r['ce_init']}) vectors")
+    return (f"compressed experts (n_ce={int(r['n_ce'])}) bring active parameters per token to "
+            f"{fmt_times(r['params_rel'])} vanilla MoE's ({fmt_num(r['params_active'] / 1e6)} M "
+            f"against {fmt_num(vanilla['params_active'] / 1e6)} M) and MoE-block GFLOPs to "
+            f"{fmt_times(r['moe_block_rel'])}{fidelity}")
+
+
+def _xmoe_sentence(r: pd.Series, vanilla: pd.Series) -> str:
+    chosen = ("" if missing(r["experts_per_token_mean"]) else
+              f"chooses {fmt_num(r['experts_per_token_mean'])} of {int(r['experts_built'])} "
+              f"experts per token on average (p90 {fmt_num(r['experts_per_token_p90'], 0)}), "
+              f"which ")
+    return (f"XMoE (threshold {r['threshold']:g}, router logits ×{r['router_scale']:g}) {chosen}"
+            f"brings active parameters to {fmt_times(r['params_rel'])} "
+            f"({fmt_num(r['params_active'] / 1e6)} M) and MoE-block GFLOPs to "
+            f"{fmt_times(r['moe_block_rel'])}")
+
+
+METHOD_SENTENCES = {"ce": _ce_sentence, "xmoe": _xmoe_sentence}
+
+
 FINDINGS: tuple[Finding, ...] = (paper_flops, flops_ratio, latency_growth, latency_noise,
-                                  speedup_shortfall, memory_cost, roofline_distance)
+                                  speedup_shortfall, memory_cost, roofline_distance,
+                                  methods_compared)
 
 
 def findings(ok: pd.DataFrame) -> list[str]:

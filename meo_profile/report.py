@@ -84,8 +84,8 @@ class Section:
     tables: tuple[tables.TableFn, ...] = ()
 
 
-# The report's parts in order. A new figure (the four-method comparison of issue 8) is one more
-# FigureEntry in figures.FIGURES and one more Section here.
+# The report's parts in order. A new figure is one more FigureEntry in figures.FIGURES and one
+# more Section here.
 SECTIONS: list[Section] = [
     Section("FLOPs against the number of selected experts",
             "The paper's figure: vanilla MoE's FLOPs grow with k, MEO's stay nearly flat.",
@@ -106,6 +106,11 @@ SECTIONS: list[Section] = [
             "fig6_memory_vs_experts", (tables.memory_tables,)),
     Section("Roofline", "Each configuration's measured time against its physical bound.",
             "fig7_roofline", (tables.roofline_tables,)),
+    Section("Four methods at one expert budget",
+            "Vanilla MoE, MEO, compressed experts and XMoE with the same expert weights, each "
+            "against vanilla MoE: what a token reads, what the MoE block computes, what it costs "
+            "in time and memory, and what each method trades for it.",
+            "fig8_methods", (tables.methods_tables,)),
 ]
 
 
@@ -276,14 +281,14 @@ def render_report(results: str | Path, out_dir: str | Path | None = None, fmt: s
 # ------------------------------------------------------------------------------ terminal
 KEY_TABLES: tuple[tables.TableFn, ...] = (
     as_list(tables.paper_table), as_list(tables.flops_table), tables.speedup_tables,
-    tables.roofline_tables,
+    tables.roofline_tables, tables.methods_tables,
 )
 
 
 def summary_tables(records: list[dict], skipped_lines: int = 0,
                    command: str | None = None) -> list[Table]:
     """The tables the terminal shows: setup, the paper's numbers, FLOPs, speedup, roofline,
-    failures."""
+    the four methods, failures."""
     every = views.prepare(records)
     ok = views.ok_rows(every)
     out = [tables.setup_table(every, skipped_lines, command)]

@@ -252,6 +252,73 @@ def roofline_tables(ok: pd.DataFrame) -> list[Table]:
     return out
 
 
+# ------------------------------------------------------------------------------ methods
+def methods_tables(ok: pd.DataFrame) -> list[Table]:
+    """The four methods at one expert budget, per device: counts, time, memory, and what each
+    method trades (compressed experts: fidelity; XMoE: experts chosen per token)."""
+    view = views.methods_view(ok)
+    out = []
+    for device, rows in view.groupby("device_label", sort=True) if not view.empty else []:
+        unit = byte_unit(rows["peak_mem_bytes"].max()) if rows["peak_mem_bytes"].notna().any() \
+            else ("MiB", 2**20)
+        body = [[label(r.variant), method_configuration(r),
+                 _with_ratio(fmt_num(r.params_active / 1e6), r.params_rel),
+                 _with_ratio(fmt_num(r.moe_block_gflops), r.moe_block_rel), fmt_num(r.gflops),
+                 _with_ratio(_latency_text(r), r.latency_rel),
+                 _with_ratio(fmt_bytes(r.peak_mem_bytes, unit), r.peak_mem_rel),
+                 method_tradeoff(r)]
+                for r in views.in_variant_order(rows).itertuples()]
+        header = [("method", False), ("experts × width, routing", False),
+                  ("active params / token (M)", True), ("MoE-block GFLOPs", True),
+                  ("total GFLOPs", True), ("latency ms (p20–p80)", True),
+                  (f"peak memory ({unit[0]})", True), ("method-specific", False)]
+        out.append(table(f"Four methods at one expert budget, {device}; {rows['setting'].iloc[0]}",
+                         header, body,
+                         f"Each value is followed by its ratio to vanilla MoE's. Equal expert "
+                         f"budget: the same expert weights (XMoE: g times as many experts, "
+                         f"each 1/g as wide). MoE-block GFLOPs: experts, merge, routers and "
+                         f"compressed vectors, {FLOPS_CONVENTION}; active parameters: the "
+                         f"weights one token's forward reads (MEO: the k experts merged for "
+                         f"its sequence; XMoE: the mean over tokens). Latency and memory: "
+                         f"the fastest implementation measured."))
+    return out
+
+
+def method_configuration(r) -> str:
+    """'16 × 2048, top-4': the experts as built and how each token is routed."""
+    experts = f"{fmt_int(r.experts_built)} × {fmt_int(r.expert_width)}"
+    k = fmt_int(r.top_k)
+    routing = {
+        "moe": f"top-{k}",
+        "meo": f"top-{k} merged per sequence ({r.impl} merge)",
+        "ce": f"top-{fmt_int(r.top_k - r.n_ce)} + {fmt_int(r.n_ce)} compressed ({r.ce_init} init)",
+        "xmoe": f"threshold {r.threshold:g}" + ("" if missing(r.max_k) else f", at most {fmt_int(r.max_k)}")
+                + ("" if missing(r.capacity_factor) else f", capacity ×{r.capacity_factor:g}"),
+    }.get(r.variant, "")
+    return f"{experts}, {routing}"
+
+
+def method_tradeoff(r) -> str:
+    """What the method gives up or chooses: ce's error against full top-k, XMoE's chosen counts."""
+    if r.variant == "ce":
+        return f"rel. L2 error {fmt_num(r.rel_l2_error, 3)} vs full top-{fmt_int(r.top_k)}"
+    if r.variant == "xmoe":
+        return (f"{fmt_num(r.experts_per_token_mean)} experts / token (p90 "
+                f"{fmt_num(r.experts_per_token_p90, 0)}, max {fmt_int(r.experts_per_token_max)} of "
+                f"{fmt_int(r.experts_built)}); {fmt_int(r.dropped_pairs)} dropped pairs")
+    return NA
+
+
+def _latency_text(r) -> str:
+    if missing(r.latency_ms_median):
+        return NA
+    return f"{fmt_ms(r.latency_ms_median)} ({fmt_ms(r.latency_ms_p20)}–{fmt_ms(r.latency_ms_p80)})"
+
+
+def _with_ratio(text: str, ratio: float) -> str:
+    return text if text == NA or missing(ratio) else f"{text}, {fmt_times(ratio)}"
+
+
 # ------------------------------------------------------------------------------ failures
 def failures_table(all_rows: pd.DataFrame) -> Table | None:
     bad = all_rows[all_rows["status"] != "ok"]

@@ -4,7 +4,8 @@ Each step is a small frame-to-frame function, unit-tested on hand-written rows:
 `prepare` (one row per configuration, every schema column present, numbers numeric), `fix_axes`
 (hold the axes a figure does not vary at one value), `best_per_point` (the fastest
 implementation of a variant at each point), and the views the report draws from
-(`flops_view`, `ratio_view`, `latency_view`, `speedup_view`, `memory_view`, `roofline_view`).
+(`flops_view`, `ratio_view`, `latency_view`, `speedup_view`, `memory_view`, `roofline_view`,
+`methods_view`).
 
 Units follow the record: `flops` = 2 x macs, `*_ms` milliseconds, `*_bytes` bytes; derived
 columns say their unit in their name (`gflops`).
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from meo_profile.formats import VARIANT_ORDER
 from meo_profile.paper import meo_flops_ratio_closed_form
 from meo_profile.record import ENV_FIELDS, Result
 from models.spec import SPEC_FIELDS, Spec
@@ -155,6 +157,7 @@ SETTING_FORMAT = {
     "dtype": str,
     "mode": str,
     "expert_unit": lambda v: "" if v == "linear" else f"expert unit {v}",
+    "router_scale": lambda v: "" if v == 1 else f"router logits ×{v:g}",
 }
 
 
@@ -289,6 +292,85 @@ def roofline_view(df: pd.DataFrame) -> pd.DataFrame:
     """Every configuration with both a measured median and a roofline bound."""
     return df[df["latency_ms_median"].notna() & df["roofline_ms"].notna()
               & (df["roofline_ms"] > 0)].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------ the four methods
+# Vanilla MoE, MEO, compressed experts and XMoE at one expert budget: the same expert weights,
+# E experts of width d_ff (XMoE: E·g experts of width d_ff/g, the same total).
+METHODS = ("moe", "meo", "ce", "xmoe")
+NEWER_METHODS = ("ce", "xmoe")
+# The shared setting, read from the newer methods' records. XMoE splits whole FFN experts, so
+# the comparison is made with ffn experts for all four.
+BUDGET_PREFER = {"host": "layer", "mode": "inference", "expert_unit": "ffn", "dtype": None,
+                 "d_model": None, "d_ff": None, "layers": None, "num_experts": 16,
+                 "batch_size": 8, "seq_len": 128}
+# Each method's own knobs, held at one value (the papers' defaults where present; compressed
+# experts' n_ce at k/2, set where k is known).
+METHOD_KNOBS = {"ce": {"n_ce": None, "ce_init": "ones"},
+                "xmoe": {"threshold": 0.9, "granularity": None, "max_k": None,
+                         "capacity_factor": None}}
+# Everything an MoE block computes: experts, MEO's merge, routers, compressed vectors.
+MOE_BLOCK_PARTS = ("experts", "merge", "router", "compress", "token_block")
+RELATIVE = {"params_active": "params_rel", "moe_block_gflops": "moe_block_rel",
+            "latency_ms_median": "latency_rel", "peak_mem_bytes": "peak_mem_rel"}
+
+
+def methods_view(df: pd.DataFrame) -> pd.DataFrame:
+    """Per device, one row per method at one shared setting and expert budget, with the MoE
+    block's GFLOPs and each quantity relative to vanilla MoE's (`*_rel`). A device needs counted
+    records of vanilla MoE and of compressed experts or XMoE; MEO is shown when present."""
+    parts = []
+    for label, dev in _by_device(df, "flops"):
+        rows = dev[dev["variant"].isin(METHODS)]
+        newer = rows[rows["variant"].isin(NEWER_METHODS)]
+        if newer.empty:
+            continue
+        _, chosen = fix_axes(newer, BUDGET_PREFER)
+        picked = _one_per_method(match(rows, chosen))
+        if not (picked["variant"] == "moe").any() or not picked["variant"].isin(NEWER_METHODS).any():
+            continue
+        scales = picked["router_scale"].unique()
+        setting = {**chosen, **({"router_scale": _plain(scales[0])} if len(scales) == 1 else {})}
+        parts.append(_relative_to_vanilla(picked).assign(device_label=label,
+                                                         setting=describe_setting(setting)))
+    return _concat(parts)
+
+
+def _one_per_method(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per method: k held at the compressed experts' (else the most common, 4 first),
+    the router scale at XMoE's (else compressed experts'), each method's knobs held, then the
+    fastest implementation (the cheapest count where none was timed)."""
+    topk_rows = rows[rows["variant"] == "ce"] if (rows["variant"] == "ce").any() else rows
+    k = pick_value(topk_rows.loc[topk_rows["variant"] != "xmoe", "top_k"], 4)
+    sharpened = rows[rows["variant"].isin(("xmoe", "ce"))].sort_values("variant", ascending=False)
+    scale = sharpened["router_scale"].iloc[0] if not sharpened.empty else None
+    out = []
+    for variant in METHODS:
+        held = rows[rows["variant"] == variant]
+        own = {"router_scale": scale, **({} if variant == "xmoe" else {"top_k": k}),
+               **METHOD_KNOBS.get(variant, {}), **({"n_ce": k // 2} if variant == "ce" else {})}
+        held, _ = fix_axes(held, own) if not held.empty else (held, {})
+        if not held.empty:
+            out.append(held.sort_values(["latency_ms_median", "flops"], kind="stable",
+                                        na_position="last").head(1))
+    return pd.concat(out, ignore_index=True) if out else rows.iloc[0:0]
+
+
+def in_variant_order(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by the report's variant order (vanilla MoE, MEO, ..., compressed, XMoE)."""
+    rank = {v: i for i, v in enumerate(VARIANT_ORDER)}
+    return rows.sort_values("variant", key=lambda s: s.map(rank), kind="stable") \
+        .reset_index(drop=True)
+
+
+def _relative_to_vanilla(rows: pd.DataFrame) -> pd.DataFrame:
+    rows = rows.assign(
+        gflops=rows["flops"] / 1e9,
+        moe_block_gflops=[2 * part_macs(p, MOE_BLOCK_PARTS) / 1e9 for p in rows["macs_by_part"]],
+        experts_built=rows["num_experts"] * rows["granularity"].fillna(1),
+        expert_width=rows["d_ff"] / rows["granularity"].fillna(1))
+    vanilla = rows[rows["variant"] == "moe"].iloc[0]
+    return rows.assign(**{rel: rows[col] / vanilla[col] for col, rel in RELATIVE.items()})
 
 
 def _by_device(df: pd.DataFrame, metric: str):
