@@ -19,7 +19,6 @@ again, writes their gradients, and computes two matmuls per forward matmul), the
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +32,11 @@ from models.build import DTYPES
 from models.layers import MergedExperts, SparseLayer
 from models.spec import SpecError
 
-# Sizes for the peak probes: large enough to leave the caches and reach the device's steady
-# state, small enough to finish in about a second on a two-core CPU.
-MATMUL_N = {"cpu": 2048, "cuda": 8192}
+# Sizes for the peak probes: large enough to reach the device's steady state (on a quiet
+# two-core CPU, square matmuls from 1024 to 3072 and the paper layer's own shapes all reach the
+# same ~100 GMAC/s) and, for the copy, to leave the caches; small enough that many samples fit
+# in the probe's time, so that the best of them escapes other processes' load.
+MATMUL_N = {"cpu": 1024, "cuda": 8192}
 COPY_BYTES = {"cpu": 256 * 2**20, "cuda": 2 * 2**30}
 PROBE_OPTIONS = TimingOptions(warmup=1, min_run_time=0.2)
 MODE_COST = {"inference": 1, "train": 3}  # forward-equivalents of work per step
@@ -70,11 +71,22 @@ def copy_bytes_per_s(device: str) -> float:
     return 2 * COPY_BYTES[device] / (best_ms(lambda: dst.copy_(src), device) / 1e3)  # read + write
 
 
-@functools.cache
-def device_peaks(device: str, dtype: str) -> DevicePeaks:
-    """Measured once per (device, dtype) per process."""
-    return DevicePeaks(device, dtype, matmul_macs_per_s(device, DTYPES[dtype]),
-                       copy_bytes_per_s(device))
+_BEST_PEAKS: dict[tuple[str, str], DevicePeaks] = {}
+
+
+def device_peaks(device: str, dtype: str, refresh: bool = False) -> DevicePeaks:
+    """Measured once per (device, dtype) per process and cached. `refresh` probes again and
+    keeps the better of each figure: a peak is the best the device has shown, and load from
+    other processes can only hide it (a long benchmark refreshes between rounds)."""
+    key = (device, dtype)
+    if key in _BEST_PEAKS and not refresh:
+        return _BEST_PEAKS[key]
+    probed = DevicePeaks(device, dtype, matmul_macs_per_s(device, DTYPES[dtype]),
+                         copy_bytes_per_s(device))
+    best = _BEST_PEAKS.get(key, probed)
+    _BEST_PEAKS[key] = DevicePeaks(device, dtype, max(best.macs_per_s, probed.macs_per_s),
+                                   max(best.bytes_per_s, probed.bytes_per_s))
+    return _BEST_PEAKS[key]
 
 
 # -------------------------------------------------------------------------------- the bound

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from meo_profile import roofline as roofline_module
 from meo_profile.latency import measure_latency
 from meo_profile.roofline import (
     DevicePeaks,
@@ -67,6 +68,14 @@ def test_device_peaks_are_measured_once_per_process():
     assert device_peaks("cpu", "float32") is peaks
     assert math.isfinite(peaks.macs_per_s) and peaks.macs_per_s > 0
     assert math.isfinite(peaks.bytes_per_s) and peaks.bytes_per_s > 0
+
+
+def test_refreshed_peaks_keep_the_best_seen(monkeypatch):
+    # a peak this machine cannot reach stands in for an earlier, quieter probe
+    unreachable = DevicePeaks("cpu", "float32", macs_per_s=1e18, bytes_per_s=1e18)
+    monkeypatch.setitem(roofline_module._BEST_PEAKS, ("cpu", "float32"), unreachable)
+    refreshed = device_peaks("cpu", "float32", refresh=True)
+    assert (refreshed.macs_per_s, refreshed.bytes_per_s) == (1e18, 1e18)
 
 
 @pytest.mark.parametrize("variant", ["dense", "moe", "meo"])
