@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,13 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     base = Spec(**PAPER_LAYER, variant="meo", dtype=args.dtype, device=args.device)
     options = TimingOptions(warmup=args.warmup, min_run_time=args.min_run_time)
     MALLOC_SETTINGS[args.malloc]()
+    load_before = os.getloadavg()[0]  # other processes' load: the ratios' main noise source
     rows = measure_rows(base, args.rounds, options, console)
+    load_after = os.getloadavg()[0]
     peaks = device_peaks(base.device, base.dtype)
     summary = summarize(rows)
     Console(width=150).print(results_table(summary, base))
+    Console(width=150).print(
+        f"peaks: {peaks.macs_per_s / 1e9:.1f} GMAC/s, {peaks.bytes_per_s / 1e9:.1f} GB/s; "
+        f"malloc {args.malloc}; load average {load_before:.2f} before, {load_after:.2f} after; "
+        f"{args.rounds} rounds of >= {args.min_run_time} s")
     if args.json:
         payload = {"config": base.to_dict(), "environment": environment(base.device),
-                   "malloc": args.malloc,
+                   "malloc": args.malloc, "load_average": [load_before, load_after],
                    "peaks": {"macs_per_s": peaks.macs_per_s, "bytes_per_s": peaks.bytes_per_s},
                    "rounds": args.rounds, "min_run_time_s": args.min_run_time, **summary}
         args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
