@@ -1,7 +1,7 @@
 """Terminal tables for latency records and trace summaries. Renderers never measure.
 
-One time unit per table, picked from its smallest entry (as torch.utils.benchmark's Compare
-does), and printed in the column header.
+One time unit per table, printed in the column header: picked from the smallest entry (as
+torch.utils.benchmark's Compare does), except in operator tables, where the top row decides.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def latency_table(result: Result) -> Table:
 def ops_table(summary: TraceSummary, top: int = 20) -> Table:
     """The `top` operators by self time, with their share of all operators' self time."""
     ops = summary.ops[:top]
-    unit, per = time_unit([r.self_ms for r in ops])
+    unit, per = time_unit([r.self_ms for r in ops[:1]])  # the top row's unit: it is what is read
     table = Table(title=f"trace ({summary.clock} time, {summary.steps} step(s)): "
                         f"{spec_title(summary.spec)} mode={summary.spec.mode}")
     for col in ("operator", "calls", f"self ({unit})", "self %", f"total ({unit})"):
