@@ -11,7 +11,8 @@ Methods (one per device, chosen by the registry `METHODS`):
   `torch.profiler` with `profile_memory=True`; every allocation and free is an event with a signed
   byte count; their running sum in time order is the memory the call holds above what existed
   before it, and its maximum is the peak. Resident = parameters + buffers + inputs (gradients are
-  cleared first). Checked against a hand-made allocation pattern in tests/test_memory.py.
+  cleared first). Checked against a hand-made allocation pattern in tests/test_memory.py. It sees
+  torch's own allocations only: scratch that MKL or oneDNN allocate inside a kernel is missed.
 """
 
 from __future__ import annotations

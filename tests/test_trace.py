@@ -34,8 +34,9 @@ def test_trace_file_is_json_with_the_named_phases(tmp_path, variant, impl, phase
     out = tmp_path / "trace.json"
     summary = trace(Spec(variant=variant, impl=impl, **TINY), out, warmup=1)
     assert phases <= annotations(out)
-    assert {p.name for p in summary.phases} == phases
-    assert [p.name for p in summary.phases] == [p for p in PHASES if p in phases]  # run order
+    names = [p.name for p in summary.phases]
+    assert phases <= set(names)
+    assert names == [p for p in PHASES if p in names]  # listed in the order the layers run them
 
 
 def test_summary_sorts_operators_by_self_time(tmp_path):
