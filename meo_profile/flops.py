@@ -7,6 +7,7 @@ Convention (fvcore's): one multiply-add counts as one MAC. Records carry `macs` 
   undercounts broadcast batch dimensions, and it has no grouped_mm handle);
 - scaled_dot_product_attention: B*H*Tq*Tk*(D_qk + D_v), both products, dense (a causal kernel
   may skip the masked half: the count does not);
+- weighted embedding_bag (MEO's gather merge): rows summed x row width;
 - layer_norm: fvcore's rule, 5 per element with an affine transform;
 - everything else (softmax, topk, activations, adds, gathers...) counts 0 and is listed in
   `unsupported_ops` with its number of calls, never dropped silently.
@@ -93,6 +94,12 @@ def _sdpa(inputs, outputs) -> int:
     return math.prod(batch) * t_q * t_k * (d_qk + d_v)
 
 
+def _weighted_bag(inputs, outputs) -> int:
+    """embedding_bag(weight (E, P), indices (n,), ..., per_sample_weights): n rows of P summed
+    with a weight each, n*P multiply-adds (MEO's gather merge)."""
+    return math.prod(_shape(inputs[1])) * _shape(inputs[0])[1]
+
+
 def _zero_recorder(seen: Counter):
     def make(op: str):
         def handle(inputs, outputs) -> int:
@@ -113,6 +120,8 @@ HANDLES = {
     "aten::baddbmm": _matmul_like(1),
     "aten::_grouped_mm": _matmul_like(0),
     "aten::scaled_dot_product_attention": _sdpa,
+    "aten::embedding_bag": _weighted_bag,
+    "aten::numel": None,  # metadata only
 }
 
 

@@ -185,13 +185,17 @@ def scaled_linear(linear: Linear, h: torch.Tensor, w: torch.Tensor, b: torch.Ten
 # ---------------------------------------------------------------------------------- merges
 def merge_gather(w: torch.Tensor, b: torch.Tensor | None, index: torch.Tensor,
                  gates: torch.Tensor) -> tuple:
-    """Read the k selected experts of each sequence: B*k matrices, B*k*P multiply-adds."""
-    B, k = index.shape
+    """Read the k selected experts of each sequence: B*k matrices, B*k*P multiply-adds.
+
+    A weighted embedding_bag over the flattened experts sums the k rows of each sequence
+    without first copying them out (`w[index]` would write B*k*P elements before reading them
+    again: 6x slower on a 2-core CPU at the paper's layer size)."""
+    B, _ = index.shape
     E, d_out, d_in = w.shape
-    g = gates.unsqueeze(1).to(w.dtype)  # (B, 1, k)
-    w_sel = w[index].view(B, k, d_out * d_in)  # (B, k, P)
-    merged_w = torch.bmm(g, w_sel).view(B, d_out, d_in)  # (B, 1, k) x (B, k, P) -> (B, P)
-    merged_b = None if b is None else torch.bmm(g, b[index]).squeeze(1)  # (B, d_out)
+    g = gates.to(w.dtype)  # (B, k)
+    merged_w = F.embedding_bag(index, w.view(E, d_out * d_in), per_sample_weights=g,
+                               mode="sum").view(B, d_out, d_in)  # (B, P) -> (B, d_out, d_in)
+    merged_b = None if b is None else F.embedding_bag(index, b, per_sample_weights=g, mode="sum")
     return merged_w, merged_b
 
 
