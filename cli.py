@@ -104,6 +104,7 @@ def flops(spec: Spec, source: Source = "fvcore", by_module: ByModule = False,
 
 Warmup = Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.")]
 MinRunTime = Annotated[float, typer.Option("--min-run-time", help="Seconds of timed calls, at least.")]
+CpuAllocator = Annotated[str, typer.Option("--cpu-allocator", help="CPU malloc while timing: retain (keep freed memory, as jemalloc/tcmalloc do) or system; recorded as `allocator`.")]
 Autorange = Annotated[str, typer.Option("--autorange", help="CPU timer: blocked or adaptive autorange.")]
 FlushL2 = Annotated[bool, typer.Option("--flush-l2", help="CUDA: flush the L2 cache before each call.")]
 
@@ -111,7 +112,8 @@ FlushL2 = Annotated[bool, typer.Option("--flush-l2", help="CUDA: flush the L2 ca
 @app.command()
 @with_spec
 def latency(spec: Spec, json_out: JsonFlag = False, warmup: Warmup = 3, min_run_time: MinRunTime = 1.0,
-            autorange: Autorange = "blocked", flush_l2: FlushL2 = False) -> None:
+            autorange: Autorange = "blocked", flush_l2: FlushL2 = False,
+            cpu_allocator: CpuAllocator = "retain") -> None:
     """One configuration: latency statistics, tokens/s, peak memory, roofline bound."""
     from meo_profile.latency import measure_latency
     from meo_profile.record import Result
@@ -119,7 +121,7 @@ def latency(spec: Spec, json_out: JsonFlag = False, warmup: Warmup = 3, min_run_
     from meo_profile.timing import Timing, TimingOptions
 
     options = TimingOptions(warmup=warmup, min_run_time=min_run_time, autorange=autorange,
-                            flush_l2=flush_l2)
+                            flush_l2=flush_l2, cpu_allocator=cpu_allocator)
     result = Result(spec=spec).update(**measure_latency(spec, options))
     if result.status != "ok":
         typer.echo(f"error: {result.status}: {result.error}", err=True)
@@ -167,7 +169,8 @@ def sweep(
     quiet: Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of a progress bar.")] = False,
     max_memory: Annotated[str | None, typer.Option("--max-memory", help="Refuse (status oom) configurations whose weights exceed this, e.g. 8GiB.")] = None,
     warmup: Warmup = 3,
-    min_run_time: MinRunTime = 1.0,
+    min_run_time: MinRunTime = 0.5,
+    cpu_allocator: CpuAllocator = "retain",
     report: Annotated[bool, typer.Option("--report/--no-report", help="Render the report at the end.")] = True,
 ) -> None:
     """Run a grid of configurations; every record is stored as it is measured; report at the end."""
@@ -188,7 +191,8 @@ def sweep(
         if aside:
             typer.echo(f"previous results kept as {aside}", err=True)
     options = sweeping.SweepOptions(out=out, resume=resume, max_memory_bytes=limit,
-                                    timing=TimingOptions(warmup=warmup, min_run_time=min_run_time))
+                                    timing=TimingOptions(warmup=warmup, min_run_time=min_run_time,
+                                                         cpu_allocator=cpu_allocator))
     if impossible:
         typer.echo(f"{impossible} grid combinations left out: top-k above the expert count", err=True)
     try:

@@ -29,6 +29,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
+from meo_profile import allocator  # noqa: E402
+from meo_profile.allocator import CPU_ALLOCATORS  # noqa: E402
 from meo_profile.analytic import count  # noqa: E402
 from meo_profile.record import environment  # noqa: E402
 from meo_profile.roofline import configuration_bound, device_peaks  # noqa: E402
@@ -45,25 +47,6 @@ MEO_SPEEDUP_GOAL = 0.75  # of the FLOPs ratio
 GROUPED_ROOFLINE_GOAL = 1.3
 
 
-def retain_freed_memory() -> None:
-    """Tell glibc malloc to serve large blocks from its heap and keep freed memory.
-
-    By default glibc maps every block above 32 MiB afresh and unmaps it on free, so each new
-    large tensor pays one page fault per 4 KiB page; on a virtual machine that can cost more than
-    the arithmetic (a fresh 75 MB merged weight: ~20 ms to fault in, ~2 ms to fill). Serving
-    setups avoid this with jemalloc or tcmalloc, as PyTorch's CPU tuning guide recommends; this
-    is the same effect without a preload. MEO materialises B merged matrices per layer per call,
-    so it pays the most.
-    """
-    import ctypes
-
-    libc = ctypes.CDLL(None)
-    m_trim_threshold, m_mmap_threshold, two_gib = -1, -3, 2**31 - 1
-    if not (libc.mallopt(m_mmap_threshold, two_gib) and libc.mallopt(m_trim_threshold, two_gib)):
-        raise SystemExit("error: --malloc retain: this C library refused mallopt (glibc needed)")
-
-
-MALLOC_SETTINGS = {"default": lambda: None, "retain": retain_freed_memory}
 
 
 @dataclass
@@ -163,14 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--malloc", choices=tuple(MALLOC_SETTINGS), default="default",
-                        help="glibc's allocator as is, or told to keep freed memory (see retain_freed_memory)")
+    parser.add_argument("--malloc", choices=CPU_ALLOCATORS, default="retain",
+                        help="CPU malloc setting, as the tool times by default (see meo_profile/allocator.py)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     base = Spec(**PAPER_LAYER, variant="meo", dtype=args.dtype, device=args.device)
     options = TimingOptions(warmup=args.warmup, min_run_time=args.min_run_time)
-    MALLOC_SETTINGS[args.malloc]()
+    in_force = allocator.apply(args.malloc)
     load_before = os.getloadavg()[0]  # other processes' load: the ratios' main noise source
     rows = measure_rows(base, args.rounds, options, console)
     load_after = os.getloadavg()[0]
@@ -179,11 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     Console(width=150).print(results_table(summary, base))
     Console(width=150).print(
         f"peaks: {peaks.macs_per_s / 1e9:.1f} GMAC/s, {peaks.bytes_per_s / 1e9:.1f} GB/s; "
-        f"malloc {args.malloc}; load average {load_before:.2f} before, {load_after:.2f} after; "
+        f"malloc {in_force}; load average {load_before:.2f} before, {load_after:.2f} after; "
         f"{args.rounds} rounds of >= {args.min_run_time} s")
     if args.json:
         payload = {"config": base.to_dict(), "environment": environment(base.device),
-                   "malloc": args.malloc, "load_average": [load_before, load_after],
+                   "malloc": in_force, "load_average": [load_before, load_after],
                    "peaks": {"macs_per_s": peaks.macs_per_s, "bytes_per_s": peaks.bytes_per_s},
                    "rounds": args.rounds, "min_run_time_s": args.min_run_time, **summary}
         args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -11,12 +11,14 @@ from typing import Any
 
 import torch
 
+from meo_profile import allocator
 from meo_profile.memory import peak_memory
 from meo_profile.roofline import configuration_bound
 from meo_profile.timing import Timing, TimingOptions, time_call
 from meo_profile.workload import Workload
 from models import Spec
 from models.spec import SpecError
+from models.xmoe import routing_summary
 
 
 def throughput_fields(timing: Timing, tokens: int) -> dict[str, Any]:
@@ -26,8 +28,10 @@ def throughput_fields(timing: Timing, tokens: int) -> dict[str, Any]:
 def measure_workload(work: Workload, options: TimingOptions, memory: bool = True,
                      bound: bool = True) -> dict[str, Any]:
     """Time `work.step`, then probe its memory and bound; all Result fields."""
+    malloc = allocator_setting(work.spec.device, options)
     timing = time_call(work.step, work.spec.device, options)
-    fields = {**timing.to_fields(), **throughput_fields(timing, work.tokens)}
+    fields = {**timing.to_fields(), **throughput_fields(timing, work.tokens),
+              "allocator": malloc, **routing_summary(work.model)}
     if memory:
         fields.update(peak_memory(work).to_fields())
     if bound:
@@ -35,6 +39,13 @@ def measure_workload(work: Workload, options: TimingOptions, memory: bool = True
         if roof is not None:
             fields.update(roof.to_fields(timing.median_ms))
     return fields
+
+
+def allocator_setting(device: str, options: TimingOptions) -> str:
+    """CUDA tensors come from PyTorch's caching allocator; CPU ones from malloc as configured."""
+    if device == "cuda":
+        return "cuda_caching"
+    return allocator.apply(options.cpu_allocator)
 
 
 def measure_latency(spec: Spec, options: TimingOptions | None = None, *, memory: bool = True,

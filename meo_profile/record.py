@@ -46,6 +46,7 @@ class Result:
     latency_runs: int | None = None
     latency_samples_ms: list[float] = field(default_factory=list)
     timer: str | None = None  # "cuda_events" or "torch_benchmark"
+    allocator: str | None = None  # "cuda_caching", "glibc-retain" or "system" (CPU malloc)
     tokens_per_s: float | None = None
     roofline_ms: float | None = None
     roofline_ratio: float | None = None  # measured / bound (>= 1 for an honest bound)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
+from meo_profile.allocator import CPU_ALLOCATORS
 from models.spec import SpecError
 
 NOISY_IQR_OVER_MEDIAN = 0.10  # torch.utils.benchmark's threshold for "this measurement is noisy"
@@ -114,12 +115,13 @@ AUTORANGES = ("blocked", "adaptive")
 @dataclass(frozen=True)
 class TimingOptions:
     """How long and how carefully to time: warm-up calls, minimum measured seconds, CPU
-    autorange strategy, L2 flush between CUDA calls."""
+    autorange strategy, L2 flush between CUDA calls, the CPU allocator setting."""
 
     warmup: int = 3
     min_run_time: float = 1.0  # seconds of timed calls, at least
     autorange: str = "blocked"
     flush_l2: bool = False
+    cpu_allocator: str = "retain"  # see meo_profile/allocator.py
 
     def __post_init__(self) -> None:
         if not isinstance(self.warmup, int) or self.warmup < 0:
@@ -128,6 +130,9 @@ class TimingOptions:
             raise SpecError("min_run_time", self.min_run_time, "must be > 0 seconds")
         if self.autorange not in AUTORANGES:
             raise SpecError("autorange", self.autorange, f"unknown; choose from {', '.join(AUTORANGES)}")
+        if self.cpu_allocator not in CPU_ALLOCATORS:
+            raise SpecError("cpu_allocator", self.cpu_allocator,
+                            f"unknown; choose from {', '.join(CPU_ALLOCATORS)}")
 
 
 def runs_for(per_call_ms: float, min_run_time_s: float) -> int:

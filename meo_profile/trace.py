@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meo_profile.allocator import native_stderr_silenced
 from meo_profile.workload import Workload
 from models import Spec
 from models.spec import SpecError
@@ -88,7 +89,8 @@ def profile_steps(work: Workload, steps: int):
     activities = [ProfilerActivity.CPU]
     if work.spec.device == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities, record_shapes=True, profile_memory=True) as prof:
+    with native_stderr_silenced(), profile(activities=activities, record_shapes=True,
+                                           profile_memory=True) as prof:
         for _ in range(steps):
             work.step()
         work.sync()  # kernels still queued belong to this trace
