@@ -61,6 +61,7 @@ def latency_table(result: Result) -> Table:
          f"{_scaled(result.latency_ms_p20, per)} / {_scaled(result.latency_ms_p80, per)}"),
         (f"IQR ({unit})", _scaled(iqr, per)),
         ("samples", f"{_fmt(result.latency_runs, 'd')} ({result.timer})"),
+        ("allocator", result.allocator or "-"),
         ("tokens/s", _fmt(result.tokens_per_s, ",.0f")),
         (f"roofline bound ({unit})", _scaled(result.roofline_ms, per)),
         ("measured / bound", _fmt(result.roofline_ratio, ".2f")),

@@ -60,7 +60,8 @@ def _unique(df: pd.DataFrame, col: str) -> str:
 SETUP_FIELDS = (("device", "device"), ("machine", "device_name"), ("dtype", "dtype"),
                 ("torch", "torch_version"), ("fvcore", "fvcore_version"),
                 ("transformers", "transformers_version"), ("python", "python_version"),
-                ("threads", "num_threads"), ("timer", "timer"), ("memory method", "mem_method"),
+                ("threads", "num_threads"), ("timer", "timer"), ("allocator", "allocator"),
+                ("memory method", "mem_method"),
                 ("git commit", "git_commit"))
 
 
