@@ -51,29 +51,13 @@ def emit_json(obj: dict) -> None:
     typer.echo(json.dumps(obj, default=str))
 
 
-@app.command()
-@with_spec
-def verify(spec: Spec, json_out: JsonFlag = False) -> None:
-    """Numerical checks: meo == moe-seq, implementations agree, k=1 is the chosen expert."""
-    from meo_profile.verify import verify as run_checks
-
-    checks = run_checks(spec)
-    ok = all(c.ok for c in checks)
-    if json_out:
-        emit_json({"ok": ok, "checks": [c.to_dict() for c in checks]})
-    else:
-        render.print_table(render.checks_table(checks, spec))
-    if not ok:
-        raise typer.Exit(1)
-
-
 Source = Annotated[str, typer.Option("--source", help="Counter: fvcore (traced forward), analytic (closed form), or both (exit 1 if they differ).")]
 ByModule = Annotated[bool, typer.Option("--by-module", help="Also show MACs per module.")]
 ByOperator = Annotated[bool, typer.Option("--by-operator", help="Also show MACs per operator.")]
 Depth = Annotated[int, typer.Option("--depth", help="Module depth shown by --by-module.")]
 
 
-@app.command()
+@app.command(rich_help_panel="Measure one configuration")
 @with_spec
 def flops(spec: Spec, source: Source = "fvcore", by_module: ByModule = False,
           by_operator: ByOperator = False, depth: Depth = 4, json_out: JsonFlag = False) -> None:
@@ -109,7 +93,7 @@ Autorange = Annotated[str, typer.Option("--autorange", help="CPU timer: blocked 
 FlushL2 = Annotated[bool, typer.Option("--flush-l2", help="CUDA: flush the L2 cache before each call.")]
 
 
-@app.command()
+@app.command(rich_help_panel="Measure one configuration")
 @with_spec
 def latency(spec: Spec, json_out: JsonFlag = False, warmup: Warmup = 3, min_run_time: MinRunTime = 1.0,
             autorange: Autorange = "blocked", flush_l2: FlushL2 = False,
@@ -140,7 +124,7 @@ Steps = Annotated[int, typer.Option("--steps", help="Profiled steps (after --war
 Top = Annotated[int, typer.Option("--top", help="Operators shown, by self time.")]
 
 
-@app.command()
+@app.command(rich_help_panel="Measure one configuration")
 @with_spec
 def trace(spec: Spec, out: TraceOut = "trace.json", json_out: JsonFlag = False, warmup: Warmup = 2,
           steps: Steps = 1, top: Top = 20) -> None:
@@ -156,7 +140,7 @@ def trace(spec: Spec, out: TraceOut = "trace.json", json_out: JsonFlag = False, 
     render.print_table(phases_table(summary))
 
 
-@app.command()
+@app.command(rich_help_panel="Sweep")
 @with_axes
 def sweep(
     axes: dict,
@@ -209,7 +193,7 @@ def sweep(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(rich_help_panel="Sweep")
 def presets() -> None:
     """List the built-in sweep presets, what each runs, and roughly how long it takes."""
     from meo_profile.presets import PRESETS
@@ -217,7 +201,7 @@ def presets() -> None:
     render.Console().print(render.presets_text(PRESETS))
 
 
-@app.command()
+@app.command(rich_help_panel="Results")
 def report(
     results: Annotated[Path, typer.Argument(help="A results directory or its results.jsonl.")],
     out: Annotated[Path | None, typer.Option("--out", help="Where report and figures/ go; default: beside the results.")] = None,
@@ -236,7 +220,7 @@ def report(
     typer.echo(f"report: {path}", err=True)
 
 
-@app.command()
+@app.command(rich_help_panel="Check")
 def check(
     results: Annotated[Path | None, typer.Argument(help="A results directory or .jsonl to judge; default: measure what the claims need.")] = None,
     claims_file: Annotated[Path | None, typer.Option("--claims", help="A claims YAML file (docs/claims.md); default: the built-in paper claims.")] = None,
@@ -273,7 +257,7 @@ def check(
     raise typer.Exit(run.exit_code)
 
 
-@app.command()
+@app.command(rich_help_panel="Check")
 def compare(
     baseline: Annotated[Path, typer.Argument(help="The baseline results directory or .jsonl.")],
     current: Annotated[Path, typer.Argument(help="The current results directory or .jsonl.")],
@@ -300,6 +284,22 @@ def compare(
             typer.echo(f"warning: {warning}", err=True)
         render.print_table(render_checks.compare_table(comparison))
     raise typer.Exit(1 if comparison.regressions else 0)
+
+
+@app.command(rich_help_panel="Check")
+@with_spec
+def verify(spec: Spec, json_out: JsonFlag = False) -> None:
+    """Numerical checks: meo == moe-seq, implementations agree, k=1 is the chosen expert."""
+    from meo_profile.verify import verify as run_checks
+
+    checks = run_checks(spec)
+    ok = all(c.ok for c in checks)
+    if json_out:
+        emit_json({"ok": ok, "checks": [c.to_dict() for c in checks]})
+    else:
+        render.print_table(render.checks_table(checks, spec))
+    if not ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover - `python cli.py` convenience
