@@ -70,7 +70,23 @@ def verify(spec: Spec) -> list[Check]:
             checks.append(compare(f"{variant}: {impl} == {reference_impl}",
                                   run_under(model, inputs, variant, impl), ref, tol))
     checks.append(check_single_expert(spec, tol))
+    if spec.variant in OWN_IMPL_CHECKS:
+        checks += implementations_agree(spec, tol)
     return checks
+
+
+OWN_IMPL_CHECKS = ("ce", "xmoe")  # variants whose layers carry their own knobs and vectors
+
+
+@torch.no_grad()
+def implementations_agree(spec: Spec, tol: float) -> list[Check]:
+    """Every implementation of `ce` / `xmoe` against the first, on one model of that variant."""
+    own = spec.replace(mode="inference")
+    model, inputs = build_model(own), make_inputs(own)
+    reference_impl, *others = IMPLS[spec.variant]
+    ref = run_under(model, inputs, spec.variant, reference_impl)
+    return [compare(f"{spec.variant}: {impl} == {reference_impl}",
+                    run_under(model, inputs, spec.variant, impl), ref, tol) for impl in others]
 
 
 @torch.no_grad()

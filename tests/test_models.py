@@ -138,3 +138,14 @@ def test_verify_reports_every_check_and_passes():
     assert {"meo == moe-seq", "moe: loop == grouped", "meo: dense == gather",
             "meo k=1 == selected expert"} <= names
     assert all(c.ok for c in checks), [c for c in checks if not c.ok]
+
+
+@pytest.mark.parametrize("variant, extra, names", [
+    ("ce", dict(ce_init="random"), {"ce: loop == grouped"}),
+    ("xmoe", dict(router_scale=4.0, capacity_factor=1.0),
+     {"xmoe: loop == grouped", "xmoe: padded == grouped"}),
+])
+def test_verify_checks_the_implementations_of_ce_and_xmoe(variant, extra, names):
+    checks = verify(Spec(variant=variant, num_experts=4, top_k=2, **TINY, **extra))
+    assert names <= {c.name for c in checks}
+    assert all(c.ok for c in checks), [c for c in checks if not c.ok]
