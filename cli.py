@@ -159,7 +159,7 @@ def sweep(
 ) -> None:
     """Run a grid of configurations; every record is stored as it is measured; report at the end."""
     from meo_profile import sweep as sweeping
-    from meo_profile.grid import GridError, parse_metrics
+    from meo_profile.grid import parse_metrics
     from meo_profile.timing import TimingOptions
 
     try:
@@ -187,7 +187,9 @@ def sweep(
     if report and not summary.interrupted:
         render.finish_report(out, command="meo-profile " + " ".join(sys.argv[1:]))
     if summary.interrupted:
-        typer.echo(f"interrupted: resume with the same command (results in {out})", err=True)
+        again = " ".join(a for a in sys.argv[1:] if a != "--fresh")  # --fresh would start over
+        typer.echo(f"interrupted after {summary.measured} new records (stored in {out}); "
+                   f"resume with: meo-profile {again}", err=True)
         raise typer.Exit(130)
     if strict and summary.failed:
         raise typer.Exit(1)
