@@ -11,7 +11,7 @@ import typer
 
 from meo_profile import render
 from meo_profile.grid import GridError
-from meo_profile.options import fail, parse_bytes, with_axes, with_spec
+from meo_profile.options import fail, with_axes, with_spec
 from models import Spec, SpecError
 
 
@@ -159,24 +159,15 @@ def sweep(
 ) -> None:
     """Run a grid of configurations; every record is stored as it is measured; report at the end."""
     from meo_profile import sweep as sweeping
-    from meo_profile.grid import parse_metrics
     from meo_profile.timing import TimingOptions
 
+    timing = TimingOptions(warmup=warmup, min_run_time=min_run_time, cpu_allocator=cpu_allocator)
     try:
-        grid, name = sweeping.plan_grid(preset, config, axes,
-                                        parse_metrics(metrics.split(",")) if metrics else None)
-        jobs, impossible = grid.expand()
-        limit = parse_bytes(max_memory) if max_memory else None
+        jobs, options, impossible = sweeping.prepare(preset, config, axes, metrics, out, resume,
+                                                     max_memory, timing)
     except GridError as e:
         raise fail(str(e)) from None
-    out = out or Path("reports") / name
-    if not resume:
-        aside = sweeping.start_over(out)
-        if aside:
-            typer.echo(f"previous results kept as {aside}", err=True)
-    options = sweeping.SweepOptions(out=out, resume=resume, max_memory_bytes=limit,
-                                    timing=TimingOptions(warmup=warmup, min_run_time=min_run_time,
-                                                         cpu_allocator=cpu_allocator))
+    out = options.out
     if impossible:
         typer.echo(f"{impossible} grid combinations left out: top-k above the expert count", err=True)
     try:

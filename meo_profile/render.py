@@ -139,6 +139,8 @@ def run_with_progress(run, jobs, options, quiet: bool):
 def print_sweep_summary(summary, out, skipped: list[str]) -> None:
     console = Console(stderr=True)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items())) or "nothing new"
+    if summary.set_aside:
+        console.print(f"previous results kept as {summary.set_aside}")
     console.print(f"sweep: {summary.total} configurations; measured {summary.measured} ({counts}); "
                   f"{summary.already_stored} already stored; results in {out}")
     wall = max(summary.wall_s, 1e-9)

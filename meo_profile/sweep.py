@@ -53,6 +53,7 @@ class SweepSummary:
     phases_s: Counter = field(default_factory=Counter)  # counting, building, timing, writing
     wall_s: float = 0.0
     interrupted: bool = False
+    set_aside: Path | None = None  # --fresh: where the previous results were moved
 
     @property
     def measured(self) -> int:
@@ -132,7 +133,7 @@ def start_over(out: Path) -> Path | None:
     old = out / "results.jsonl"
     if not old.exists():
         return None
-    aside = out / time.strftime("results-%Y%m%d-%H%M%S.jsonl.old")
+    aside = out / time.strftime("results-%Y%m%d-%H%M%S.old.jsonl")
     old.rename(aside)
     return aside
 
@@ -143,6 +144,8 @@ def run_sweep(jobs: list[tuple[Spec, tuple[str, ...]]], options: SweepOptions,
     summary = SweepSummary(total=len(jobs))
     start = time.perf_counter()
     with SweepLock(options.out), StopAfterCurrent() as stop:
+        if not options.resume:  # under the lock: never move a live sweep's file
+            summary.set_aside = start_over(options.out)
         store = Store(options.out)
         done = stored_keys(store.records()) if options.resume else set()
         for spec, metrics in jobs:
@@ -207,3 +210,18 @@ def plan_grid(preset: str | None, config: Path | None, axes: dict[str, list[Any]
     if metrics:
         grid = Grid([Block(b.axes, metrics, b.label) for b in grid.blocks])
     return grid, name
+
+
+def prepare(preset: str | None, config: Path | None, axes: dict[str, list[Any]],
+            metrics: str | None, out: Path | None, resume: bool, max_memory: str | None,
+            timing: TimingOptions) -> tuple[list, SweepOptions, int]:
+    """What `meo-profile sweep` runs: (jobs, options, impossible combinations left out)."""
+    from meo_profile.grid import parse_metrics
+    from meo_profile.options import parse_bytes
+
+    grid, name = plan_grid(preset, config, axes, parse_metrics(metrics.split(",")) if metrics else None)
+    jobs, impossible = grid.expand()
+    limit = parse_bytes(max_memory) if max_memory else None
+    options = SweepOptions(out=out or Path("reports") / name, resume=resume,
+                           max_memory_bytes=limit, timing=timing)
+    return jobs, options, impossible

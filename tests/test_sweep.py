@@ -191,3 +191,14 @@ def test_store_starts_a_fresh_line_after_a_torn_write(tmp_path):
     Store(tmp_path)
     assert (tmp_path / "results.jsonl").read_text().endswith("\n")
     assert os.path.getsize(tmp_path / "results.jsonl") > 0
+
+
+def test_fresh_sets_old_results_aside_and_never_under_a_live_sweep(tmp_path):
+    jobs = small_jobs(("flops",))[:2]
+    run_sweep(jobs, SweepOptions(tmp_path, timing=FAST))
+    with SweepLock(tmp_path):  # another sweep is writing: --fresh must not touch its file
+        proc = sweep_cli(tmp_path, *TINY_AXES, "--variant", "meo", "--metrics", "flops", "--fresh")
+    assert proc.returncode == 2 and len(load(tmp_path).records) == 2
+    summary = run_sweep(jobs, SweepOptions(tmp_path, resume=False, timing=FAST))
+    assert summary.measured == 2 and summary.set_aside is not None
+    assert len(load(summary.set_aside).records) == 2 and len(load(tmp_path).records) == 2
