@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from models.hosts import HOSTS
 from models.spec import (
     DEVICES,
     DTYPES,
@@ -35,7 +36,7 @@ def _opt(flag: str, help: str, **kw: Any) -> Any:
 
 # (spec field, type, default, option). Defaults None mean "the host's own" or "the variant's".
 SPEC_OPTIONS: list[tuple[str, Any, Any, Any]] = [
-    ("host", str, "layer", _opt("--host", "Host model: layer, bert-small, bert-base, bert-large, gpt2, t5-small, bart-base.")),
+    ("host", str, "layer", _opt("--host", f"Host model: {', '.join(HOSTS)}.")),
     ("variant", str, "meo", _opt("--variant", f"MoE variant: {', '.join(VARIANTS)}.")),
     ("num_experts", int | None, None, _opt("--experts", "Experts per MoE layer (E); default: 16, or a MoE host's own.")),
     ("top_k", int | None, None, _opt("--top-k", "Experts selected per token or sequence (k); default: 4, or a MoE host's own.")),
