@@ -69,7 +69,7 @@ class Counts:
         return {"macs": self.macs, "flops": self.flops, "flops_source": self.source,
                 "count_device": self.count_device, "unsupported_ops": dict(self.unsupported_ops),
                 "macs_by_part": dict(self.macs_by_part), "params_total": self.params_total,
-                "params_active": self.params_active, **self.routing}
+                "params_active": self.params_active, "count_note": self.note, **self.routing}
 
 
 # ------------------------------------------------------------------------------- handles
@@ -149,8 +149,9 @@ def count_fvcore(spec: Spec) -> Counts:
         # data-dependent shapes (the per-expert loops, threshold routing) need real tensors
         from meo_profile.resources import check_fits
 
-        check_fits(spec)
-        return _count_on(spec, spec.device)
+        real = "cpu" if spec.device == "meta" else spec.device
+        check_fits(spec.replace(device=real))
+        return _count_on(spec, real)
 
 
 def _count_on(spec: Spec, device: str) -> Counts:

@@ -98,7 +98,21 @@ def parse_metrics(value: Any) -> tuple[str, ...]:
 def block_from_mapping(axes: dict[str, Any], metrics: tuple[str, ...], label: str = "") -> Block:
     if not isinstance(axes, dict) or not axes:
         raise GridError(f"grid block {label or ''} must be a mapping of spec fields to values")
-    return Block({field_name(k): as_list(v) for k, v in axes.items()}, metrics, label)
+    typed = {}
+    for key, values in axes.items():
+        name = field_name(key)
+        typed[name] = [typed_value(key, name, v) for v in as_list(values)]
+    return Block(typed, metrics, label)
+
+
+def typed_value(key: str, name: str, value: Any) -> Any:
+    """A config-file value as its spec field's type; a wrong one names the key."""
+    typ = _FIELD_TYPES[name]
+    if value is None or isinstance(value, typ) and not isinstance(value, bool):
+        return value
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    raise GridError(f"{key} {value!r}: expected {'a number' if typ is float else 'an integer' if typ is int else 'text'}")
 
 
 def load_config(path: str | Path) -> Grid:

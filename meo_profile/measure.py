@@ -55,13 +55,17 @@ def _measure_into(result: Result, metrics, timing, max_memory_bytes, phases) -> 
     if "latency" not in metrics and "memory" not in metrics:
         return
     from meo_profile.latency import measure_workload
+    from meo_profile.memory import peak_memory
     from meo_profile.workload import Workload
 
     with timed(phases, "building"):
         check_fits(spec, limit_bytes=max_memory_bytes)
         work = Workload.build(spec)
     with timed(phases, "timing"):
-        fields = measure_workload(work, timing or TimingOptions(), memory="memory" in metrics)
+        if "latency" in metrics:
+            fields = measure_workload(work, timing or TimingOptions(), memory="memory" in metrics)
+        else:  # memory alone: one profiled call, no timing loop
+            fields = peak_memory(work).to_fields()
     result.update(**fields)
 
 
@@ -69,7 +73,7 @@ def _measure_into(result: Result, metrics, timing, max_memory_bytes, phases) -> 
 def fidelity_fields(spec: Spec) -> dict:
     """Compressed experts: relative L2 error of the model output against full top-k with the
     same router (a real forward; {} for other variants or weights that would not fit)."""
-    if spec.variant != "ce":
+    if spec.variant != "ce" or spec.device == "meta":  # fidelity needs a real forward
         return {}
     from models import build_model, make_inputs
     from models.compressed import model_rel_l2_error

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from meo_profile.allocator import native_stderr_silenced
 from meo_profile.workload import Workload
 
 
@@ -66,7 +67,8 @@ def cpu_alloc_profile(fn: Callable[[], Any]) -> AllocProfile:
     """What `fn()` allocates on the CPU, from the profiler's allocation events (see module doc)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU],
+                                           profile_memory=True) as prof:
         fn()
     # kineto's raw events: each "[memory]" record is one allocation (+) or free (-); the
     # aggregated FunctionEvents fold them into ops and lose the order we need

@@ -35,6 +35,7 @@ class Result:
     flops: int | None = None
     flops_source: str | None = None  # "fvcore" or "analytic"
     count_device: str | None = None  # where the counted forward ran ("meta": no weights in memory)
+    count_note: str | None = None  # why a count came from another source than asked
     unsupported_ops: dict[str, int] = field(default_factory=dict)  # op -> calls counted as 0
     macs_by_part: dict[str, int] = field(default_factory=dict)  # attention, experts, merge, ...
     params_total: int | None = None

@@ -19,6 +19,15 @@ def weight_bytes(spec: Spec) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB': binary units, one decimal."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
 def available_bytes(device: str) -> int:
     if device == "cuda":
         free, _ = torch.cuda.mem_get_info()
@@ -36,5 +45,5 @@ def check_fits(spec: Spec, limit_bytes: int | None = None, headroom: float = 0.8
     have = limit_bytes if limit_bytes is not None else int(available_bytes(spec.device) * headroom)
     if need > have:
         raise DoesNotFit(f"{spec.host} with {spec.num_experts} experts needs "
-                         f"{need / 2**30:.1f} GiB of weights; {have / 2**30:.1f} GiB allowed")
+                         f"{human_bytes(need)} of weights; {human_bytes(have)} allowed")
     return need

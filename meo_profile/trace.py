@@ -21,7 +21,7 @@ from meo_profile.workload import Workload
 from models import Spec
 from models.spec import SpecError
 
-PHASES = ("router", "dispatch", "experts", "merge", "combine")
+PHASES = ("router", "dispatch", "compress", "experts", "merge", "combine")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 from models import Spec, build_model, make_inputs, sparse_layers
 from models.build import layers_as
 from models.layers import MergedExperts
-from models.spec import IMPLS
+from models.spec import IMPLS, SpecError
 
 # Relative tolerance per dtype: float32 reorders sums (merge-then-matmul vs matmul-then-sum).
 TOLERANCE = {"float32": 1e-5, "float16": 5e-3, "bfloat16": 3e-2}
@@ -51,6 +51,8 @@ def run_under(model, inputs, variant: str, impl: str) -> torch.Tensor:
 @torch.no_grad()
 def verify(spec: Spec) -> list[Check]:
     """All checks that apply to the spec's host, sizes and expert unit."""
+    if spec.device == "meta":
+        raise SpecError("device", "meta", "verify compares real outputs: use cpu or cuda")
     tol = TOLERANCE[spec.dtype]
     base = spec.replace(variant="meo-token" if spec.variant == "meo-token" else "meo", impl="auto",
                         mode="inference")

@@ -1,4 +1,4 @@
-"""Named phases (router, dispatch, experts, merge, combine) for torch.profiler traces.
+"""Named phases (router, dispatch, compress, experts, merge, combine) for torch.profiler traces.
 
 `phase(name)` is a `record_function` range while a profiler is recording and a no-op otherwise,
 so timing runs pay nothing and FLOP-counting traces see no profiler ops.

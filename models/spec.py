@@ -8,6 +8,7 @@ picks, compressed experts' `n_ce`) are resolved here, so a stored record always 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,12 +95,12 @@ class Spec:
         for name in ("num_experts", "top_k", "seq_len", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise SpecError(name, getattr(self, name), "must be an integer >= 1")
-        self._set("d_model", self.d_model or shape.d_model)
-        self._set("d_ff", self.d_ff or shape.d_ff)
-        self._set("layers", self.layers or shape.layers)
+        self._set("d_model", shape.d_model if self.d_model is None else self.d_model)
+        self._set("d_ff", shape.d_ff if self.d_ff is None else self.d_ff)
+        self._set("layers", shape.layers if self.layers is None else self.layers)
         for name in ("d_model", "d_ff", "layers"):
-            if getattr(self, name) < 1:
-                raise SpecError(name, getattr(self, name), "must be >= 1")
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise SpecError(name, getattr(self, name), "must be an integer >= 1")
         if self.d_model % shape.heads:
             raise SpecError("d_model", self.d_model, f"must be divisible by {self.host}'s {shape.heads} heads")
         if shape.rope and (self.d_model // shape.heads) % 2:
@@ -115,8 +116,8 @@ class Spec:
 
             if not torch.cuda.is_available():
                 raise SpecError("device", "cuda", "no CUDA device is available on this machine")
-        if self.router_scale <= 0:
-            raise SpecError("router_scale", self.router_scale, "must be > 0")
+        if not _positive_number(self.router_scale):
+            raise SpecError("router_scale", self.router_scale, "must be a finite number > 0")
         self._validate_variant()
         self._set("impl", self._resolve_impl())
 
@@ -127,18 +128,18 @@ class Spec:
         v = self.variant
         sparse = v != "dense"
         if v == "xmoe":
-            g = self.granularity or 1
-            if g < 1 or self.d_ff % g:
+            g = 1 if self.granularity is None else self.granularity
+            if not isinstance(g, int) or g < 1 or self.d_ff % g:
                 raise SpecError("granularity", g, f"must be >= 1 and divide d_ff={self.d_ff}")
             self._set("granularity", g)
             t = 0.9 if self.threshold is None else self.threshold
-            if not 0.0 < t <= 1.0:
+            if not (isinstance(t, (int, float)) and 0.0 < t <= 1.0):
                 raise SpecError("threshold", t, "must be in (0, 1]")
             self._set("threshold", t)
             if self.max_k is not None and not 1 <= self.max_k <= self.num_experts * g:
                 raise SpecError("max_k", self.max_k, f"must be in 1..{self.num_experts * g}")
-            if self.capacity_factor is not None and self.capacity_factor <= 0:
-                raise SpecError("capacity_factor", self.capacity_factor, "must be > 0")
+            if self.capacity_factor is not None and not _positive_number(self.capacity_factor):
+                raise SpecError("capacity_factor", self.capacity_factor, "must be a finite number > 0")
             if self.expert_unit != "ffn":
                 raise SpecError("expert_unit", self.expert_unit, "xmoe splits whole FFN experts: use ffn")
         else:
@@ -181,6 +182,10 @@ class Spec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _positive_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
 def _auto_impl(spec: Spec) -> str:

@@ -21,6 +21,11 @@ from models import Spec, SpecError
     (dict(host="bert-base", d_model=100), "--d-model"),
     (dict(host="t5-small", layers=3), "--layers"),
     (dict(variant="ce", top_k=4, n_ce=4), "--n-ce"),
+    (dict(d_model=0), "--d-model"),  # 0 is not "the host's default"
+    (dict(host="bert-small", layers=0), "--layers"),
+    (dict(router_scale=float("nan")), "--router-scale"),
+    (dict(variant="xmoe", capacity_factor=float("inf")), "--capacity-factor"),
+    (dict(variant="xmoe", granularity=0), "--granularity"),
 ])
 def test_bad_values_name_their_flag(kwargs, flag):
     with pytest.raises(SpecError) as err:
@@ -49,6 +54,8 @@ def run_cli(*args):
     (["flops", "--host", "nope"], "--host 'nope'"),
     (["flops", "--experts", "many"], "--experts"),
     (["flops", "--source", "guess"], "--source 'guess'"),
+    (["verify", "--device", "meta"], "--device 'meta'"),
+    (["flops", "--variant", "xmoe", "--source", "analytic"], "--variant 'xmoe'"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, needle):
     proc = run_cli(*args)

@@ -70,6 +70,8 @@ def test_every_cpu_preset_expands():
     ("metrics: [speed]\ngrid:\n  top_k: [1]\n", "'speed'"),
     ("gird:\n  top_k: [1]\n", "'gird'"),
     ("grid: [unclosed\n", "not valid YAML"),
+    ("grid:\n  router_scale: fast\n", "router_scale 'fast': expected a number"),
+    ("grid:\n  d_model: 4.5\n", "d_model 4.5: expected an integer"),
 ])
 def test_config_file_errors_exit_2_naming_the_key(tmp_path, text, needle):
     config = tmp_path / "grid.yaml"
@@ -114,7 +116,7 @@ def test_a_failing_configuration_is_recorded_and_the_rest_completes(tmp_path):
         by_status.setdefault(r["status"], []).append(r)
     assert summary.statuses == {"error": 1, "oom": 1, "ok": 2}
     assert "meta" in by_status["error"][0]["error"]
-    assert "GiB" in by_status["oom"][0]["error"]
+    assert "MiB of weights; 976.6 KiB allowed" in by_status["oom"][0]["error"]  # limit 1e6 B
     assert all(r["latency_ms_median"] > 0 for r in by_status["ok"])
 
 
