@@ -149,3 +149,21 @@ def test_verify_checks_the_implementations_of_ce_and_xmoe(variant, extra, names)
     checks = verify(Spec(variant=variant, num_experts=4, top_k=2, **TINY, **extra))
     assert names <= {c.name for c in checks}
     assert all(c.ok for c in checks), [c for c in checks if not c.ok]
+
+
+def test_verify_passes_in_bfloat16_layer_by_layer():
+    # end to end, a bf16 round-off in the first MoE linear can flip the second one's router
+    checks = verify(Spec(num_experts=16, top_k=4, dtype="bfloat16", d_model=128, d_ff=256,
+                         seq_len=32, batch_size=8))
+    assert all(c.ok for c in checks), [c for c in checks if not c.ok]
+
+
+def test_verify_catches_a_merge_that_ignores_the_gates(monkeypatch):
+    from models import experts
+
+    def unweighted(w, b, index, gates):  # every selected expert at weight 1/k
+        return experts.merge_gather(w, b, index, torch.full_like(gates, 1 / gates.shape[1]))
+
+    monkeypatch.setitem(experts.MERGES, "dense", unweighted)
+    checks = {c.name: c for c in verify(Spec(num_experts=6, top_k=2, **TINY))}
+    assert not checks["meo: dense == gather"].ok and checks["meo: dense == gather"].max_rel_err > 1e-3
