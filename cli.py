@@ -256,8 +256,10 @@ def compare(
     current: Annotated[Path, typer.Argument(help="The current results directory or .jsonl.")],
     tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="METRIC=X% for macs, params (default 0: equal), latency (10%), memory (5%); repeatable.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, markdown (a pull-request comment) or json.")] = "table",
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Pass although configurations of the baseline are missing from current.")] = False,
 ) -> None:
-    """A baseline results set against a current one, with tolerances; exit 1 on a regression."""
+    """A baseline results set against a current one, with tolerances; exit 1 on a regression
+    or on configurations missing from current."""
     from meo_profile import render_checks
     from meo_profile.compare import CompareError, compare_paths
 
@@ -268,6 +270,7 @@ def compare(
         comparison = compare_paths(baseline, current, tolerance or ())
     except CompareError as e:
         raise fail(str(e)) from None
+    comparison.allow_missing = allow_missing
     if fmt == "json":
         emit_json(comparison.to_dict())
     elif fmt == "markdown":
@@ -276,7 +279,7 @@ def compare(
         for warning in comparison.warnings:
             typer.echo(f"warning: {warning}", err=True)
         render.print_table(render_checks.compare_table(comparison))
-    raise typer.Exit(1 if comparison.regressions else 0)
+    raise typer.Exit(0 if comparison.ok else 1)
 
 
 @app.command(rich_help_panel="Check")

@@ -123,6 +123,7 @@ class Comparison:
     missing: list[str] = field(default_factory=list)  # configurations only in baseline
     added: list[str] = field(default_factory=list)  # configurations only in current
     warnings: list[str] = field(default_factory=list)
+    allow_missing: bool = False  # a current run that lost configurations fails unless allowed
 
     @property
     def regressions(self) -> list[Row]:
@@ -130,7 +131,7 @@ class Comparison:
 
     @property
     def ok(self) -> bool:
-        return not self.regressions
+        return not self.regressions and (self.allow_missing or not self.missing)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "regressions": len(self.regressions),

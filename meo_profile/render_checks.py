@@ -85,15 +85,19 @@ def compare_summary(comparison: Comparison) -> str:
     n = len(comparison.regressions)
     limits = ", ".join(str(t) for t in comparison.thresholds.values())
     head = f"{n} regression{'s' if n != 1 else ''}" if n else "no regression"
+    if comparison.missing:
+        head += f", {len(comparison.missing)} configurations missing from current"
     return f"{head} in {len(comparison.rows)} comparisons (tolerances: {limits})"
 
 
 def compare_table(comparison: Comparison) -> Table:
     rows, hidden = _shown(comparison)
     rows.sort(key=lambda r: not r.fails)
+    missing = comparison.missing
     table = Table(title=f"meo-profile compare: {compare_summary(comparison)}",
                   caption=f"baseline {comparison.baseline_info}\ncurrent {comparison.current_info}"
-                          + (f"\n{hidden} unchanged counts not shown" if hidden else ""))
+                          + (f"\n{hidden} unchanged counts not shown" if hidden else "")
+                          + (f"\nonly in baseline: {escape(', '.join(missing))}" if missing else ""))
     for col in ("configuration", "metric", "baseline", "current", "change", "verdict", "note"):
         table.add_column(col, justify="right" if col in ("baseline", "current", "change") else "left")
     for r in rows:

@@ -105,8 +105,8 @@ def test_the_same_device_is_preferred_when_both_are_stored(tmp_path):
 def test_configurations_match_by_spec_and_the_last_record_wins(tmp_path):
     baseline = [rec(top_k=1), rec(top_k=2, latency_ms=50.0), rec(top_k=2)]  # a rerun of k=2
     current = [rec(top_k=2), rec(top_k=3)]
-    result = compare_cli(tmp_path, baseline, current, "--format", "json")
-    assert result.exit_code == 0
+    result = compare_cli(tmp_path, baseline, current, "--format", "json", "--allow-missing")
+    assert result.exit_code == 0  # k=2 matched its last baseline record (10 ms, not 50)
     payload = json.loads(result.stdout)
     assert payload["missing_in_current"] == ["layer meo E=4 k=1 B=1 L=8"]
     assert payload["new_in_current"] == ["layer meo E=4 k=3 B=1 L=8"]
@@ -175,3 +175,13 @@ def test_table_format_prints_the_regression(tmp_path):
 def test_compare_records_needs_no_files():
     comparison = compare_records([rec()], [rec(macs=2000)], thresholds())
     assert [r.field for r in comparison.regressions] == ["macs"]
+
+
+def test_configurations_missing_from_current_fail_unless_allowed(tmp_path):
+    baseline = [rec("meo"), rec("moe")]
+    result = compare_cli(tmp_path, baseline, [rec("meo")], "--format", "json")
+    payload = json.loads(result.stdout)
+    assert result.exit_code == 1 and not payload["ok"] and payload["regressions"] == 0
+    assert len(payload["missing_in_current"]) == 1 and "moe" in payload["missing_in_current"][0]
+    allowed = compare_cli(tmp_path, baseline, [rec("meo")], "--allow-missing")
+    assert allowed.exit_code == 0 and "only in baseline" in allowed.stdout
