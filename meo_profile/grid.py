@@ -54,23 +54,61 @@ class Block:
                 specs.append(spec)
         return specs, impossible
 
+    def jobs(self) -> tuple[list[tuple[Spec, tuple[str, ...]]], int]:
+        specs, impossible = self.specs()
+        return [(spec, self.metrics) for spec in specs], impossible
+
+    def with_axes(self, axes: dict[str, list[Any]]) -> Block:
+        return Block({**self.axes, **axes}, self.metrics, self.label)
+
+    def with_metrics(self, metrics: tuple[str, ...]) -> Block:
+        return Block(self.axes, metrics, self.label)
+
+
+@dataclass
+class ClaimsBlock:
+    """The configurations the built-in efficiency claims read, each with the metrics it needs,
+    so that `meo-profile check RESULTS` can judge a sweep's own results. Fixed: axis and
+    metrics flags do not apply to it."""
+
+    label: str = "built-in claims"
+
+    def jobs(self) -> tuple[list[tuple[Spec, tuple[str, ...]]], int]:
+        from meo_profile.checking import pending_reasons, plan
+        from meo_profile.claims import load_claims
+
+        claims = load_claims()
+        return list(plan(claims, pending_reasons(claims)).items()), 0
+
+    def with_axes(self, axes: dict[str, list[Any]]) -> ClaimsBlock:
+        return self
+
+    def with_metrics(self, metrics: tuple[str, ...]) -> ClaimsBlock:
+        return self
+
 
 @dataclass
 class Grid:
-    blocks: list[Block] = field(default_factory=list)
+    blocks: list[Block | ClaimsBlock] = field(default_factory=list)
 
     def expand(self) -> tuple[list[tuple[Spec, tuple[str, ...]]], int]:
         """(spec, metrics) for every configuration in order, and the impossible count."""
-        jobs, impossible = [], 0
+        jobs, seen, impossible = [], set(), 0
         for block in self.blocks:
-            specs, skipped = block.specs()
+            block_jobs, skipped = block.jobs()
             impossible += skipped
-            jobs += [(spec, block.metrics) for spec in specs]
+            for job in block_jobs:
+                if job not in seen:  # blocks may overlap: measure each configuration once
+                    seen.add(job)
+                    jobs.append(job)
         return jobs, impossible
 
     def override(self, axes: dict[str, list[Any]]) -> Grid:
         """The same grid with some axes replaced in every block (axis flags on a preset)."""
-        return Grid([Block({**b.axes, **axes}, b.metrics, b.label) for b in self.blocks])
+        return Grid([b.with_axes(axes) for b in self.blocks])
+
+    def with_metrics(self, metrics: tuple[str, ...]) -> Grid:
+        return Grid([b.with_metrics(metrics) for b in self.blocks])
 
 
 # ------------------------------------------------------------------------------ parsing

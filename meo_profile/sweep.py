@@ -3,7 +3,8 @@
 Guarantees:
 - each record is appended and fsynced as soon as it is measured: a killed sweep loses at most
   the configuration in flight; `--resume` (the default) skips configurations already stored
-  for the same device, so rerunning the same command finishes the set;
+  with a result for the same device, so rerunning the same command finishes the set (failed
+  rows are tried again; the failure stays on record);
 - a failing configuration is a row (`oom` or `error`), and the sweep goes on;
 - Ctrl-C finishes the configuration in flight, writes it, says how to resume, exits 130
   (a second Ctrl-C stops at once);
@@ -72,8 +73,14 @@ def job_key(spec_fields: dict[str, Any], metrics, device: str | None) -> tuple:
             device)
 
 
+DONE_STATUSES = ("ok", "skipped")  # oom and error rows are measured again on resume
+
+
 def stored_keys(records: list[dict[str, Any]]) -> set[tuple]:
-    return {job_key(r, r.get("metrics"), r.get("device_name")) for r in records}
+    """Configurations a resumed sweep skips: those stored with a result. A failed row stays
+    in the file (nothing is lost) and its configuration is tried again."""
+    return {job_key(r, r.get("metrics"), r.get("device_name")) for r in records
+            if r.get("status") in DONE_STATUSES}
 
 
 # ----------------------------------------------------------------------------------- lock
@@ -208,7 +215,7 @@ def plan_grid(preset: str | None, config: Path | None, axes: dict[str, list[Any]
     if axes and (preset is not None or config is not None):
         grid = grid.override(axes)
     if metrics:
-        grid = Grid([Block(b.axes, metrics, b.label) for b in grid.blocks])
+        grid = grid.with_metrics(metrics)
     return grid, name
 
 

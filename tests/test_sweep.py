@@ -204,3 +204,24 @@ def test_fresh_sets_old_results_aside_and_never_under_a_live_sweep(tmp_path):
     summary = run_sweep(jobs, SweepOptions(tmp_path, resume=False, timing=FAST))
     assert summary.measured == 2 and summary.set_aside is not None
     assert len(load(summary.set_aside).records) == 2 and len(load(tmp_path).records) == 2
+
+
+def test_resume_tries_failed_rows_again_and_keeps_the_failure(tmp_path):
+    jobs = small_jobs(("flops", "latency"))[:2]
+    first = run_sweep(jobs, SweepOptions(tmp_path, max_memory_bytes=1, timing=FAST))
+    assert first.statuses == {"oom": 2}
+    again = run_sweep(jobs, SweepOptions(tmp_path, timing=FAST))
+    assert again.statuses == {"ok": 2} and again.already_stored == 0
+    statuses = sorted(r["status"] for r in load(tmp_path).records)
+    assert statuses == ["ok", "ok", "oom", "oom"]
+    assert run_sweep(jobs, SweepOptions(tmp_path, timing=FAST)).already_stored == 2
+
+
+def test_default_preset_holds_every_configuration_the_builtin_claims_read():
+    from meo_profile.checking import pending_reasons, plan
+    from meo_profile.claims import load_claims
+
+    claims = load_claims()
+    needed = plan(claims, pending_reasons(claims))
+    jobs, _ = PRESETS["default"].grid.expand()
+    assert set(needed.items()) <= set(jobs) and len(jobs) == len(set(jobs))
