@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.spec import SPEC_FIELDS, Spec
+from models.spec import Spec
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "error", "skipped")
@@ -84,15 +84,6 @@ class Result:
                 d[f.name] = getattr(self, f.name)
         d.update(self.env)
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Result:
-        """Read a stored record (upgrading older schema versions as they appear)."""
-        spec = Spec(**{k: d[k] for k in SPEC_FIELDS if k in d})
-        names = {f.name for f in dataclasses.fields(cls)} - {"spec", "env"}
-        kwargs = {k: d[k] for k in names if k in d}
-        env = {k: d[k] for k in ENV_FIELDS if k in d}
-        return cls(spec=spec, env=env, **kwargs)
 
     def update(self, **measured: Any) -> Result:
         for k, v in measured.items():

@@ -129,7 +129,6 @@ ROUTED: dict[str, Callable[[Spec], tuple[int, int]]] = {
     "meo": lambda s: (s.batch_size, s.top_k),
     "meo-token": lambda s: (s.batch_size, s.top_k),
     "ce": lambda s: (s.batch_size * s.seq_len, s.top_k - (s.n_ce or 0)),
-    "xmoe": lambda s: (s.batch_size * s.seq_len, 1),  # a threshold router picks at least one
 }
 
 
@@ -187,13 +186,11 @@ def bytes_moved(spec: Spec, model: nn.Module | None = None) -> int:
 
 # ------------------------------------------------------------------ one configuration's bound
 def configuration_bound(spec: Spec, model: nn.Module | None = None) -> Bound | None:
-    """The bound from the analytic macs of `spec`; None where no closed form exists yet."""
-    try:
-        from meo_profile.analytic import count
-    except ImportError:  # the counter is optional for timing: no count, no bound
-        return None
+    """The bound from the analytic macs of `spec`; None where no closed form exists."""
+    from meo_profile.analytic import count
+
     try:
         macs = count(spec).macs
-    except (NotImplementedError, SpecError):  # XMoE's cost depends on its routing: no closed form
+    except SpecError:  # XMoE's cost depends on its routing: no closed form, no bound
         return None
     return roofline(spec, macs, bytes_moved(spec, model))

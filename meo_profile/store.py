@@ -60,10 +60,6 @@ def frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(list(records))
 
 
-def load_frame(path: str | Path) -> pd.DataFrame:
-    return frame(load(path).records)
-
-
 class Store:
     """Appends records to `<dir>/results.jsonl`, each flushed and fsynced as it is written, so a
     killed process loses at most the configuration in flight."""

@@ -58,7 +58,7 @@ def prepare(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(list(records))
     df = df.reindex(columns=list(dict.fromkeys([*COLUMNS, *df.columns])))
     for col, default in SPEC_DEFAULTS.items():
-        # a record older than a spec field ran its default, as Result.from_dict also reads it
+        # a record older than a spec field ran its default
         df[col] = df[col].fillna(default)
     for col in NUMERIC:
         df[col] = pd.to_numeric(df[col], errors="coerce")
