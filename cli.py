@@ -1,4 +1,8 @@
-"""`meo-profile`: the command line. Parses options and calls meo_profile; no logic of its own."""
+"""`meo-profile`: the command line. Parses options and calls meo_profile; no logic of its own.
+
+Each command imports the layer it calls inside its body, so that `--help` and a bad flag answer
+without loading pandas, matplotlib or fvcore.
+"""
 
 from __future__ import annotations
 
@@ -158,7 +162,9 @@ def sweep(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Render the report at the end.")] = True,
 ) -> None:
     """Run a grid of configurations; every record is stored as it is measured; report at the end."""
+    from meo_profile import report as reporting
     from meo_profile import sweep as sweeping
+    from meo_profile.progress import run_with_progress
     from meo_profile.timing import TimingOptions
 
     timing = TimingOptions(warmup=warmup, min_run_time=min_run_time, cpu_allocator=cpu_allocator)
@@ -171,12 +177,13 @@ def sweep(
     if impossible:
         typer.echo(f"{impossible} grid combinations left out: top-k above the expert count", err=True)
     try:
-        summary = render.run_with_progress(sweeping.run_sweep, jobs, options, quiet)
+        summary = run_with_progress(sweeping.run_sweep, jobs, options, quiet)
     except sweeping.SweepBusy as e:
         raise fail(str(e)) from None
     render.print_sweep_summary(summary, out, sweeping.skipped_lines(out))
     if report and not summary.interrupted:
-        render.finish_report(out, command="meo-profile " + " ".join(sys.argv[1:]))
+        path = reporting.render_report(out, out, command="meo-profile " + " ".join(sys.argv[1:]))
+        typer.echo(f"report: {path}", err=True)
     if summary.interrupted:
         again = " ".join(a for a in sys.argv[1:] if a != "--fresh")  # --fresh would start over
         typer.echo(f"interrupted after {summary.measured} new records (stored in {out}); "

@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from meo_profile.formats import format_value, parse_fraction, parse_number, percent
+from meo_profile.probes import PROBES
 from models.spec import SPEC_FIELDS, Spec, SpecError
 
 BUILTIN = "claims_builtin.yaml"  # shipped beside this module (package data)
@@ -31,52 +33,6 @@ BUILTIN = "claims_builtin.yaml"  # shipped beside this module (package data)
 
 class ClaimError(ValueError):
     """A malformed claim, or a selection that matches no record; one line naming the claim."""
-
-
-# --------------------------------------------------------------------------------- numbers
-_SUFFIXES = {"k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
-
-
-def parse_number(value: Any) -> float:
-    """72e9, "72.0G", "8Gi", "1.5e+9" -> float. (YAML 1.1 reads 72.0e9 as a string: accept it.)"""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number")
-    if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).strip()
-    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
-        if text.endswith(suffix):
-            return float(text[: -len(suffix)]) * _SUFFIXES[suffix]
-    return float(text)
-
-
-def parse_fraction(value: Any) -> float:
-    """A relative tolerance: "10%" -> 0.10, 0.1 -> 0.1. Negative values are refused."""
-    text = str(value).strip()
-    fraction = float(text[:-1]) / 100 if text.endswith("%") else parse_number(value)
-    if not fraction >= 0:
-        raise ValueError(f"{value!r} must be >= 0")
-    return fraction
-
-
-def format_value(value: float | None, unit: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if unit in ("FLOPs", "MACs", "params"):
-        for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-            if abs(value) >= scale:
-                return f"{value / scale:.3f} {prefix}{unit}"
-        return f"{value:,.0f} {unit}"
-    if unit == "bytes":
-        return f"{value / 2**20:,.1f} MiB"
-    if unit == "ratio":
-        return f"{value:.4f}"
-    return f"{value:,.4g} {unit}"
-
-
-def percent(fraction: float) -> str:
-    """+0.27%, +11.6%, +0.0048%: three significant digits, so a tight claim shows its margin."""
-    return f"{fraction * 100:+.3g}%"
 
 
 # --------------------------------------------------------------------------------- metrics
@@ -301,7 +257,7 @@ class Claim:
     quantity: Quantity
     expect: Approx | Bound
     ratio: tuple[dict[str, Any], dict[str, Any]] | None = None  # (numerator, denominator) fields
-    requires: dict[str, str] = field(default_factory=dict)  # probe -> variant (checking.PROBES)
+    requires: dict[str, str] = field(default_factory=dict)  # probe -> variant (probes.PROBES)
     note: str = ""
 
     @property
@@ -520,8 +476,6 @@ def _ratio(ratio: Any) -> tuple[dict, dict] | None:
 
 
 def _requires(requires: Any) -> dict[str, str]:
-    from meo_profile.checking import PROBES  # the probes build models: imported when needed
-
     if requires is None:
         return {}
     if not isinstance(requires, dict):

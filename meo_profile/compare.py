@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meo_profile.claims import format_value, parse_fraction, percent
+from meo_profile.formats import format_value, parse_fraction, percent
+from meo_profile.store import load, results_path
 from models.spec import SPEC_FIELDS
 
 
@@ -255,8 +256,6 @@ def describe(records: list[dict]) -> str:
 
 def compare_paths(baseline: str | Path, current: str | Path,
                   given: Iterable[str] = ()) -> Comparison:
-    from meo_profile.store import load, results_path
-
     limits = thresholds(given)
     sides = []
     for name, path in (("BASELINE", baseline), ("CURRENT", current)):

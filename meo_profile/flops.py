@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from meo_profile.resources import check_fits
 from models import Spec, build_model, make_inputs
 from models.compressed import CompressedVectors
 from models.layers import Merger, SparseLayer, TokenBlock
@@ -147,8 +148,6 @@ def count_fvcore(spec: Spec) -> Counts:
         return _count_on(spec, "meta")
     except (RuntimeError, NotImplementedError):
         # data-dependent shapes (the per-expert loops, threshold routing) need real tensors
-        from meo_profile.resources import check_fits
-
         real = "cpu" if spec.device == "meta" else spec.device
         check_fits(spec.replace(device=real))
         return _count_on(spec, real)
@@ -160,7 +159,7 @@ def _count_on(spec: Spec, device: str) -> Counts:
     model = build_model(build_spec, device=device).eval()
     inputs = make_inputs(build_spec, device=device)
     with _quiet(), torch.no_grad():
-        from fvcore.nn import FlopCountAnalysis
+        from fvcore.nn import FlopCountAnalysis  # its import warns about torch.jit: inside _quiet
 
         zero_ops: Counter = Counter()
         analysis = FlopCountAnalysis(model, inputs)

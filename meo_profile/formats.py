@@ -79,3 +79,63 @@ def label(variant: str) -> str:
 def order_variants(variants) -> list[str]:
     rank = {v: i for i, v in enumerate(VARIANT_ORDER)}
     return sorted(variants, key=lambda v: (rank.get(v, len(rank)), v))
+
+
+# ------------------------------------------------------------------------------ parsing
+_SUFFIXES = {"k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
+def parse_number(value: Any) -> float:
+    """72e9, "72.0G", "8Gi", "1.5e+9" -> float. (YAML 1.1 reads 72.0e9 as a string: accept it.)"""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * _SUFFIXES[suffix]
+    return float(text)
+
+
+def parse_fraction(value: Any) -> float:
+    """A relative tolerance: "10%" -> 0.10, 0.1 -> 0.1. Negative values are refused."""
+    text = str(value).strip()
+    fraction = float(text[:-1]) / 100 if text.endswith("%") else parse_number(value)
+    if not fraction >= 0:
+        raise ValueError(f"{value!r} must be >= 0")
+    return fraction
+
+
+def format_value(value: float | None, unit: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if unit in ("FLOPs", "MACs", "params"):
+        for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(value) >= scale:
+                return f"{value / scale:.3f} {prefix}{unit}"
+        return f"{value:,.0f} {unit}"
+    if unit == "bytes":
+        return f"{value / 2**20:,.1f} MiB"
+    if unit == "ratio":
+        return f"{value:.4f}"
+    return f"{value:,.4g} {unit}"
+
+
+def percent(fraction: float) -> str:
+    """+0.27%, +11.6%, +0.0048%: three significant digits, so a tight claim shows its margin."""
+    return f"{fraction * 100:+.3g}%"
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'8GiB', '500MB', '1e9' -> bytes; a bad value is a one-line error naming the flag."""
+    number = text.strip().lower().rstrip("s")
+    unit = number.lstrip("0123456789.e+-_")
+    try:
+        return int(float(number[: len(number) - len(unit)]) * _UNITS[unit.strip()])
+    except (KeyError, ValueError):
+        raise ValueError(f"--max-memory {text!r}: expected a size such as 8GiB or 500MB") from None

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from models.spec import FLAG_OF, SPEC_FIELDS, Spec, SpecError
 
 METRICS = ("flops", "latency", "memory")
@@ -66,30 +68,8 @@ class Block:
 
 
 @dataclass
-class ClaimsBlock:
-    """The configurations the built-in efficiency claims read, each with the metrics it needs,
-    so that `meo-profile check RESULTS` can judge a sweep's own results. Fixed: axis and
-    metrics flags do not apply to it."""
-
-    label: str = "built-in claims"
-
-    def jobs(self) -> tuple[list[tuple[Spec, tuple[str, ...]]], int]:
-        from meo_profile.checking import pending_reasons, plan
-        from meo_profile.claims import load_claims
-
-        claims = load_claims()
-        return list(plan(claims, pending_reasons(claims)).items()), 0
-
-    def with_axes(self, axes: dict[str, list[Any]]) -> ClaimsBlock:
-        return self
-
-    def with_metrics(self, metrics: tuple[str, ...]) -> ClaimsBlock:
-        return self
-
-
-@dataclass
 class Grid:
-    blocks: list[Block | ClaimsBlock] = field(default_factory=list)
+    blocks: list = field(default_factory=list)  # Blocks, or anything with jobs/with_axes/with_metrics
 
     def expand(self) -> tuple[list[tuple[Spec, tuple[str, ...]]], int]:
         """(spec, metrics) for every configuration in order, and the impossible count."""
@@ -155,8 +135,6 @@ def typed_value(key: str, name: str, value: Any) -> Any:
 
 def load_config(path: str | Path) -> Grid:
     """A grid from a YAML file; errors name the key (exit 2 at the command line)."""
-    import yaml
-
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as e:

@@ -15,10 +15,14 @@ from collections.abc import Iterator
 import torch
 
 from meo_profile.counting import count
+from meo_profile.latency import measure_workload
+from meo_profile.memory import peak_memory
 from meo_profile.record import Result
 from meo_profile.resources import DoesNotFit, check_fits
 from meo_profile.timing import TimingOptions
-from models import Spec
+from meo_profile.workload import Workload
+from models import Spec, build_model, make_inputs
+from models.compressed import model_rel_l2_error
 
 METRICS = ("flops", "latency", "memory")
 
@@ -54,10 +58,6 @@ def _measure_into(result: Result, metrics, timing, max_memory_bytes, phases) -> 
             result.update(**count(spec).record_fields(), **fidelity_fields(spec))
     if "latency" not in metrics and "memory" not in metrics:
         return
-    from meo_profile.latency import measure_workload
-    from meo_profile.memory import peak_memory
-    from meo_profile.workload import Workload
-
     with timed(phases, "building"):
         check_fits(spec, limit_bytes=max_memory_bytes)
         work = Workload.build(spec)
@@ -75,9 +75,6 @@ def fidelity_fields(spec: Spec) -> dict:
     same router (a real forward; {} for other variants or weights that would not fit)."""
     if spec.variant != "ce" or spec.device == "meta":  # fidelity needs a real forward
         return {}
-    from models import build_model, make_inputs
-    from models.compressed import model_rel_l2_error
-
     try:
         check_fits(spec)
     except DoesNotFit:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from meo_profile.allocator import native_stderr_silenced
 from meo_profile.workload import Workload
@@ -65,8 +66,6 @@ def running_sum_profile(signed_bytes: Iterable[int]) -> AllocProfile:
 
 def cpu_alloc_profile(fn: Callable[[], Any]) -> AllocProfile:
     """What `fn()` allocates on the CPU, from the profiler's allocation events (see module doc)."""
-    from torch.profiler import ProfilerActivity, profile
-
     with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU],
                                            profile_memory=True) as prof:
         fn()

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from meo_profile.grid import GridError, parse_axis_flag
 from models.hosts import HOSTS
 from models.spec import (
     DEVICES,
@@ -102,8 +103,6 @@ class spec_errors_exit:
 def with_axes(command: Callable) -> Callable:
     """Give `command(axes: dict, ...)` the configuration flags as comma-separated lists
     (`--variant moe,meo --top-k 1,2,4`); it receives {spec field: [values]} for those given."""
-    from meo_profile.grid import GridError, parse_axis_flag
-
     hints = typing.get_type_hints(command, include_extras=True)
     own = [p.replace(annotation=hints.get(p.name, p.annotation))
            for p in inspect.signature(command).parameters.values() if p.name != "axes"]
@@ -125,19 +124,3 @@ def with_axes(command: Callable) -> Callable:
 
     wrapper.__signature__ = inspect.Signature(own + added)
     return wrapper
-
-
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """'8GiB', '500MB', '1e9' -> bytes; a bad value is a one-line error naming the flag."""
-    from meo_profile.grid import GridError
-
-    number = text.strip().lower().rstrip("s")
-    unit = number.lstrip("0123456789.e+-_")
-    try:
-        return int(float(number[: len(number) - len(unit)]) * _UNITS[unit.strip()])
-    except (KeyError, ValueError):
-        raise GridError(f"--max-memory {text!r}: expected a size such as 8GiB or 500MB") from None

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meo_profile.grid import Block, ClaimsBlock, Grid
+from meo_profile.checking import plan
+from meo_profile.claims import load_claims
+from meo_profile.grid import Block, Grid
+from models import Spec
 
 K_PAPER = [1, 2, 4, 8, 16, 32]
 
@@ -39,6 +42,25 @@ METHODS_LAYER = Block({"host": ["layer"], "variant": ["moe", "meo", "ce", "xmoe"
                        "d_model": [512], "d_ff": [2048], "batch_size": [8], "seq_len": [128],
                        "device": ["auto"]},
                       ("flops", "latency", "memory"), "four methods at one expert budget")
+
+
+@dataclass
+class ClaimsBlock:
+    """The configurations the built-in efficiency claims read, each with the metrics it needs,
+    so that `meo-profile check RESULTS` can judge a sweep's own results. Fixed: axis and
+    metrics flags do not apply to it. The claims' probes are not run here (they build and count
+    models; `meo-profile presets` must stay instant): every claim's configurations are listed."""
+
+    label: str = "built-in claims"
+
+    def jobs(self) -> tuple[list[tuple[Spec, tuple[str, ...]]], int]:
+        return list(plan(load_claims(), pending={}).items()), 0
+
+    def with_axes(self, axes: dict) -> ClaimsBlock:
+        return self
+
+    def with_metrics(self, metrics: tuple[str, ...]) -> ClaimsBlock:
+        return self
 
 
 @dataclass(frozen=True)

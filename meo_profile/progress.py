@@ -14,7 +14,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from meo_profile.render import spec_title
+from meo_profile.identity import spec_title
 
 
 class BarProgress:
@@ -63,3 +63,10 @@ class LogProgress:
         detail = f" ({result.error})" if result is not None and result.error else ""
         print(f"[{self.done}/{self.total}] {status}: {spec_title(spec)}{detail}", file=sys.stderr,
               flush=True)
+
+
+def run_with_progress(run, jobs, options, quiet: bool):
+    """Run a sweep under a progress display: a bar on a terminal, log lines otherwise."""
+    display = LogProgress(len(jobs)) if quiet or not sys.stderr.isatty() else BarProgress(len(jobs))
+    with display:
+        return run(jobs, options, display)

@@ -16,7 +16,10 @@ import platform
 import subprocess
 import uuid
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Any
+
+import torch
 
 from models.spec import Spec
 
@@ -100,10 +103,6 @@ ENV_FIELDS = ("torch_version", "fvcore_version", "transformers_version", "python
 @functools.cache
 def environment(device: str = "cpu") -> dict[str, Any]:
     """What produced a record: library versions, device, threads and the project's commit."""
-    from importlib.metadata import version
-
-    import torch
-
     return {
         "torch_version": torch.__version__,
         "fvcore_version": version("fvcore"),
@@ -117,8 +116,6 @@ def environment(device: str = "cpu") -> dict[str, Any]:
 
 def device_name(device: str) -> str:
     """A name that tells machines apart: the GPU's name, or the CPU model and its core count."""
-    import torch
-
     if device == "cuda":
         return torch.cuda.get_device_name()
     model = platform.processor() or platform.machine()

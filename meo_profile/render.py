@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from meo_profile.identity import spec_title
 from models import Spec
 
 
 def print_table(table: Table) -> None:
     Console().print(table)
-
-
-def spec_title(spec: Spec) -> str:
-    experts = "" if spec.variant == "dense" else f" E={spec.num_experts} k={spec.top_k}"
-    if spec.variant == "xmoe":  # no fixed k: a threshold over E x g small experts
-        experts = f" E={spec.num_experts}x{spec.granularity} t={spec.threshold} scale={spec.router_scale:g}"
-    elif spec.variant == "ce":
-        experts += f" n_ce={spec.n_ce}"
-    return (f"{spec.host} {spec.variant}{experts} unit={spec.expert_unit} impl={spec.impl} "
-            f"B={spec.batch_size} L={spec.seq_len} {spec.dtype} {spec.device}")
 
 
 def checks_table(checks, spec: Spec) -> Table:
@@ -127,15 +116,6 @@ def print_extras(fields: dict) -> None:
 
 
 # ------------------------------------------------------------------------------ sweeps
-def run_with_progress(run, jobs, options, quiet: bool):
-    """Run a sweep under a progress display (renders progress; the sweep measures)."""
-    from meo_profile.progress import BarProgress, LogProgress
-
-    display = LogProgress(len(jobs)) if quiet or not sys.stderr.isatty() else BarProgress(len(jobs))
-    with display:
-        return run(jobs, options, display)
-
-
 def print_sweep_summary(summary, out, skipped: list[str]) -> None:
     console = Console(stderr=True)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items())) or "nothing new"
@@ -148,14 +128,6 @@ def print_sweep_summary(summary, out, skipped: list[str]) -> None:
     console.print(f"wall {summary.wall_s:.1f} s: {phases or 'no work'}")
     for line in skipped:
         console.print(f"[yellow]skipped unreadable line[/] {line}")
-
-
-def finish_report(out, command: str) -> None:
-    """The report of a finished sweep (the report module renders; this only calls it)."""
-    from meo_profile import report
-
-    path = report.render_report(out, out, command=command)
-    Console(stderr=True).print(f"report: {path}")
 
 
 def presets_text(presets) -> str:

@@ -11,8 +11,8 @@ from typing import Any
 
 from rich.table import Table
 
+from meo_profile.identity import spec_title
 from meo_profile.record import Result
-from meo_profile.render import spec_title
 from meo_profile.timing import Timing
 from meo_profile.trace import TraceSummary
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from meo_profile.analytic import count
 from meo_profile.timing import TimingOptions, time_call
 from models import Spec, build_model, sparse_layers, torch_dtype
 from models.build import DTYPES
@@ -187,8 +188,6 @@ def bytes_moved(spec: Spec, model: nn.Module | None = None) -> int:
 # ------------------------------------------------------------------ one configuration's bound
 def configuration_bound(spec: Spec, model: nn.Module | None = None) -> Bound | None:
     """The bound from the analytic macs of `spec`; None where no closed form exists."""
-    from meo_profile.analytic import count
-
     try:
         macs = count(spec).macs
     except SpecError:  # XMoE's cost depends on its routing: no closed form, no bound

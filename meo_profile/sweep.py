@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meo_profile.formats import parse_bytes
+from meo_profile.grid import Block, Grid, GridError, load_config, parse_metrics
 from meo_profile.measure import measure
+from meo_profile.presets import PRESETS
 from meo_profile.record import Result, device_name, environment
 from meo_profile.store import Store, load
 from meo_profile.timing import TimingOptions
@@ -198,9 +201,6 @@ def plan_grid(preset: str | None, config: Path | None, axes: dict[str, list[Any]
     A config file or a preset gives the blocks (the `default` preset when nothing is said);
     axis flags alone make one block; axis flags with a preset or file replace those axes.
     """
-    from meo_profile.grid import Block, Grid, GridError, load_config
-    from meo_profile.presets import PRESETS
-
     if preset is not None and config is not None:
         raise GridError("--preset and --config: give one of them")
     if config is not None:
@@ -223,12 +223,12 @@ def prepare(preset: str | None, config: Path | None, axes: dict[str, list[Any]],
             metrics: str | None, out: Path | None, resume: bool, max_memory: str | None,
             timing: TimingOptions) -> tuple[list, SweepOptions, int]:
     """What `meo-profile sweep` runs: (jobs, options, impossible combinations left out)."""
-    from meo_profile.grid import parse_metrics
-    from meo_profile.options import parse_bytes
-
     grid, name = plan_grid(preset, config, axes, parse_metrics(metrics.split(",")) if metrics else None)
     jobs, impossible = grid.expand()
-    limit = parse_bytes(max_memory) if max_memory else None
+    try:
+        limit = parse_bytes(max_memory) if max_memory else None
+    except ValueError as e:
+        raise GridError(str(e)) from None
     options = SweepOptions(out=out or Path("reports") / name, resume=resume,
                            max_memory_bytes=limit, timing=timing)
     return jobs, options, impossible

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from torch.utils import benchmark
 
 from meo_profile.allocator import CPU_ALLOCATORS
 from models.spec import SpecError
@@ -240,8 +241,6 @@ def time_benchmark(fn: Callable[[], Any], options: TimingOptions,
                    timer: Callable[[], float] = timeit.default_timer) -> Timing:
     """torch.utils.benchmark.Timer over `fn()` with all of torch's threads; `timer` is the clock
     in seconds (a fake one in tests)."""
-    from torch.utils import benchmark
-
     for _ in range(options.warmup):
         fn()
     bench = benchmark.Timer(stmt="fn()", globals={"fn": fn}, timer=timer,

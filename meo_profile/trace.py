@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch.profiler import ProfilerActivity, profile
+
 from meo_profile.allocator import native_stderr_silenced
 from meo_profile.workload import Workload
 from models import Spec
@@ -84,8 +86,6 @@ def check_out_path(out: str | Path) -> Path:
 
 def profile_steps(work: Workload, steps: int):
     """Run `steps` steps under torch.profiler (CPU, plus CUDA when on it); the profiler object."""
-    from torch.profiler import ProfilerActivity, profile
-
     activities = [ProfilerActivity.CPU]
     if work.spec.device == "cuda":
         activities.append(ProfilerActivity.CUDA)

@@ -23,6 +23,7 @@ import pandas as pd
 from meo_profile.formats import VARIANT_ORDER
 from meo_profile.paper import meo_flops_ratio_closed_form
 from meo_profile.record import ENV_FIELDS, Result
+from models.hosts import HOSTS
 from models.spec import SPEC_FIELDS, Spec
 
 IDENTITY_FIELDS = ("schema_version", "run_id", "created_utc", "status", "error")
@@ -184,8 +185,6 @@ def flops_view(df: pd.DataFrame, hosts: tuple[str, ...] | None = PAPER_HOSTS,
 
 
 def order_hosts(hosts: Iterable[str]) -> list[str]:
-    from models.hosts import HOSTS
-
     rank = {h: i for i, h in enumerate(HOSTS)}
     return sorted(hosts, key=lambda h: (rank.get(h, len(rank)), h))
 

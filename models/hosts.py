@@ -91,6 +91,8 @@ class LogitsOnly(nn.Module):
 
 
 # ------------------------------------------------------------------------------- builders
+# Each builder imports its transformers classes itself: importing transformers costs seconds,
+# and only the host being built needs them.
 def _build_layer(spec) -> tuple[nn.Module, list[Site]]:
     block = FFNBlock.of_size(spec.d_model, spec.d_ff)
     return block, [Site((block, "up"), (block, "act"), (block, "down"))]

@@ -12,6 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from models.hosts import HOSTS
+
 VARIANTS = ("dense", "moe", "moe-seq", "meo", "meo-token", "ce", "xmoe")
 EXPERT_UNITS = ("linear", "ffn")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -80,8 +84,6 @@ class Spec:
     router_scale: float = 1.0  # multiplies router logits; >1 sharpens a random router
 
     def __post_init__(self) -> None:
-        from models.hosts import HOSTS  # the host table is data; imported late to stay cheap
-
         _choice("host", self.host, tuple(HOSTS))
         _choice("variant", self.variant, VARIANTS)
         _choice("dtype", self.dtype, DTYPES)
@@ -108,14 +110,9 @@ class Spec:
         if shape.seq2seq and self.layers % 2:
             raise SpecError("layers", self.layers, f"{self.host} splits layers between encoder and decoder: use an even number")
         if self.device == "auto":
-            import torch
-
             self._set("device", "cuda" if torch.cuda.is_available() else "cpu")
-        if self.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise SpecError("device", "cuda", "no CUDA device is available on this machine")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise SpecError("device", "cuda", "no CUDA device is available on this machine")
         if not _positive_number(self.router_scale):
             raise SpecError("router_scale", self.router_scale, "must be a finite number > 0")
         self._validate_variant()
