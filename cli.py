@@ -13,9 +13,9 @@ from typing import Annotated
 
 import typer
 
-from meo_profile import render
-from meo_profile.grid import GridError
-from meo_profile.options import fail, with_axes, with_spec
+from meo_profile.sweep.grid import GridError
+from meo_profile.terminal import render
+from meo_profile.terminal.options import fail, with_axes, with_spec
 from models import Spec, SpecError
 
 
@@ -66,9 +66,9 @@ Depth = Annotated[int, typer.Option("--depth", help="Module depth shown by --by-
 def flops(spec: Spec, source: Source = "fvcore", by_module: ByModule = False,
           by_operator: ByOperator = False, depth: Depth = 4, json_out: JsonFlag = False) -> None:
     """Count one configuration: MACs, FLOPs (= 2 x MACs), parameters, parts, skipped ops."""
-    from meo_profile.counting import COUNTERS, count, disagreements
-    from meo_profile.measure import fidelity_fields
-    from meo_profile.record import Result
+    from meo_profile.measure.counting import COUNTERS, count, disagreements
+    from meo_profile.measure.run import fidelity_fields
+    from meo_profile.results.record import Result
 
     if source not in (*COUNTERS, "both"):
         raise fail(f"--source {source!r}: choose from {', '.join(COUNTERS)}, both")
@@ -103,10 +103,10 @@ def latency(spec: Spec, json_out: JsonFlag = False, warmup: Warmup = 3, min_run_
             autorange: Autorange = "blocked", flush_l2: FlushL2 = False,
             cpu_allocator: CpuAllocator = "retain") -> None:
     """One configuration: latency statistics, tokens/s, peak memory, roofline bound."""
-    from meo_profile.latency import measure_latency
-    from meo_profile.record import Result
-    from meo_profile.render_perf import latency_table
-    from meo_profile.timing import Timing, TimingOptions
+    from meo_profile.measure.latency import measure_latency
+    from meo_profile.measure.timing import Timing, TimingOptions
+    from meo_profile.results.record import Result
+    from meo_profile.terminal.perf import latency_table
 
     options = TimingOptions(warmup=warmup, min_run_time=min_run_time, autorange=autorange,
                             flush_l2=flush_l2, cpu_allocator=cpu_allocator)
@@ -133,8 +133,8 @@ Top = Annotated[int, typer.Option("--top", help="Operators shown, by self time."
 def trace(spec: Spec, out: TraceOut = "trace.json", json_out: JsonFlag = False, warmup: Warmup = 2,
           steps: Steps = 1, top: Top = 20) -> None:
     """One configuration under torch.profiler: operators by self time, phases, a trace file."""
-    from meo_profile.render_perf import ops_table, phases_table
-    from meo_profile.trace import trace as run_trace
+    from meo_profile.measure.trace import trace as run_trace
+    from meo_profile.terminal.perf import ops_table, phases_table
 
     summary = run_trace(spec, out, warmup=warmup, steps=steps)
     if json_out:
@@ -162,10 +162,10 @@ def sweep(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Render the report at the end.")] = True,
 ) -> None:
     """Run a grid of configurations; every record is stored as it is measured; report at the end."""
-    from meo_profile import report as reporting
-    from meo_profile import sweep as sweeping
-    from meo_profile.progress import run_with_progress
-    from meo_profile.timing import TimingOptions
+    from meo_profile.measure.timing import TimingOptions
+    from meo_profile.report import document as reporting
+    from meo_profile.sweep import run as sweeping
+    from meo_profile.terminal.progress import run_with_progress
 
     timing = TimingOptions(warmup=warmup, min_run_time=min_run_time, cpu_allocator=cpu_allocator)
     try:
@@ -196,7 +196,7 @@ def sweep(
 @app.command(rich_help_panel="Sweep")
 def presets() -> None:
     """List the built-in sweep presets, what each runs, and roughly how long it takes."""
-    from meo_profile.presets import PRESETS
+    from meo_profile.sweep.presets import PRESETS
 
     render.Console().print(render.presets_text(PRESETS))
 
@@ -208,7 +208,7 @@ def report(
     fmt: Annotated[str, typer.Option("--format", help="md or html.")] = "md",
 ) -> None:
     """Tables and figures from stored results: report.md (or .html) and figures/ (PNG and SVG)."""
-    from meo_profile import report as reporting
+    from meo_profile.report import document as reporting
 
     command = (f"meo-profile report {results}" + (f" --out {out}" if out else "")
                + (f" --format {fmt}" if fmt != "md" else ""))
@@ -229,9 +229,9 @@ def check(
     json_out: JsonFlag = False,
 ) -> None:
     """Efficiency claims against results: pass, fail or pending; exit 1 when a claim fails."""
-    from meo_profile import render_checks
-    from meo_profile.checking import run_checks
-    from meo_profile.claims import ClaimError, load_claims
+    from meo_profile.check.claims import ClaimError, load_claims
+    from meo_profile.check.run import run_checks
+    from meo_profile.terminal import checks as render_checks
 
     if results is not None and save is not None:
         raise fail("--save: nothing is measured when RESULTS is given")
@@ -267,8 +267,8 @@ def compare(
 ) -> None:
     """A baseline results set against a current one, with tolerances; exit 1 on a regression
     or on configurations missing from current."""
-    from meo_profile import render_checks
-    from meo_profile.compare import CompareError, compare_paths
+    from meo_profile.check.compare import CompareError, compare_paths
+    from meo_profile.terminal import checks as render_checks
 
     formats = ("table", "markdown", "json")
     if fmt not in formats:
@@ -293,7 +293,7 @@ def compare(
 @with_spec
 def verify(spec: Spec, json_out: JsonFlag = False) -> None:
     """Numerical checks: meo == moe-seq, implementations agree, k=1 is the chosen expert."""
-    from meo_profile.verify import verify as run_checks
+    from meo_profile.check.verify import verify as run_checks
 
     checks = run_checks(spec)
     ok = all(c.ok for c in checks)

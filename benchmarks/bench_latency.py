@@ -29,13 +29,13 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from meo_profile import allocator  # noqa: E402
-from meo_profile.allocator import CPU_ALLOCATORS  # noqa: E402
-from meo_profile.analytic import count  # noqa: E402
-from meo_profile.record import environment  # noqa: E402
-from meo_profile.roofline import configuration_bound, device_peaks  # noqa: E402
-from meo_profile.timing import Timing, TimingOptions, time_call  # noqa: E402
-from meo_profile.workload import Workload  # noqa: E402
+from meo_profile.measure import process as allocator  # noqa: E402
+from meo_profile.measure.analytic import count  # noqa: E402
+from meo_profile.measure.process import CPU_ALLOCATORS  # noqa: E402
+from meo_profile.measure.roofline import configuration_bound, device_peaks  # noqa: E402
+from meo_profile.measure.timing import Timing, TimingOptions, time_call  # noqa: E402
+from meo_profile.measure.workload import Workload  # noqa: E402
+from meo_profile.results.record import environment  # noqa: E402
 from models import Spec  # noqa: E402
 
 PAPER_LAYER = dict(host="layer", d_model=768, d_ff=3072, num_experts=16, top_k=4, batch_size=8,

@@ -14,9 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import app
-from meo_profile import flops
-from meo_profile.checking import pending_reasons
-from meo_profile.claims import (
+from meo_profile.check.claims import (
     PARTS,
     ClaimError,
     judge_all,
@@ -25,9 +23,11 @@ from meo_profile.claims import (
     parse_fraction,
     parse_number,
 )
-from meo_profile.paper import paper_number
-from meo_profile.record import Result
-from meo_profile.store import load
+from meo_profile.check.run import pending_reasons
+from meo_profile.core.paper import paper_number
+from meo_profile.measure import fvcore_count as flops
+from meo_profile.results.record import Result
+from meo_profile.results.store import load
 from models import Spec
 
 
@@ -184,7 +184,7 @@ def test_a_variant_the_code_cannot_build_is_pending(tmp_path):
 def test_ce_claim_waits_while_the_counter_ignores_compression(monkeypatch):
     """Before counting supported compressed experts, it counted k whole experts per token for
     every MoE layer; the ce claim must then be pending, not judged on a wrong count."""
-    from meo_profile.checking import _probe
+    from meo_profile.check.run import _probe
     from models.layers import SparseLayer
 
     def k_of_e_experts(model):  # the generic rule: (E - k) experts of each layer are idle

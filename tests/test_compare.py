@@ -8,8 +8,15 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from meo_profile.compare import RULES, CompareError, Threshold, compare_records, judge, thresholds
-from meo_profile.record import Result
+from meo_profile.check.compare import (
+    RULES,
+    CompareError,
+    Threshold,
+    compare_records,
+    judge,
+    thresholds,
+)
+from meo_profile.results.record import Result
 from models import Spec
 
 CPU = "Test CPU (2 cores)"

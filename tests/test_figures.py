@@ -8,10 +8,12 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from synthetic_results import flops_records, full_set, layer_records
 
-from meo_profile import figures, formats, report, views
-from meo_profile.grid import Block
-from meo_profile.sweep import SweepOptions, run_sweep
-from meo_profile.timing import TimingOptions
+from meo_profile.core import units as formats
+from meo_profile.measure.timing import TimingOptions
+from meo_profile.report import document as report
+from meo_profile.report import figures, views
+from meo_profile.sweep.grid import Block
+from meo_profile.sweep.run import SweepOptions, run_sweep
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from fractions import Fraction
 import pytest
 import torch
 
-from meo_profile import analytic
-from meo_profile.counting import count, disagreements
-from meo_profile.flops import count_fvcore
-from meo_profile.resources import DoesNotFit, check_fits
+from meo_profile.measure import analytic
+from meo_profile.measure.counting import count, disagreements
+from meo_profile.measure.fvcore_count import count_fvcore
+from meo_profile.measure.preflight import DoesNotFit, check_fits
 from models import Spec, build_model
 
 VARIANTS = ["dense", "moe", "moe-seq", "meo", "meo-token", "ce"]

@@ -4,15 +4,15 @@ cost for MEO (the merged weights autograd keeps for the backward) made visible."
 import pytest
 import torch
 
-from meo_profile.memory import (
+from meo_profile.measure.memory import (
     AllocProfile,
     cpu_alloc_profile,
     cuda_max_allocated_bytes,
     peak_memory,
     running_sum_profile,
 )
-from meo_profile.roofline import expert_bytes
-from meo_profile.workload import Workload
+from meo_profile.measure.roofline import expert_bytes
+from meo_profile.measure.workload import Workload
 from models import Spec, sparse_layers
 
 MB = 1_000_000

@@ -14,10 +14,11 @@ from synthetic_results import (
     method_records,
 )
 
-from meo_profile import figures, report, tables, views
-from meo_profile.findings import methods_compared
-from meo_profile.presets import METHODS_LAYER, PRESETS
-from meo_profile.roofline import configuration_bound
+from meo_profile.measure.roofline import configuration_bound
+from meo_profile.report import document as report
+from meo_profile.report import figures, tables, views
+from meo_profile.report.findings import methods_compared
+from meo_profile.sweep.presets import METHODS_LAYER, PRESETS
 from models import Spec
 
 SECTION = "Four methods at one expert budget"
@@ -158,9 +159,9 @@ def test_xmoe_has_no_roofline_bound_rather_than_an_error():
 
 @pytest.mark.slow  # a real sweep of four tiny configurations: a few seconds on a 2-core CPU
 def test_real_sweep_of_the_four_methods_draws_the_comparison(tmp_path):
-    from meo_profile.grid import Block
-    from meo_profile.sweep import SweepOptions, run_sweep
-    from meo_profile.timing import TimingOptions
+    from meo_profile.measure.timing import TimingOptions
+    from meo_profile.sweep.grid import Block
+    from meo_profile.sweep.run import SweepOptions, run_sweep
 
     block = Block({"host": ["layer"], "variant": ["moe", "meo", "ce", "xmoe"],
                    "expert_unit": ["ffn"], "num_experts": [4], "top_k": [2], "granularity": [2],

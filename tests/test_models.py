@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meo_profile.verify import check_single_expert, run_under, verify
+from meo_profile.check.verify import check_single_expert, run_under, verify
 from models import Spec, build_model, make_inputs, sparse_layers
 from models.build import layers_as
 from models.routing import Router

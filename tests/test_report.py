@@ -11,10 +11,12 @@ from synthetic_results import ENV, flops_records, full_set, layer_records
 from typer.testing import CliRunner
 
 from cli import app
-from meo_profile import formats, report, tables, views
-from meo_profile.findings import findings
-from meo_profile.paper import PAPER_NUMBERS, meo_flops_ratio_closed_form, paper_number
-from meo_profile.tables import Table
+from meo_profile.core import units as formats
+from meo_profile.core.paper import PAPER_NUMBERS, meo_flops_ratio_closed_form, paper_number
+from meo_profile.report import document as report
+from meo_profile.report import tables, views
+from meo_profile.report.findings import findings
+from meo_profile.report.tables import Table
 
 
 def ok_frame(records):

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from meo_profile import roofline as roofline_module
-from meo_profile.latency import measure_latency
-from meo_profile.roofline import (
+from meo_profile.measure import roofline as roofline_module
+from meo_profile.measure.latency import measure_latency
+from meo_profile.measure.roofline import (
     DevicePeaks,
     bytes_moved,
     device_peaks,
@@ -16,7 +16,7 @@ from meo_profile.roofline import (
     expert_bytes,
     roofline,
 )
-from meo_profile.timing import TimingOptions
+from meo_profile.measure.timing import TimingOptions
 from models import Spec, build_model, sparse_layers
 
 TINY = dict(host="layer", num_experts=8, top_k=2, d_model=64, d_ff=128, seq_len=16, batch_size=4,

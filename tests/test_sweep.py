@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from meo_profile.grid import Block, Grid, GridError, load_config, parse_axis_flag
-from meo_profile.presets import PRESETS
-from meo_profile.store import Store, load
-from meo_profile.sweep import SweepLock, SweepOptions, plan_grid, run_sweep
-from meo_profile.timing import TimingOptions
+from meo_profile.measure.timing import TimingOptions
+from meo_profile.results.store import Store, load
+from meo_profile.sweep.grid import Block, Grid, GridError, load_config, parse_axis_flag
+from meo_profile.sweep.presets import PRESETS
+from meo_profile.sweep.run import SweepLock, SweepOptions, plan_grid, run_sweep
 from models import SpecError
 
 TINY_AXES = ["--host", "layer", "--d-model", "16", "--d-ff", "32", "--seq-len", "8",
@@ -218,8 +218,8 @@ def test_resume_tries_failed_rows_again_and_keeps_the_failure(tmp_path):
 
 
 def test_default_preset_holds_every_configuration_the_builtin_claims_read():
-    from meo_profile.checking import pending_reasons, plan
-    from meo_profile.claims import load_claims
+    from meo_profile.check.claims import load_claims
+    from meo_profile.check.run import pending_reasons, plan
 
     claims = load_claims()
     needed = plan(claims, pending_reasons(claims))

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from meo_profile.timing import (
+from meo_profile.measure.timing import (
     MIN_RUNS,
     PILOT_CALLS,
     HostClock,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from meo_profile.trace import PHASES, trace
+from meo_profile.measure.trace import PHASES, trace
 from models import Spec
 from models.spec import SpecError
 

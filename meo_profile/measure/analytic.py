@@ -1,0 +1,186 @@
+"""Closed-form multiply-adds (MACs) and parameters for every host and variant.
+
+Same convention as the fvcore counter (one multiply-add = one MAC; layer_norm 5 per element;
+activations, softmax, routing bookkeeping 0), so the two must agree to the integer; tests hold
+them to that on a grid. Symbols: B batch, T sequence length, N = B*T tokens, d model width,
+f FFN width, E experts, k selected, V vocabulary, L blocks with an FFN.
+
+Per MoE layer with expert matrices of sizes P = sum_j d_j * d_{j+1} (bias b = sum_j d_{j+1}),
+reading d_0 features (the MEO paper, Sec. 3, per MoE linear):
+    vanilla top-k (token or sequence routing)   experts N*k*P
+    MEO                                          experts N*P      merge B*k*(P + b)  [gather]
+                                                                  merge B*E*(P + b)  [dense]
+    router: token level N*d_0*E; sequence level B*d_0*E (on the mean token)
+so MEO / vanilla for one linear = (N*P + B*k*P) / (N*k*P) = 1/k + 1/T.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from meo_profile.measure.fvcore_count import Counts
+from models.hosts import HOSTS
+from models.spec import Spec, SpecError
+
+LAYER_NORM_MACS_PER_ELEMENT = 5  # fvcore's rule for an affine layer_norm
+
+
+def expert_dims(spec: Spec) -> list[list[int]]:
+    """The expert shapes of one FFN site: two MoE linears (`linear`) or one FFN (`ffn`)."""
+    d, f = spec.d_model, spec.d_ff // (spec.granularity or 1)
+    return [[d, spec.d_ff], [spec.d_ff, d]] if spec.expert_unit == "linear" else [[d, f, d]]
+
+
+def _matrix_sizes(dims: list[int]) -> tuple[int, int]:
+    """(P, b): weight elements and bias elements of one expert."""
+    return (sum(a * b for a, b in zip(dims, dims[1:])), sum(dims[1:]))
+
+
+# ------------------------------------------------------------------- one MoE layer's MACs
+def _vanilla(spec: Spec, dims: list[int], token_router: bool) -> Counter:
+    N, B, E, k = spec.batch_size * spec.seq_len, spec.batch_size, spec.experts_total, spec.top_k
+    P, _ = _matrix_sizes(dims)
+    routed = N if token_router else B
+    return Counter(experts=N * k * P, router=routed * dims[0] * E)
+
+
+def _meo(spec: Spec, dims: list[int], token_block: bool = False) -> Counter:
+    N, B, E, k = spec.batch_size * spec.seq_len, spec.batch_size, spec.experts_total, spec.top_k
+    P, b = _matrix_sizes(dims)
+    bias = b if HOSTS[spec.host].bias else 0
+    merged_from = k if spec.impl == "gather" else E
+    macs = Counter(experts=N * P, router=B * dims[0] * E, merge=B * merged_from * (P + bias))
+    if token_block:
+        r = max(1, dims[0] // 64)
+        macs["token_block"] = N * 2 * dims[0] * r
+    return macs
+
+
+def _compressed(spec: Spec, dims: list[int]) -> Counter:
+    """Compressed experts: m = k - n_ce experts in full; the n_ce vectors of width
+    V = sum of the expert's matrix input widths are averaged per token (one bmm)."""
+    N, E, k, n_ce = spec.batch_size * spec.seq_len, spec.experts_total, spec.top_k, spec.n_ce
+    P, _ = _matrix_sizes(dims)
+    return Counter(experts=N * (k - n_ce) * P, compress=N * n_ce * sum(dims[:-1]),
+                   router=N * dims[0] * E)
+
+
+def _dense(spec: Spec, dims: list[int]) -> Counter:
+    return Counter(ffn=spec.batch_size * spec.seq_len * _matrix_sizes(dims)[0])
+
+
+LAYER_MACS: dict[str, Callable[[Spec, list[int]], Counter]] = {
+    "dense": _dense,
+    "moe": lambda spec, dims: _vanilla(spec, dims, token_router=True),
+    "moe-seq": lambda spec, dims: _vanilla(spec, dims, token_router=False),
+    "meo": _meo,
+    "meo-token": lambda spec, dims: _meo(spec, dims, token_block=True),
+    "ce": _compressed,
+}
+
+
+def _layer_params(spec: Spec, dims: list[int]) -> tuple[int, int]:
+    """(total, inactive-per-token) parameters of the MoE layer (or dense linear) over `dims`."""
+    P, b = _matrix_sizes(dims)
+    per_expert = P + (b if HOSTS[spec.host].bias else 0)
+    if spec.variant == "dense":
+        return per_expert, 0
+    E, k = spec.experts_total, spec.top_k
+    total = E * per_expert + dims[0] * E  # experts + router
+    if spec.variant == "meo-token":
+        r = max(1, dims[0] // 64)
+        total += dims[0] * r + r + r * dims[0] + dims[0]  # the token block: down, up
+    if spec.variant == "ce":  # one vector per expert; a token reads m experts and n_ce vectors
+        V, n_ce = sum(dims[:-1]), spec.n_ce
+        return total + E * V, (E - k + n_ce) * per_expert + (E - n_ce) * V
+    return total, (E - k) * per_expert
+
+
+# --------------------------------------------------------------------- host non-FFN parts
+def _ln(spec: Spec, count: int) -> int:
+    return LAYER_NORM_MACS_PER_ELEMENT * spec.batch_size * spec.seq_len * spec.d_model * count
+
+
+def _self_attention(spec: Spec, bias: bool = True) -> tuple[int, int]:
+    """(MACs, params) of one self-attention: q, k, v, o projections and both score products."""
+    B, T, d = spec.batch_size, spec.seq_len, spec.d_model
+    return 4 * B * T * d * d + 2 * B * T * T * d, 4 * (d * d + (d if bias else 0))
+
+
+def _bert(spec: Spec) -> tuple[Counter, int]:
+    N, d, L, V = spec.batch_size * spec.seq_len, spec.d_model, spec.layers, HOSTS[spec.host].vocab
+    attn_macs, attn_params = _self_attention(spec)
+    positions = max(512, spec.seq_len)
+    macs = Counter(attention=L * attn_macs, head=N * d * d + N * d * V, norm=_ln(spec, 2 * L + 2))
+    params = (V * d + positions * d + 2 * d + 2 * d  # word, position, type embeddings; LN
+              + L * (attn_params + 2 * 2 * d)  # attention, two LNs per block
+              + d * d + d + 2 * d + V)  # head: transform, LN, decoder bias (weight tied)
+    return macs, params
+
+
+def _gpt2(spec: Spec) -> tuple[Counter, int]:
+    N, d, L, V = spec.batch_size * spec.seq_len, spec.d_model, spec.layers, HOSTS[spec.host].vocab
+    attn_macs, attn_params = _self_attention(spec)
+    positions = max(1024, spec.seq_len)
+    macs = Counter(attention=L * attn_macs, head=N * d * V, norm=_ln(spec, 2 * L + 1))
+    params = V * d + positions * d + L * (attn_params + 2 * 2 * d) + 2 * d  # lm_head tied
+    return macs, params
+
+
+def _t5(spec: Spec) -> tuple[Counter, int]:
+    N, d, V, H = spec.batch_size * spec.seq_len, spec.d_model, HOSTS[spec.host].vocab, HOSTS[spec.host].heads
+    half = spec.layers // 2
+    attn_macs, attn_params = _self_attention(spec, bias=False)
+    # encoder blocks: self-attention; decoder blocks: self- and cross-attention (equal lengths).
+    # T5's norms are RMS norms (no aten::layer_norm): 0 MACs, listed among skipped ops.
+    macs = Counter(attention=half * attn_macs + half * 2 * attn_macs, head=N * d * V)
+    buckets = 32  # relative position buckets, one bias table per stack (first block)
+    params = (V * d + half * (attn_params + 2 * d) + d  # shared embedding; encoder; final norm
+              + half * (2 * attn_params + 3 * d) + d  # decoder blocks; final norm
+              + 2 * buckets * H)
+    return macs, params
+
+
+def _bart(spec: Spec) -> tuple[Counter, int]:
+    N, d, V = spec.batch_size * spec.seq_len, spec.d_model, HOSTS[spec.host].vocab
+    half = spec.layers // 2
+    attn_macs, attn_params = _self_attention(spec)
+    positions = max(1024, spec.seq_len) + 2  # BART's learned positions are offset by 2
+    macs = Counter(attention=half * attn_macs + half * 2 * attn_macs, head=N * d * V,
+                   norm=_ln(spec, (1 + 2 * half) + (1 + 3 * half)))
+    params = (V * d + 2 * (positions * d + 2 * d)  # shared embedding; per stack positions + LN
+              + half * (attn_params + 2 * 2 * d)  # encoder blocks
+              + half * (2 * attn_params + 3 * 2 * d))  # decoder blocks
+    return macs, params
+
+
+HOST_PARTS: dict[str, Callable[[Spec], tuple[Counter, int]]] = {
+    "layer": lambda spec: (Counter(), 0),
+    "bert-small": _bert, "bert-base": _bert, "bert-large": _bert,
+    "gpt2": _gpt2, "t5-small": _t5, "bart-base": _bart,
+}
+
+
+# ------------------------------------------------------------------------------- the model
+def count(spec: Spec) -> Counts:
+    """MACs by part and parameters of the spec's model, in closed form."""
+    if spec.host not in HOST_PARTS:
+        raise SpecError("host", spec.host, "has no closed form here; count it with --source fvcore")
+    if spec.variant not in LAYER_MACS:  # XMoE's cost depends on where the router sends tokens
+        raise SpecError("variant", spec.variant, "has a data-dependent cost and no closed form; "
+                        "count it with --source fvcore")
+    macs, params_total = HOST_PARTS[spec.host](spec)
+    inactive = 0
+    for dims in expert_dims(spec):
+        macs += _times(LAYER_MACS[spec.variant](spec, dims), spec.layers)
+        layer_total, layer_idle = _layer_params(spec, dims)
+        params_total += spec.layers * layer_total
+        inactive += spec.layers * layer_idle
+    parts = {k: v for k, v in sorted(macs.items()) if v}
+    return Counts(macs=sum(parts.values()), macs_by_part=parts, params_total=params_total,
+                  params_active=params_total - inactive, source="analytic")
+
+
+def _times(counter: Counter, n: int) -> Counter:
+    return Counter({k: v * n for k, v in counter.items()})

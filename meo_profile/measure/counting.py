@@ -1,0 +1,40 @@
+"""Pick a counter by name: `fvcore` (a traced forward) or `analytic` (the closed form)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from meo_profile.measure import analytic
+from meo_profile.measure.fvcore_count import Counts, count_fvcore
+from meo_profile.measure.preflight import DoesNotFit
+from models import Spec
+
+COUNTERS: dict[str, Callable[[Spec], Counts]] = {
+    "fvcore": count_fvcore,
+    "analytic": analytic.count,
+}
+
+
+def count(spec: Spec, source: str = "fvcore") -> Counts:
+    """Count with `source`; a traced count that would need more memory than the machine has
+    (data-dependent implementations must run on real weights) falls back to the closed form,
+    which tests prove equal, and the record says `analytic`."""
+    try:
+        return COUNTERS[source](spec)
+    except DoesNotFit as e:
+        counts = analytic.count(spec)
+        counts.note = f"fvcore would need real weights ({e}); closed form used"
+        return counts
+
+
+def disagreements(a: Counts, b: Counts) -> list[str]:
+    """What differs between two counts of one configuration, one line each (empty: agree)."""
+    lines = []
+    for name in ("macs", "params_total", "params_active"):
+        if getattr(a, name) != getattr(b, name):
+            lines.append(f"{name}: {a.source} {getattr(a, name):,} != {b.source} {getattr(b, name):,}")
+    for part in sorted(set(a.macs_by_part) | set(b.macs_by_part)):
+        x, y = a.macs_by_part.get(part, 0), b.macs_by_part.get(part, 0)
+        if x != y:
+            lines.append(f"macs[{part}]: {a.source} {x:,} != {b.source} {y:,}")
+    return lines

@@ -1,0 +1,288 @@
+"""Findings: short sentences generated from the results, each quoting numbers the report's tables
+show, formatted the same way. A finding whose data is absent says nothing.
+
+Every finding is a function `(ok rows) -> list[str]` in `FINDINGS`; the report prints them in
+order. Nothing here measures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+
+from meo_profile.core.units import (
+    byte_unit,
+    fmt_bytes,
+    fmt_ms,
+    fmt_num,
+    fmt_pct,
+    fmt_signed_pct,
+    fmt_times,
+    label,
+    missing,
+)
+from meo_profile.report import views
+from meo_profile.report.tables import paper_rows, printed_values
+
+Finding = Callable[[pd.DataFrame], list[str]]
+
+
+def paper_flops(ok: pd.DataFrame) -> list[str]:
+    """How close the counted FLOPs come to the paper's printed 72.0G and 28.6G."""
+    out = []
+    for r in paper_rows(ok):
+        n = r["number"]
+        if not n.measurable or r["row"] is None:
+            continue
+        differences = " / ".join(fmt_signed_pct(d) for d in r["differences"])
+        out.append(f"{n.quantity}: {fmt_num(r['comparable_gflops'])} GFLOPs without routers "
+                   f"({fmt_num(r['total_gflops'])} with them) against the paper's "
+                   f"{printed_values(n)} ({differences}; {n.convention}).")
+    return out
+
+
+def flops_ratio(ok: pd.DataFrame) -> list[str]:
+    """The MoE layers follow 1/k + 1/L; the whole model saves less."""
+    ratios = views.ratio_view(views.flops_view(ok, hosts=None))
+    if ratios.empty:
+        return []
+    out = []
+    layer = ratios[ratios["moe_layer_ratio"].notna()]
+    if not layer.empty:
+        out.append(_closed_form_sentence(layer))
+    models = ratios[ratios["host"] != "layer"]  # a bare layer has nothing but MoE layers
+    if models.empty:
+        return out
+    host = "bert-base" if (models["host"] == "bert-base").any() else models["host"].iloc[0]
+    rows = models[models["host"] == host]
+    r = rows.loc[rows["top_k"].idxmax()]
+    out.append(f"At k={r['top_k']} on {host}, MEO's whole model costs "
+               f"{fmt_num(r['ratio'], 3)} of vanilla's ({fmt_num(r['vanilla_gflops'])} → "
+               f"{fmt_num(r['merged_gflops'])} GFLOPs) against {fmt_num(r['closed_form'], 3)} "
+               f"for the MoE layers by the closed form: what MEO leaves unchanged (attention, "
+               f"embeddings, head) bounds the saving.")
+    return out
+
+
+def _closed_form_sentence(layer: pd.DataFrame) -> str:
+    gap = (layer["moe_layer_ratio"] - layer["closed_form"]).abs()
+    if fmt_num(gap.max(), 3) == fmt_num(0.0, 3):
+        points = "both" if len(layer) == 2 else f"all {len(layer)}"
+        return (f"The MoE layers alone (experts and merge) cost MEO exactly the closed form "
+                f"1/k + 1/L at {points} counted points, to the table's three decimals.")
+    worst = layer.loc[gap.idxmax()]
+    # The closed form assumes the merge reads the k selected experts; the dense merge reads all E.
+    why = (f": its merge ran as `dense`, which weighs all E={worst['num_experts']} experts, "
+           f"so the merge term is E/(kL) rather than 1/L" if worst["merged_impl"] == "dense" else "")
+    return (f"The MoE layers alone (experts and merge) follow the closed form 1/k + 1/L within "
+            f"{fmt_num(gap.max(), 3)}; the largest gap is {fmt_num(worst['moe_layer_ratio'], 3)} "
+            f"against {fmt_num(worst['closed_form'], 3)} ({worst['host']}, k={worst['top_k']})"
+            f"{why}.")
+
+
+def latency_growth(ok: pd.DataFrame) -> list[str]:
+    """How each variant's latency grows with k at fixed E."""
+    view = views.latency_view(ok)
+    out = []
+    for device, rows in view.groupby("device_label", sort=True) if not view.empty else []:
+        sparse = rows[rows["variant"] != "dense"]
+        k_lo, k_hi = sparse["top_k"].min(), sparse["top_k"].max()
+        if k_lo == k_hi:
+            continue
+        parts = []
+        for variant in ("moe", "meo"):
+            r = sparse[sparse["variant"] == variant].set_index("top_k")["latency_ms_median"]
+            if k_lo in r and k_hi in r:
+                parts.append(f"{label(variant)} from {fmt_ms(r[k_lo])} to {fmt_ms(r[k_hi])} ms")
+        if parts:
+            out.append(f"On {device} ({rows['setting'].iloc[0]}), going from k={int(k_lo)} to "
+                       f"k={int(k_hi)} takes " + " and ".join(parts) + ".")
+    return out
+
+
+# torch.utils.benchmark warns above the same spread (IQR / median > 10%)
+NOISY_SPREAD = 0.10
+
+
+def latency_noise(ok: pd.DataFrame) -> list[str]:
+    """Which latency points are too noisy to compare closely (p20-p80 spread over median)."""
+    view = views.latency_view(ok)
+    out = []
+    for device, rows in view.groupby("device_label", sort=True) if not view.empty else []:
+        spread = (rows["latency_ms_p80"] - rows["latency_ms_p20"]) / rows["latency_ms_median"]
+        noisy = rows[spread > NOISY_SPREAD]
+        if noisy.empty:
+            continue
+        worst = rows.loc[spread.idxmax()]
+        out.append(f"On {device}, {len(noisy)} of {len(rows)} latency points spread more than "
+                   f"{fmt_pct(NOISY_SPREAD)} of their median between the 20th and 80th percentile "
+                   f"(widest: {label(worst['variant'])}, k={worst['top_k']}, "
+                   f"{fmt_ms(worst['latency_ms_median'])} ({fmt_ms(worst['latency_ms_p20'])}–"
+                   f"{fmt_ms(worst['latency_ms_p80'])}) ms): the machine was busy or the runs too "
+                   f"short, so compare those points with care.")
+    return out
+
+
+def speedup_shortfall(ok: pd.DataFrame) -> list[str]:
+    """Where MEO's measured speedup falls short of its FLOPs ratio, and what the bound says."""
+    view = views.speedup_view(ok)
+    out = []
+    for device, rows in view.groupby("device_label", sort=True) if not view.empty else []:
+        out.append(" ".join(_speedup_sentences(device, rows)))  # one bullet per device
+    return out
+
+
+def _speedup_sentences(device: str, rows: pd.DataFrame) -> list[str]:
+    best = rows.loc[rows["speedup"].idxmax()]
+    out = [f"On {device}, MEO's speedup over vanilla MoE spans {fmt_times(rows['speedup'].min())} "
+           f"to {fmt_times(rows['speedup'].max())} over {len(rows)} (E, k) points; the largest "
+           f"is at E={best['num_experts']}, k={best['top_k']}, where FLOPs predict "
+           f"{fmt_times(best['flops_ratio'])}."]
+    known = rows[rows["realised"].notna()]
+    short = known[known["realised"] < 1]
+    if known.empty:
+        return out
+    out.append(f"It falls short of the FLOPs ratio at {len(short)} of {len(known)} points.")
+    out += _beyond_flops(known)
+    if short.empty:
+        return out
+    worst = short.loc[short["realised"].idxmin()]
+    out.append(f"The widest gap is at E={worst['num_experts']}, k={worst['top_k']}: "
+               f"{fmt_times(worst['speedup'])} measured against {fmt_times(worst['flops_ratio'])} "
+               f"by FLOPs ({fmt_pct(worst['realised'])} realised)" + _why(worst) + ".")
+    slower = rows[rows["speedup"] < 1].sort_values(["num_experts", "top_k"])
+    if not slower.empty:
+        cells = ", ".join(f"E={r.num_experts} k={r.top_k} ({fmt_times(r.speedup)})"
+                          for r in slower.itertuples())
+        out.append(f"MEO is slower than vanilla MoE at {len(slower)} point(s): {cells}.")
+    return out
+
+
+def _beyond_flops(known: pd.DataFrame) -> list[str]:
+    """Speedups far above what FLOPs allow come from vanilla's non-arithmetic time (dispatch
+    overhead) or from a noisy timing, never from MEO doing less arithmetic than counted."""
+    far = known[known["realised"] > 2]
+    if far.empty:
+        return []
+    top = far.loc[far["realised"].idxmax()]
+    return [f"At {len(far)} point(s) the speedup exceeds the FLOPs ratio more than twice (most at "
+            f"E={top['num_experts']}, k={top['top_k']}: {fmt_times(top['speedup'])} against "
+            f"{fmt_times(top['flops_ratio'])}, vanilla {fmt_ms(top['vanilla_ms'])} ms): vanilla's "
+            f"time there is set by dispatch overhead or timing noise, not arithmetic."]
+
+
+def _why(r: pd.Series) -> str:
+    """The roofline's explanation of a shortfall, when the bound was recorded."""
+    reasons = []
+    # 5% slack: a bound ratio that equals the FLOPs ratio up to rounding explains nothing
+    if not missing(r["bound_speedup"]) and r["bound_speedup"] < 0.95 * r["flops_ratio"]:
+        reasons.append(f"the roofline bound allows only {fmt_times(r['bound_speedup'])}, because "
+                       f"MEO's merge ({r['meo_impl']}) streams expert weights that FLOPs do not "
+                       f"count")
+    if not missing(r["meo_vs_bound"]) and not missing(r["vanilla_vs_bound"]):
+        further = "further from" if r["meo_vs_bound"] > r["vanilla_vs_bound"] else "closer to"
+        reasons.append(f"MEO runs {further} its bound than vanilla "
+                       f"({fmt_times(r['meo_vs_bound'])} against {fmt_times(r['vanilla_vs_bound'])})")
+    return "; " + "; and ".join(reasons) if reasons else ""
+
+
+def memory_cost(ok: pd.DataFrame) -> list[str]:
+    """What MEO's merged weights cost in peak memory at the largest E, per mode."""
+    view = views.memory_view(ok)
+    if view.empty:
+        return []
+    unit = byte_unit(view["peak_mem_bytes"].max())
+    out = []
+    for (device, mode), rows in view.groupby(["device_label", "mode"], sort=True):
+        at = rows[rows["num_experts"] == rows.loc[rows["variant"] != "dense", "num_experts"].max()]
+        peaks = at.set_index("variant")["peak_mem_bytes"]
+        vanilla = next((v for v in views.VANILLA if v in peaks), None)
+        if "meo" not in peaks or vanilla is None:
+            continue
+        why = (": the merged weights, one copy per sequence, come on top of the experts"
+               if peaks["meo"] > peaks[vanilla] else "")
+        out.append(f"On {device} ({mode}, E={int(at['num_experts'].iloc[0])}), MEO peaks at "
+                   f"{fmt_bytes(peaks['meo'], unit)} {unit[0]} against "
+                   f"{fmt_bytes(peaks[vanilla], unit)} {unit[0]} for {label(vanilla)}{why}.")
+    return out
+
+
+def roofline_distance(ok: pd.DataFrame) -> list[str]:
+    """How far each variant runs from its roofline bound (median over configurations)."""
+    view = views.roofline_view(ok)
+    out = []
+    for device, rows in view.groupby("device_label", sort=True) if not view.empty else []:
+        ratio = (rows["latency_ms_median"] / rows["roofline_ms"]).groupby(rows["variant"]).median()
+        parts = [f"{label(v)} {fmt_times(ratio[v])}" for v in ("moe", "moe-seq", "meo", "dense")
+                 if v in ratio]
+        if parts:
+            out.append(f"On {device}, the median measured time over the roofline bound is "
+                       + ", ".join(parts) + "." + _below_bound(rows))
+    return out
+
+
+def _below_bound(rows: pd.DataFrame) -> str:
+    """A bound that a measurement beats is not a bound: say so rather than report a record."""
+    ratio = rows["latency_ms_median"] / rows["roofline_ms"]
+    below = ratio[ratio < 0.95]
+    if below.empty:
+        return ""
+    lowest = rows.loc[below.idxmin()]
+    return (f" {len(below)} of {len(rows)} configurations measure below their bound (lowest "
+            f"{fmt_times(below.min())}, {label(lowest['variant'])}): there the bound "
+            f"overestimates the work, so read their ratios as a flaw of the bound, not a speed.")
+
+
+def methods_compared(ok: pd.DataFrame) -> list[str]:
+    """What compressed experts and XMoE save against vanilla MoE at one expert budget, what
+    they trade for it (fidelity, experts chosen), and the latency each method realises."""
+    view = views.methods_view(ok)
+    out = []
+    for device, rows in view.groupby("device_label", sort=True) if not view.empty else []:
+        by = rows.set_index("variant")
+        parts = [METHOD_SENTENCES[v](by.loc[v], by.loc["moe"]) for v in METHOD_SENTENCES
+                 if v in by.index]
+        timed = [f"{label(v)} {fmt_times(by.loc[v, 'latency_rel'])}"
+                 for v in ("meo", "ce", "xmoe")
+                 if v in by.index and not missing(by.loc[v, "latency_rel"])]
+        latency = f" Measured latency against vanilla MoE's: {', '.join(timed)}." if timed else ""
+        out.append(f"On {device}, at one expert budget, " + "; ".join(parts) + "." + latency)
+    return out
+
+
+def _ce_sentence(r: pd.Series, vanilla: pd.Series) -> str:
+    fidelity = ("" if missing(r["rel_l2_error"]) else
+                f", at a relative L2 error of {fmt_num(r['rel_l2_error'], 3)} against full "
+                f"top-{int(r['top_k'])} with untrained ({r['ce_init']}) vectors")
+    return (f"compressed experts (n_ce={int(r['n_ce'])}) bring active parameters per token to "
+            f"{fmt_times(r['params_rel'])} vanilla MoE's ({fmt_num(r['params_active'] / 1e6)} M "
+            f"against {fmt_num(vanilla['params_active'] / 1e6)} M) and MoE-block GFLOPs to "
+            f"{fmt_times(r['moe_block_rel'])}{fidelity}")
+
+
+def _xmoe_sentence(r: pd.Series, vanilla: pd.Series) -> str:
+    chosen = ("" if missing(r["experts_per_token_mean"]) else
+              f"chooses {fmt_num(r['experts_per_token_mean'])} of {int(r['experts_built'])} "
+              f"experts per token on average (p90 {fmt_num(r['experts_per_token_p90'], 0)}), "
+              f"which ")
+    return (f"XMoE (threshold {r['threshold']:g}, router logits ×{r['router_scale']:g}) {chosen}"
+            f"brings active parameters to {fmt_times(r['params_rel'])} "
+            f"({fmt_num(r['params_active'] / 1e6)} M) and MoE-block GFLOPs to "
+            f"{fmt_times(r['moe_block_rel'])}")
+
+
+METHOD_SENTENCES = {"ce": _ce_sentence, "xmoe": _xmoe_sentence}
+
+
+FINDINGS: tuple[Finding, ...] = (paper_flops, flops_ratio, latency_growth, latency_noise,
+                                  speedup_shortfall, memory_cost, roofline_distance,
+                                  methods_compared)
+
+
+def findings(ok: pd.DataFrame) -> list[str]:
+    return [_capitalised(sentence) for finding in FINDINGS for sentence in finding(ok)]
+
+
+def _capitalised(sentence: str) -> str:
+    return sentence[:1].upper() + sentence[1:]

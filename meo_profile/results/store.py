@@ -1,0 +1,102 @@
+"""The results store: `results.jsonl` (one record a line, appended and flushed as measured),
+`results.csv` regenerated from it, and `environment.json` beside them.
+
+Loading tolerates what an interrupted writer leaves: a truncated or unreadable line is reported
+and skipped, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from meo_profile.results.record import Result, to_json_line
+
+RESULTS_FILE = "results.jsonl"
+CSV_FILE = "results.csv"
+
+
+@dataclass
+class Loaded:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "file:line: why", one per bad line
+
+
+def results_path(path: str | Path) -> Path:
+    """A directory holding results.jsonl, or the .jsonl file itself."""
+    path = Path(path)
+    return path / RESULTS_FILE if path.is_dir() or path.suffix != ".jsonl" else path
+
+
+def load(path: str | Path) -> Loaded:
+    """Every readable record of a results file; bad lines are listed in `skipped`."""
+    loaded = Loaded()
+    file = results_path(path)
+    if not file.exists():
+        return loaded
+    with open(file, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                loaded.skipped.append(f"{file.name}:{lineno}: {e.__class__.__name__}: {str(e)[:80]}")
+                continue
+            loaded.records.append(record)
+    return loaded
+
+
+def frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Records as a DataFrame, one row each (dict-valued fields kept as objects)."""
+    return pd.DataFrame(list(records))
+
+
+class Store:
+    """Appends records to `<dir>/results.jsonl`, each flushed and fsynced as it is written, so a
+    killed process loses at most the configuration in flight."""
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.file = self.dir / RESULTS_FILE
+        self._repair_tail()
+
+    def _repair_tail(self) -> None:
+        # A writer killed mid-line leaves no trailing newline; start the next record on a fresh
+        # line so only the broken one is lost.
+        if self.file.exists() and self.file.stat().st_size:
+            with open(self.file, "rb+") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+
+    def append(self, result: Result) -> None:
+        with open(self.file, "a", encoding="utf-8") as f:
+            f.write(to_json_line(result) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def records(self) -> list[dict[str, Any]]:
+        return load(self.file).records
+
+    def write_csv(self) -> Path:
+        """Regenerate results.csv from the JSONL (dict and list fields as JSON text)."""
+        df = frame(self.records())
+        for col in df.columns:
+            if df[col].map(lambda v: isinstance(v, (dict, list))).any():
+                df[col] = df[col].map(lambda v: json.dumps(v) if isinstance(v, (dict, list)) else v)
+        out = self.dir / CSV_FILE
+        df.to_csv(out, index=False)
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.records())

@@ -1,0 +1,234 @@
+"""`meo-profile sweep`: run a grid, store every record as it is measured, report at the end.
+
+Guarantees:
+- each record is appended and fsynced as soon as it is measured: a killed sweep loses at most
+  the configuration in flight; `--resume` (the default) skips configurations already stored
+  with a result for the same device, so rerunning the same command finishes the set (failed
+  rows are tried again; the failure stays on record);
+- a failing configuration is a row (`oom` or `error`), and the sweep goes on;
+- Ctrl-C finishes the configuration in flight, writes it, says how to resume, exits 130
+  (a second Ctrl-C stops at once);
+- one live sweep per output directory (an advisory lock the OS drops if the process dies).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meo_profile.core.units import parse_bytes
+from meo_profile.measure.run import measure
+from meo_profile.measure.timing import TimingOptions
+from meo_profile.results.record import Result, device_name, environment
+from meo_profile.results.store import Store, load
+from meo_profile.sweep.grid import Block, Grid, GridError, load_config, parse_metrics
+from meo_profile.sweep.presets import PRESETS
+from models import Spec
+from models.spec import SPEC_FIELDS
+
+LOCK_FILE = ".sweep.lock"
+
+
+class SweepBusy(RuntimeError):
+    """Another live sweep holds the output directory."""
+
+
+@dataclass
+class SweepOptions:
+    out: Path
+    resume: bool = True
+    max_memory_bytes: int | None = None
+    timing: TimingOptions = field(default_factory=TimingOptions)
+
+
+@dataclass
+class SweepSummary:
+    total: int = 0
+    already_stored: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    phases_s: Counter = field(default_factory=Counter)  # counting, building, timing, writing
+    wall_s: float = 0.0
+    interrupted: bool = False
+    set_aside: Path | None = None  # --fresh: where the previous results were moved
+
+    @property
+    def measured(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def failed(self) -> int:
+        return self.statuses["oom"] + self.statuses["error"]
+
+
+# ------------------------------------------------------------------------------- identity
+def job_key(spec_fields: dict[str, Any], metrics, device: str | None) -> tuple:
+    """What makes two records the same measurement: every spec field, the metrics, and the
+    device it ran on (a resumed sweep on another machine measures again)."""
+    return (tuple((k, spec_fields.get(k)) for k in SPEC_FIELDS), tuple(sorted(metrics or ())),
+            device)
+
+
+DONE_STATUSES = ("ok", "skipped")  # oom and error rows are measured again on resume
+
+
+def stored_keys(records: list[dict[str, Any]]) -> set[tuple]:
+    """Configurations a resumed sweep skips: those stored with a result. A failed row stays
+    in the file (nothing is lost) and its configuration is tried again."""
+    return {job_key(r, r.get("metrics"), r.get("device_name")) for r in records
+            if r.get("status") in DONE_STATUSES}
+
+
+# ----------------------------------------------------------------------------------- lock
+class SweepLock:
+    def __init__(self, directory: Path):
+        self.path = directory / LOCK_FILE
+        self.fd: int | None = None
+
+    def __enter__(self) -> SweepLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise SweepBusy(f"--out {str(self.path.parent)!r}: another sweep (pid {holder}) is "
+                            "writing there; wait for it or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+
+
+# ------------------------------------------------------------------------------ interrupt
+class StopAfterCurrent:
+    """First SIGINT: finish the configuration in flight, then stop. Second: stop now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopAfterCurrent:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+# ---------------------------------------------------------------------------------- runner
+ProgressFn = Callable[[str, Spec | None, Result | None], None]  # event, spec, result
+
+
+def start_over(out: Path) -> Path | None:
+    """`--fresh`: set the old results aside (renamed, never deleted) and return where."""
+    old = out / "results.jsonl"
+    if not old.exists():
+        return None
+    aside = out / time.strftime("results-%Y%m%d-%H%M%S.old.jsonl")
+    old.rename(aside)
+    return aside
+
+
+def run_sweep(jobs: list[tuple[Spec, tuple[str, ...]]], options: SweepOptions,
+              progress: ProgressFn = lambda *a: None) -> SweepSummary:
+    """Measure every job not yet stored; append each record as it finishes."""
+    summary = SweepSummary(total=len(jobs))
+    start = time.perf_counter()
+    with SweepLock(options.out), StopAfterCurrent() as stop:
+        if not options.resume:  # under the lock: never move a live sweep's file
+            summary.set_aside = start_over(options.out)
+        store = Store(options.out)
+        done = stored_keys(store.records()) if options.resume else set()
+        for spec, metrics in jobs:
+            if job_key(spec.to_dict(), metrics, device_name(spec.device)) in done:
+                summary.already_stored += 1
+                progress("skip", spec, None)
+                continue
+            progress("start", spec, None)
+            result = measure(spec, metrics, timing=options.timing,
+                             max_memory_bytes=options.max_memory_bytes, phases=summary.phases_s)
+            t = time.perf_counter()
+            store.append(result)
+            summary.phases_s["writing"] += time.perf_counter() - t
+            summary.statuses[result.status] += 1
+            progress("done", spec, result)
+            if stop.requested:
+                summary.interrupted = True
+                break
+        t = time.perf_counter()
+        store.write_csv()
+        write_environment(options.out, {spec.device for spec, _ in jobs})
+        summary.phases_s["writing"] += time.perf_counter() - t
+    summary.wall_s = time.perf_counter() - start
+    return summary
+
+
+def write_environment(out: Path, devices: set[str]) -> Path:
+    path = out / "environment.json"
+    path.write_text(json.dumps({d: environment(d) for d in sorted(devices)}, indent=2) + "\n")
+    return path
+
+
+def skipped_lines(out: Path) -> list[str]:
+    """Lines of results.jsonl that could not be read (reported, then ignored)."""
+    return load(out).skipped
+
+
+# --------------------------------------------------------------------------------- planning
+def plan_grid(preset: str | None, config: Path | None, axes: dict[str, list[Any]],
+              metrics: tuple[str, ...] | None) -> tuple[Any, str]:
+    """The grid a sweep command asks for, and a name for its default output directory.
+
+    A config file or a preset gives the blocks (the `default` preset when nothing is said);
+    axis flags alone make one block; axis flags with a preset or file replace those axes.
+    """
+    if preset is not None and config is not None:
+        raise GridError("--preset and --config: give one of them")
+    if config is not None:
+        grid, name = load_config(config), Path(config).stem
+    elif preset is not None or not axes:
+        name = preset or "default"
+        if name not in PRESETS:
+            raise GridError(f"--preset {name!r}: unknown; choose from {', '.join(PRESETS)}")
+        grid = PRESETS[name].grid
+    else:
+        grid, name = Grid([Block({"device": ["auto"], **axes})]), "sweep"
+    if axes and (preset is not None or config is not None):
+        grid = grid.override(axes)
+    if metrics:
+        grid = grid.with_metrics(metrics)
+    return grid, name
+
+
+def prepare(preset: str | None, config: Path | None, axes: dict[str, list[Any]],
+            metrics: str | None, out: Path | None, resume: bool, max_memory: str | None,
+            timing: TimingOptions) -> tuple[list, SweepOptions, int]:
+    """What `meo-profile sweep` runs: (jobs, options, impossible combinations left out)."""
+    grid, name = plan_grid(preset, config, axes, parse_metrics(metrics.split(",")) if metrics else None)
+    jobs, impossible = grid.expand()
+    try:
+        limit = parse_bytes(max_memory) if max_memory else None
+    except ValueError as e:
+        raise GridError(str(e)) from None
+    options = SweepOptions(out=out or Path("reports") / name, resume=resume,
+                           max_memory_bytes=limit, timing=timing)
+    return jobs, options, impossible

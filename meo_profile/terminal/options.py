@@ -1,0 +1,126 @@
+"""The configuration flags every measuring command shares, declared once.
+
+`@with_spec` adds the flags below to a Typer command's signature and hands the command one
+validated `Spec` instead; a configuration error becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from meo_profile.sweep.grid import GridError, parse_axis_flag
+from models.hosts import HOSTS
+from models.spec import (
+    DEVICES,
+    DTYPES,
+    EXPERT_UNITS,
+    IMPLS,
+    MODES,
+    VARIANTS,
+    Spec,
+    SpecError,
+    flag_of,
+)
+
+_ALL_IMPLS = sorted({i for impls in IMPLS.values() for i in impls} | {"auto"})
+
+
+def _opt(flag: str, help: str, **kw: Any) -> Any:
+    return typer.Option(flag, help=help, rich_help_panel="Configuration", **kw)
+
+
+# (spec field, type, default, option). Defaults None mean "the host's own" or "the variant's".
+SPEC_OPTIONS: list[tuple[str, Any, Any, Any]] = [
+    ("host", str, "layer", _opt("--host", f"Host model: {', '.join(HOSTS)}.")),
+    ("variant", str, "meo", _opt("--variant", f"MoE variant: {', '.join(VARIANTS)}.")),
+    ("num_experts", int | None, None, _opt("--experts", "Experts per MoE layer (E); default: 16, or a MoE host's own.")),
+    ("top_k", int | None, None, _opt("--top-k", "Experts selected per token or sequence (k); default: 4, or a MoE host's own.")),
+    ("d_model", int | None, None, _opt("--d-model", "Model width; default: the host's.")),
+    ("d_ff", int | None, None, _opt("--d-ff", "FFN width; default: the host's.")),
+    ("layers", int | None, None, _opt("--layers", "Blocks with an FFN; default: the host's.")),
+    ("seq_len", int, 128, _opt("--seq-len", "Tokens per sequence (L).")),
+    ("batch_size", int, 8, _opt("--batch-size", "Sequences per batch (B).")),
+    ("dtype", str, "float32", _opt("--dtype", f"Numeric type: {', '.join(DTYPES)}.")),
+    ("device", str, "auto", _opt("--device", f"{', '.join(DEVICES)}; auto picks cuda when present.")),
+    ("impl", str, "auto", _opt("--impl", f"Implementation: {', '.join(_ALL_IMPLS)}; auto picks per variant.")),
+    ("expert_unit", str | None, None, _opt("--expert-unit", f"{' or '.join(EXPERT_UNITS)}: an expert is one FFN linear (paper) or a whole FFN.")),
+    ("mode", str, "inference", _opt("--mode", f"{' or '.join(MODES)} (train = forward + backward).")),
+    ("seed", int, 0, _opt("--seed", "Seed for weights and inputs.")),
+    ("n_ce", int | None, None, _opt("--n-ce", "ce: top-k experts replaced by vectors (default k/2).")),
+    ("ce_init", str | None, None, _opt("--ce-init", "ce: vector init, ones (paper) or random.")),
+    ("threshold", float | None, None, _opt("--threshold", "xmoe: probability mass to reach (default 0.9).")),
+    ("granularity", int | None, None, _opt("--granularity", "xmoe: split expert width by g, multiply experts by g.")),
+    ("max_k", int | None, None, _opt("--max-k", "xmoe: cap on experts per token.")),
+    ("capacity_factor", float | None, None, _opt("--capacity-factor", "xmoe: expert capacity factor (default dropless).")),
+    ("router_scale", float, 1.0, _opt("--router-scale", "Multiplies router logits; >1 sharpens a random router.")),
+]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one line on stderr and return the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def with_spec(command: Callable) -> Callable:
+    """Give `command(spec: Spec, ...)` the configuration flags; it receives the built Spec."""
+    hints = typing.get_type_hints(command, include_extras=True)  # resolve string annotations
+    own = [p.replace(annotation=hints.get(p.name, p.annotation))
+           for p in inspect.signature(command).parameters.values() if p.name != "spec"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                               annotation=Annotated[typ, option])
+             for name, typ, default, option in SPEC_OPTIONS]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        fields = {name: kwargs.pop(name) for name, *_ in SPEC_OPTIONS}
+        with spec_errors_exit():
+            spec = Spec(**fields)
+            return command(spec=spec, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own + added)  # what Typer reads
+    return wrapper
+
+
+class spec_errors_exit:
+    """Context manager: a SpecError (or a bad value found later) exits 2 with its one line."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None and issubclass(exc_type, SpecError):
+            raise fail(str(exc)) from None
+        return False
+
+
+def with_axes(command: Callable) -> Callable:
+    """Give `command(axes: dict, ...)` the configuration flags as comma-separated lists
+    (`--variant moe,meo --top-k 1,2,4`); it receives {spec field: [values]} for those given."""
+    hints = typing.get_type_hints(command, include_extras=True)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation))
+           for p in inspect.signature(command).parameters.values() if p.name != "axes"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation=Annotated[str | None, typer.Option(
+                                   flag_of(name), help=option.help + " Comma-separated list.",
+                                   rich_help_panel="Sweep axes")])
+             for name, _, _, option in SPEC_OPTIONS]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name, *_ in SPEC_OPTIONS}
+        try:
+            axes = {name: parse_axis_flag(name, text) for name, text in given.items() if text is not None}
+        except GridError as e:
+            raise fail(str(e)) from None
+        with spec_errors_exit():
+            return command(axes=axes, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own + added)
+    return wrapper
