@@ -13,14 +13,18 @@ from typing import Annotated
 
 import typer
 
-from meo_profile.sweep.grid import GridError
 from meo_profile.terminal import render
-from meo_profile.terminal.options import fail, with_axes, with_spec
-from models import Spec, SpecError
+from meo_profile.terminal.options import exits_on_bad_input, fail, with_axes, with_spec
+from models import Spec
 
 
 class App(typer.Typer):
-    """Typer, with usage errors as one line on stderr and exit code 2 (no boxed traceback)."""
+    """Typer, with usage errors and bad input as one line on stderr and exit code 2 (no boxed
+    traceback): every command is registered through `exits_on_bad_input`."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+        return lambda fn: register(exits_on_bad_input(fn))
 
     def __call__(self, *args, **kwargs):
         try:
@@ -30,9 +34,6 @@ class App(typer.Typer):
             sys.exit(130)
         except typer.TyperException as e:  # click's usage errors, as Typer re-exports them
             typer.echo(f"error: {e.format_message()}", err=True)
-            sys.exit(2)
-        except (SpecError, GridError) as e:  # bad input found outside a command's own handling
-            typer.echo(f"error: {e}", err=True)
             sys.exit(2)
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -66,28 +67,18 @@ Depth = Annotated[int, typer.Option("--depth", help="Module depth shown by --by-
 def flops(spec: Spec, source: Source = "fvcore", by_module: ByModule = False,
           by_operator: ByOperator = False, depth: Depth = 4, json_out: JsonFlag = False) -> None:
     """Count one configuration: MACs, FLOPs (= 2 x MACs), parameters, parts, skipped ops."""
-    from meo_profile.measure.counting import COUNTERS, count, disagreements
-    from meo_profile.measure.run import fidelity_fields
-    from meo_profile.results.record import Result
+    from meo_profile.measure.run import measure
 
-    if source not in (*COUNTERS, "both"):
-        raise fail(f"--source {source!r}: choose from {', '.join(COUNTERS)}, both")
-    counts = count(spec, "fvcore" if source == "both" else source)
-    other = count(spec, "analytic") if source == "both" else None
-    differ = disagreements(counts, other) if other else []
-    fidelity = fidelity_fields(spec)
+    result = measure(spec, ("flops",), source=source)
     if json_out:
-        record = Result(spec).update(**counts.record_fields(), **fidelity).to_dict()
-        if other:
-            record.update(macs_analytic=other.macs, sources_agree=not differ)
-        emit_json(record)
-    else:
-        render.print_counts(counts, spec, by_module=by_module, by_operator=by_operator, depth=depth)
-        render.print_extras({**counts.routing, **fidelity})
-        if other:
-            render.print_table(render.comparison_table(counts, other, spec))
-    if differ:
-        raise fail("fvcore and analytic disagree: " + "; ".join(differ), code=1)
+        emit_json(result.to_dict())
+    elif result.status == "ok":
+        render.print_counts(result, by_module=by_module, by_operator=by_operator, depth=depth)
+    if result.status != "ok":
+        raise fail(f"{result.status}: {result.error}", code=1)
+    if result.cross_check is not None and not result.cross_check.agree:
+        raise fail("fvcore and analytic disagree: " + "; ".join(result.cross_check.differences),
+                   code=1)
 
 
 Warmup = Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.")]
@@ -103,17 +94,16 @@ def latency(spec: Spec, json_out: JsonFlag = False, warmup: Warmup = 3, min_run_
             autorange: Autorange = "blocked", flush_l2: FlushL2 = False,
             cpu_allocator: CpuAllocator = "retain") -> None:
     """One configuration: latency statistics, tokens/s, peak memory, roofline bound."""
-    from meo_profile.measure.latency import measure_latency
-    from meo_profile.measure.timing import Timing, TimingOptions
-    from meo_profile.results.record import Result
+    from meo_profile.measure.run import measure
+    from meo_profile.measure.timing import TimingOptions
     from meo_profile.terminal.perf import latency_table
 
     options = TimingOptions(warmup=warmup, min_run_time=min_run_time, autorange=autorange,
                             flush_l2=flush_l2, cpu_allocator=cpu_allocator)
-    result = Result(spec=spec).update(**measure_latency(spec, options))
+    result = measure(spec, ("latency", "memory"), timing=options)
     if result.status != "ok":
         typer.echo(f"error: {result.status}: {result.error}", err=True)
-    for warning in Timing.from_fields(result.to_dict()).warnings if result.status == "ok" else []:
+    for warning in result.timing.warnings if result.timing is not None else []:
         typer.echo(f"warning: {warning}", err=True)
     if json_out:
         emit_json(result.to_dict())
@@ -163,31 +153,25 @@ def sweep(
 ) -> None:
     """Run a grid of configurations; every record is stored as it is measured; report at the end."""
     from meo_profile.measure.timing import TimingOptions
-    from meo_profile.report import document as reporting
-    from meo_profile.sweep import run as sweeping
+    from meo_profile.report.document import render_report
+    from meo_profile.sweep.plan import command_line, plan_sweep, resume_command
+    from meo_profile.sweep.run import run_sweep, skipped_lines
     from meo_profile.terminal.progress import run_with_progress
 
     timing = TimingOptions(warmup=warmup, min_run_time=min_run_time, cpu_allocator=cpu_allocator)
-    try:
-        jobs, options, impossible = sweeping.prepare(preset, config, axes, metrics, out, resume,
-                                                     max_memory, timing)
-    except GridError as e:
-        raise fail(str(e)) from None
-    out = options.out
-    if impossible:
-        typer.echo(f"{impossible} grid combinations left out: top-k above the expert count", err=True)
-    try:
-        summary = run_with_progress(sweeping.run_sweep, jobs, options, quiet)
-    except sweeping.SweepBusy as e:
-        raise fail(str(e)) from None
-    render.print_sweep_summary(summary, out, sweeping.skipped_lines(out))
+    plan = plan_sweep(preset, config, axes, metrics, out, resume, max_memory, timing)
+    out = plan.options.out
+    if plan.impossible:
+        typer.echo(f"{plan.impossible} grid combinations left out: top-k above the expert count",
+                   err=True)
+    summary = run_with_progress(run_sweep, plan.jobs, plan.options, quiet)
+    render.print_sweep_summary(summary, out, skipped_lines(out))
     if report and not summary.interrupted:
-        path = reporting.render_report(out, out, command="meo-profile " + " ".join(sys.argv[1:]))
+        path = render_report(out, out, command=command_line(sys.argv[1:]))
         typer.echo(f"report: {path}", err=True)
     if summary.interrupted:
-        again = " ".join(a for a in sys.argv[1:] if a != "--fresh")  # --fresh would start over
         typer.echo(f"interrupted after {summary.measured} new records (stored in {out}); "
-                   f"resume with: meo-profile {again}", err=True)
+                   f"resume with: {resume_command(sys.argv[1:])}", err=True)
         raise typer.Exit(130)
     if strict and summary.failed:
         raise typer.Exit(1)
@@ -208,15 +192,11 @@ def report(
     fmt: Annotated[str, typer.Option("--format", help="md or html.")] = "md",
 ) -> None:
     """Tables and figures from stored results: report.md (or .html) and figures/ (PNG and SVG)."""
-    from meo_profile.report import document as reporting
+    from meo_profile.report.document import print_summary, render_report, report_command
 
-    command = (f"meo-profile report {results}" + (f" --out {out}" if out else "")
-               + (f" --format {fmt}" if fmt != "md" else ""))
-    try:
-        path = reporting.render_report(results, out, fmt, command)
-        reporting.print_summary(results, command=command)
-    except reporting.ReportError as e:
-        raise fail(str(e)) from None
+    command = report_command(results, out, fmt)
+    path = render_report(results, out, fmt, command)
+    print_summary(results, command=command)
     typer.echo(f"report: {path}", err=True)
 
 
@@ -229,17 +209,12 @@ def check(
     json_out: JsonFlag = False,
 ) -> None:
     """Efficiency claims against results: pass, fail or pending; exit 1 when a claim fails."""
-    from meo_profile.check.claims import ClaimError, load_claims
+    from meo_profile.check.claims_file import load_claims
     from meo_profile.check.run import run_checks
     from meo_profile.terminal import checks as render_checks
 
-    if results is not None and save is not None:
-        raise fail("--save: nothing is measured when RESULTS is given")
-    try:
-        run = run_checks(load_claims(claims_file), results, save,
-                         log=None if json_out else lambda line: typer.echo(line, err=True))
-    except ClaimError as e:
-        raise fail(str(e)) from None
+    run = run_checks(load_claims(claims_file), results, save,
+                     log=None if json_out else lambda line: typer.echo(line, err=True))
     for line in run.skipped:
         typer.echo(f"warning: skipped {line}", err=True)
     if junit:
@@ -267,17 +242,13 @@ def compare(
 ) -> None:
     """A baseline results set against a current one, with tolerances; exit 1 on a regression
     or on configurations missing from current."""
-    from meo_profile.check.compare import CompareError, compare_paths
+    from meo_profile.check.compare import compare_paths
     from meo_profile.terminal import checks as render_checks
 
     formats = ("table", "markdown", "json")
     if fmt not in formats:
         raise fail(f"--format {fmt!r}: choose from {', '.join(formats)}")
-    try:
-        comparison = compare_paths(baseline, current, tolerance or ())
-    except CompareError as e:
-        raise fail(str(e)) from None
-    comparison.allow_missing = allow_missing
+    comparison = compare_paths(baseline, current, tolerance or (), allow_missing)
     if fmt == "json":
         emit_json(comparison.to_dict())
     elif fmt == "markdown":

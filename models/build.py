@@ -8,35 +8,18 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from models.compressed import CompressedExperts
 from models.experts import ExpertBank
 from models.hosts import HOSTS, Site, SwiGLU
-from models.layers import MergedExperts, SequenceMoE, SparseLayer, TokenMoE
+from models.layers import SparseLayer
 from models.routing import Router
 from models.spec import Spec
-from models.xmoe import XMoE
+from models.variants import VARIANTS
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-# variant -> (bank, router, spec) -> layer. `dense` has no entry: it keeps the host's own FFN.
-LAYERS: dict[str, Callable[[ExpertBank, Router, Spec], SparseLayer]] = {
-    "moe": lambda bank, router, spec: TokenMoE(bank, router, spec.impl),
-    "moe-seq": lambda bank, router, spec: SequenceMoE(bank, router, spec.impl),
-    "meo": lambda bank, router, spec: MergedExperts(bank, router, spec.impl),
-    "meo-token": lambda bank, router, spec: MergedExperts(bank, router, spec.impl, token_block=True),
-    "ce": lambda bank, router, spec: CompressedExperts(bank, router, spec.impl, n_ce=spec.n_ce,
-                                                       init=spec.ce_init),
-    "xmoe": lambda bank, router, spec: XMoE(bank, router, spec.impl, threshold=spec.threshold,
-                                            max_k=spec.max_k, capacity_factor=spec.capacity_factor),
-}
-
-# Router gate convention per variant (default MEO's topk_softmax). Compressed experts follow
-# OLMoE: softmax over all E, then top-k, not renormalised. XMoE reads the router's logits only.
-ROUTER_GATES = {"ce": "softmax_topk"}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def torch_dtype(spec: Spec) -> torch.dtype:
-    return DTYPES[spec.dtype]
+    return TORCH_DTYPES[spec.dtype]
 
 
 def make_sparse_layer(spec: Spec, dims: list[int], act: nn.Module | None, bias: bool,
@@ -45,9 +28,10 @@ def make_sparse_layer(spec: Spec, dims: list[int], act: nn.Module | None, bias: 
     g = spec.granularity or 1  # XMoE's small experts: hidden widths / g, experts_total = E * g
     dims = [dims[0], *(width // g for width in dims[1:-1]), dims[-1]]
     bank = ExpertBank(spec.experts_total, dims, act=act, bias=bias, gated=gated)
+    variant = VARIANTS[spec.variant]
     router = Router(dims[0], spec.experts_total, spec.top_k, scale=spec.router_scale,
-                    gates=ROUTER_GATES.get(spec.variant, "topk_softmax"))
-    return LAYERS[spec.variant](bank, router, spec)
+                    gates=variant.gates)
+    return variant.layer(bank, router, spec)
 
 
 def _as_module(act: object) -> nn.Module:
@@ -126,7 +110,7 @@ def layers_as(model: nn.Module, variant: str, impl: str) -> Iterator[nn.Module]:
     for parent in list(model.modules()):
         for attr, child in list(parent.named_children()):
             if isinstance(child, SparseLayer):
-                stand_in = REBUILD[variant](child, impl)
+                stand_in = VARIANTS[variant].rerun(child, impl)
                 setattr(parent, attr, stand_in)
                 swapped.append((parent, attr, child))
     try:
@@ -134,14 +118,3 @@ def layers_as(model: nn.Module, variant: str, impl: str) -> Iterator[nn.Module]:
     finally:
         for parent, attr, child in swapped:
             setattr(parent, attr, child)
-
-
-REBUILD: dict[str, Callable[[SparseLayer, str], SparseLayer]] = {
-    "moe": lambda layer, impl: TokenMoE(layer.experts, layer.router, impl),
-    "moe-seq": lambda layer, impl: SequenceMoE(layer.experts, layer.router, impl),
-    "meo": lambda layer, impl: MergedExperts(layer.experts, layer.router, impl),
-    # the compressed vectors and XMoE's knobs come from the layer being rerun
-    "ce": lambda layer, impl: CompressedExperts(layer.experts, layer.router, impl, n_ce=layer.n_ce,
-                                                vectors=layer.vectors),
-    "xmoe": lambda layer, impl: XMoE(layer.experts, layer.router, impl, **layer.knobs),
-}

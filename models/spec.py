@@ -15,24 +15,12 @@ from typing import Any
 import torch
 
 from models.hosts import HOSTS
+from models.variants import VARIANTS
 
-VARIANTS = ("dense", "moe", "moe-seq", "meo", "meo-token", "ce", "xmoe")
 EXPERT_UNITS = ("linear", "ffn")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "meta")
 MODES = ("inference", "train")
-
-# The implementations each variant can run, the first being what `auto` picks, except for MEO,
-# where `auto` picks whichever merge moves fewer bytes (see `_auto_impl`).
-IMPLS: dict[str, tuple[str, ...]] = {
-    "dense": ("native",),
-    "moe": ("grouped", "loop"),
-    "moe-seq": ("batched", "loop"),
-    "meo": ("gather", "dense"),
-    "meo-token": ("gather", "dense"),
-    "ce": ("grouped", "loop"),
-    "xmoe": ("grouped", "loop", "padded"),
-}
 
 # Spec field -> command-line flag, so that an error names what the user typed.
 FLAG_OF = {"num_experts": "--experts", "top_k": "--top-k"}
@@ -85,7 +73,7 @@ class Spec:
 
     def __post_init__(self) -> None:
         _choice("host", self.host, tuple(HOSTS))
-        _choice("variant", self.variant, VARIANTS)
+        _choice("variant", self.variant, tuple(VARIANTS))
         _choice("dtype", self.dtype, DTYPES)
         _choice("device", self.device, DEVICES)
         shape = HOSTS[self.host]
@@ -139,9 +127,6 @@ class Spec:
                 raise SpecError("capacity_factor", self.capacity_factor, "must be a finite number > 0")
             if self.expert_unit != "ffn":
                 raise SpecError("expert_unit", self.expert_unit, "xmoe splits whole FFN experts: use ffn")
-        else:
-            for knob in ("threshold", "granularity", "max_k", "capacity_factor"):
-                self._set(knob, None)
         if sparse and v != "xmoe" and self.top_k > self.num_experts:
             raise SpecError("top_k", self.top_k, f"exceeds --experts {self.num_experts}")
         if v == "ce":
@@ -152,19 +137,19 @@ class Spec:
             init = self.ce_init or "ones"
             _choice("ce_init", init, ("ones", "random"))
             self._set("ce_init", init)
-        else:
-            self._set("n_ce", None)
-            self._set("ce_init", None)
+        other_knobs = {k for other in VARIANTS.values() for k in other.knobs} - set(VARIANTS[v].knobs)
+        for knob in other_knobs:  # another variant's knob means nothing here: stored as None
+            self._set(knob, None)
         if v == "dense":
             # experts and k mean nothing for the dense baseline: store 1 so records group cleanly
             self._set("num_experts", 1)
             self._set("top_k", 1)
 
     def _resolve_impl(self) -> str:
-        allowed = IMPLS[self.variant]
+        variant = VARIANTS[self.variant]
         if self.impl == "auto":
-            return _auto_impl(self)
-        _choice("impl", self.impl, allowed + ("auto",))
+            return variant.default_impl(self)
+        _choice("impl", self.impl, variant.impls + ("auto",))
         return self.impl
 
     # ----------------------------------------------------------------------------- helpers
@@ -183,14 +168,6 @@ class Spec:
 
 def _positive_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
-
-
-def _auto_impl(spec: Spec) -> str:
-    if spec.variant in ("meo", "meo-token"):
-        # gather reads the k selected experts of each sequence (B*k matrices); the dense merge
-        # reads all E once. Both write B merged matrices, so compare the reads.
-        return "dense" if spec.batch_size * spec.top_k > spec.num_experts else "gather"
-    return IMPLS[spec.variant][0]
 
 
 SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(Spec))

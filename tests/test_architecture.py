@@ -20,12 +20,23 @@ def project_modules() -> dict[str, Path]:
     return modules
 
 
+def type_checking_only(tree: ast.Module) -> set[int]:
+    """Ids of the import nodes under `if TYPE_CHECKING:`: names for annotations, never run."""
+    return {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+            and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+            for stmt in block.body for node in ast.walk(stmt)}
+
+
 def imported(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
-    """The project modules `path` imports anywhere in its body (`from a import b` counts as
-    a.b when that is a module, else as a)."""
+    """The project modules `path` imports anywhere in its body, functions included (`from a
+    import b` counts as a.b when that is a module, else as a)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    annotations_only = type_checking_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in annotations_only:
+            continue
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -81,3 +92,43 @@ def test_no_import_cycle_in_the_project():
     graph = import_graph()
     assert "meo_profile.sweep.run" in graph and graph["cli"]  # the graph was read
     assert find_cycle(graph) is None
+
+
+# Layers from the bottom up: a module imports only from its own package or a lower layer.
+# Packages on one layer (check, report) do not import each other.
+LAYERS = (("models",), ("meo_profile.core",), ("meo_profile.results",), ("meo_profile.measure",),
+          ("meo_profile.check", "meo_profile.report"), ("meo_profile.sweep",),
+          ("meo_profile.terminal",), ("cli",))
+MAX_LINES = 450
+
+
+def home(module: str) -> tuple[int, str]:
+    """(layer, package) of a module."""
+    for level, packages in enumerate(LAYERS):
+        for package in packages:
+            if module == package or module.startswith(package + "."):
+                return level, package
+    raise AssertionError(f"{module} belongs to no layer")
+
+
+def test_imports_point_down_the_layers():
+    upward = []
+    for module, targets in import_graph().items():
+        if module == "meo_profile":  # the package's face
+            continue
+        level, package = home(module)
+        for target in targets:
+            if target == "meo_profile":
+                continue
+            t_level, t_package = home(target)
+            if t_package != package and t_level >= level:
+                upward.append(f"{module} -> {target}")
+    assert upward == []
+
+
+def test_meo_profile_is_subpackages_and_no_module_is_long():
+    top = [p.name for p in (ROOT / "meo_profile").glob("*.py") if p.name != "__init__.py"]
+    assert top == []
+    long = {name: n for name, path in project_modules().items()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert long == {}

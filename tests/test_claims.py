@@ -14,17 +14,12 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import app
-from meo_profile.check.claims import (
-    PARTS,
-    ClaimError,
-    judge_all,
-    load_claims,
-    parse_claims,
-    parse_fraction,
-    parse_number,
-)
+from meo_profile.check.claim import ClaimError, judge_all
+from meo_profile.check.claims_file import load_claims, parse_claims
+from meo_profile.check.quantities import PARTS
 from meo_profile.check.run import pending_reasons
-from meo_profile.core.paper import paper_number
+from meo_profile.core.paper import PAPER_NUMBERS
+from meo_profile.core.units import parse_fraction, parse_number
 from meo_profile.measure import fvcore_count as flops
 from meo_profile.results.record import Result
 from meo_profile.results.store import load
@@ -64,8 +59,8 @@ def test_builtin_claims_hold_on_this_code(builtin):
 
 def test_builtin_values_are_the_papers():
     claims = {c.name: c for c in load_claims()}
-    assert claims["meo-vanilla-moe-flops"].expect.target.value == paper_number("flops_moe").value * 1e9
-    meo = paper_number("flops_meo")
+    assert claims["meo-vanilla-moe-flops"].expect.target.value == PAPER_NUMBERS["flops_moe"].value * 1e9
+    meo = PAPER_NUMBERS["flops_meo"]
     assert claims["meo-merged-flops"].expect.target.value / 1e9 in (meo.value, *meo.also_printed)
     # like with like: the paper's FLOPs have no router term
     assert claims["meo-vanilla-moe-flops"].quantity.exclude_parts == ("router",)

@@ -8,7 +8,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from synthetic_results import flops_records, full_set, layer_records
 
-from meo_profile.core import units as formats
+from meo_profile.core.identity import label
 from meo_profile.measure.timing import TimingOptions
 from meo_profile.report import document as report
 from meo_profile.report import figures, views
@@ -18,12 +18,12 @@ from meo_profile.sweep.run import SweepOptions, run_sweep
 
 @pytest.fixture(scope="module")
 def ok():
-    return views.ok_rows(views.prepare(full_set(gpu=True, train=True)))
+    return views.ok_rows(views.records_frame(full_set(gpu=True, train=True)))
 
 
 @pytest.fixture(scope="module")
 def drawn(ok):
-    return {name: figures.draw(name, ok) for name in figures.FIGURES}
+    return {name: figures.FIGURES[name].draw(ok) for name in figures.FIGURES}
 
 
 @pytest.mark.parametrize("name", list(figures.FIGURES))
@@ -60,7 +60,7 @@ def test_one_colour_per_variant_across_figures(drawn):
     for name in ("fig4_latency_vs_k", "fig6_memory_vs_experts", "fig7_roofline"):
         colours = _colours_by_label(drawn[name].figure)
         for variant in ("moe", "meo", "dense"):
-            assert colours[formats.label(variant)] == {figures.VARIANT_COLOURS[variant].lower()}, name
+            assert colours[label(variant)] == {figures.VARIANT_COLOURS[variant].lower()}, name
     fig1 = _colours_by_label(drawn["fig1_flops_vs_k"].figure)
     assert fig1["MEO, bert-base"] == {figures.VARIANT_COLOURS["meo"].lower()}
     assert fig1["vanilla MoE, bert-large"] == {figures.VARIANT_COLOURS["moe"].lower()}
@@ -80,35 +80,35 @@ def test_heatmap_cells_carry_speedup_and_flops_ratio(drawn):
 
 
 def test_missing_metrics_raise_missing_with_a_reason():
-    flops_only = views.ok_rows(views.prepare(flops_records(ks=(1, 2))))
+    flops_only = views.ok_rows(views.records_frame(flops_records(ks=(1, 2))))
     for name in ("fig4_latency_vs_k", "fig5_speedup_heatmap", "fig6_memory_vs_experts",
                  "fig7_roofline"):
         with pytest.raises(figures.Missing, match="no "):
-            figures.draw(name, flops_only)
-    empty = views.ok_rows(views.prepare([{"status": "error", "host": "layer"}]))
+            figures.FIGURES[name].draw(flops_only)
+    empty = views.ok_rows(views.records_frame([{"status": "error", "host": "layer"}]))
     for name in figures.FIGURES:
         with pytest.raises(figures.Missing):
-            figures.draw(name, empty)
+            figures.FIGURES[name].draw(empty)
 
 
 def test_drawing_leaves_matplotlib_state_alone(ok):
     before = dict(matplotlib.rcParams)
     backend = matplotlib.get_backend()
-    figures.draw("fig4_latency_vs_k", ok)
+    figures.FIGURES["fig4_latency_vs_k"].draw(ok)
     assert dict(matplotlib.rcParams) == before and matplotlib.get_backend() == backend
 
 
 def test_saved_files_do_not_change_rc_params(tmp_path, ok):
     before = dict(matplotlib.rcParams)
-    paths = figures.save(figures.draw("fig7_roofline", ok).figure, tmp_path, "roof")
+    paths = figures.save(figures.FIGURES["fig7_roofline"].draw(ok).figure, tmp_path, "roof")
     assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.exists() for p in paths)
     assert dict(matplotlib.rcParams) == before
 
 
 def test_memory_figure_from_one_expert_count_is_left_out():
-    one_e = views.ok_rows(views.prepare(layer_records(experts=(16,), ks=(1, 2))))
+    one_e = views.ok_rows(views.records_frame(layer_records(experts=(16,), ks=(1, 2))))
     with pytest.raises(figures.Missing, match="fewer than two expert counts"):
-        figures.draw("fig6_memory_vs_experts", one_e)
+        figures.FIGURES["fig6_memory_vs_experts"].draw(one_e)
 
 
 # ------------------------------------------------------------------ a real (tiny) sweep

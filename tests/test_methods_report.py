@@ -25,7 +25,7 @@ SECTION = "Four methods at one expert budget"
 
 
 def ok_frame(records):
-    return views.ok_rows(views.prepare(records))
+    return views.ok_rows(views.records_frame(records))
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_table_without_timing_shows_counts_only():
 
 # ------------------------------------------------------------------ the figure
 def test_figure_has_a_bar_per_method_in_its_colour_and_labelled_panels(methods):
-    drawn = figures.draw("fig8_methods", methods)
+    drawn = figures.FIGURES["fig8_methods"].draw(methods)
     axes = drawn.figure.axes
     assert [a.get_title(loc="left") for a in axes] == [
         "Active parameters per token", "MoE-block GFLOPs per forward", "Median latency per forward"]
@@ -108,8 +108,8 @@ def test_figure_has_a_bar_per_method_in_its_colour_and_labelled_panels(methods):
 
 def test_figure_rows_per_device_and_no_latency_panel_without_timing():
     two = ok_frame(method_records() + method_records(device="cuda", dtype="bfloat16"))
-    assert len(figures.draw("fig8_methods", two).figure.axes) == 6
-    counts_only = figures.draw("fig8_methods", ok_frame(method_records(timed=False)))
+    assert len(figures.FIGURES["fig8_methods"].draw(two).figure.axes) == 6
+    counts_only = figures.FIGURES["fig8_methods"].draw(ok_frame(method_records(timed=False)))
     assert len(counts_only.figure.axes) == 2
 
 

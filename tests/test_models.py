@@ -5,12 +5,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meo_profile.check.verify import check_single_expert, run_under, verify
+from meo_profile.check.verify import check_single_expert, verify
 from models import Spec, build_model, make_inputs, sparse_layers
 from models.build import layers_as
 from models.routing import Router
 
 TINY = dict(d_model=32, d_ff=48, seq_len=6, batch_size=3)
+
+
+@torch.no_grad()
+def run_under(model, inputs, variant: str, impl: str) -> torch.Tensor:
+    """One forward with every MoE layer run as `variant`/`impl` (same experts and routers)."""
+    with layers_as(model, variant, impl):
+        return model(*inputs)
 
 
 def outputs_under(spec, pairs):

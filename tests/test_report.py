@@ -11,8 +11,8 @@ from synthetic_results import ENV, flops_records, full_set, layer_records
 from typer.testing import CliRunner
 
 from cli import app
-from meo_profile.core import units as formats
-from meo_profile.core.paper import PAPER_NUMBERS, meo_flops_ratio_closed_form, paper_number
+from meo_profile.core import units
+from meo_profile.core.paper import PAPER_NUMBERS, meo_flops_ratio_closed_form
 from meo_profile.report import document as report
 from meo_profile.report import tables, views
 from meo_profile.report.findings import findings
@@ -20,7 +20,7 @@ from meo_profile.report.tables import Table
 
 
 def ok_frame(records):
-    return views.ok_rows(views.prepare(records))
+    return views.ok_rows(views.records_frame(records))
 
 
 def row(**fields):
@@ -45,7 +45,7 @@ def built(full):
 
 # ------------------------------------------------------------------ presentation steps
 def test_prepare_adds_every_schema_column_and_coerces_numbers():
-    df = views.prepare([{"host": "layer", "variant": "meo", "flops": "12", "status": "ok"}])
+    df = views.records_frame([{"host": "layer", "variant": "meo", "flops": "12", "status": "ok"}])
     assert set(views.COLUMNS) <= set(df.columns)
     assert df["flops"].iloc[0] == 12 and pd.isna(df["latency_ms_median"].iloc[0])
     assert df["mode"].iloc[0] == "inference"  # a record from before `mode` existed ran inference
@@ -129,12 +129,12 @@ def test_latency_view_keeps_dense_as_a_k_free_baseline_at_the_held_setting():
 @pytest.mark.parametrize("value,text", [(812.4, "812"), (81.24, "81.2"), (8.124, "8.12"),
                                         (0.8124, "0.812"), (float("nan"), "–")])
 def test_fmt_ms_keeps_three_significant_digits(value, text):
-    assert formats.fmt_ms(value) == text
+    assert units.fmt_ms(value) == text
 
 
 def test_fmt_times_and_byte_units():
-    assert [formats.fmt_times(x) for x in (0.873, 12.34, 808.04)] == ["0.87×", "12.3×", "808×"]
-    assert formats.byte_unit(3 * 2**30)[0] == "GiB" and formats.byte_unit(5 * 2**20)[0] == "MiB"
+    assert [units.fmt_times(x) for x in (0.873, 12.34, 808.04)] == ["0.87×", "12.3×", "808×"]
+    assert units.byte_unit(3 * 2**30)[0] == "GiB" and units.byte_unit(5 * 2**20)[0] == "MiB"
 
 
 def test_markdown_table_golden():
@@ -146,12 +146,12 @@ def test_markdown_table_golden():
 def test_paper_table_carries_the_papers_printed_numbers_and_the_measured_ones(full):
     t = tables.paper_table(ok_frame(full))
     cells = {r[0]: r for r in t.rows}
-    moe = cells[paper_number("flops_moe").quantity]
+    moe = cells[PAPER_NUMBERS["flops_moe"].quantity]
     assert moe[2] == "72.0 GFLOPs" and moe[3:7] == ["72.36", "0.377", "71.99", "-0.02%"]
-    meo = cells[paper_number("flops_meo").quantity]
+    meo = cells[PAPER_NUMBERS["flops_meo"].quantity]
     assert meo[2] == "28.6 / 28.9 GFLOPs" and meo[5] == "28.95"
-    assert cells[paper_number("glue_meo").quantity][2] == "83.3 %"
-    assert cells[paper_number("glue_moe").quantity][2] == "82.6 %"
+    assert cells[PAPER_NUMBERS["glue_meo"].quantity][2] == "83.3 %"
+    assert cells[PAPER_NUMBERS["glue_moe"].quantity][2] == "82.6 %"
     assert all("2 x MACs" in r[1] for r in t.rows[:2])
     assert "routers left out" in t.note
 
@@ -163,7 +163,7 @@ def test_paper_table_without_a_matching_record_says_so():
 
 
 def test_paper_numbers_state_their_convention():
-    flops = [n for n in PAPER_NUMBERS if n.unit == "GFLOPs"]
+    flops = [n for n in PAPER_NUMBERS.values() if n.unit == "GFLOPs"]
     assert [n.value for n in flops] == [72.0, 28.6] and flops[1].also_printed == (28.9,)
     assert all(n.convention.startswith("FLOPs = 2 x MACs") for n in flops)
 
@@ -283,7 +283,8 @@ def test_cli_report_writes_the_report(tmp_path):
 def test_noisy_latency_points_are_flagged_with_the_tables_numbers():
     records = layer_records(experts=(16,), ks=(1, 2), variants=("moe", "meo"))
     noisy = next(r for r in records if r["variant"] == "meo" and r["top_k"] == 2)
-    noisy["latency_ms_p80"] = 2 * noisy["latency_ms_median"]
+    # the timer's rule reads the raw samples: an interquartile range of 20% of the median
+    noisy["latency_samples_ms"] = [noisy["latency_ms_median"] * f for f in (0.8, 0.9, 1.0, 1.1, 1.3)]
     ok = ok_frame(records)
     sentence = next(s for s in findings(ok) if "spread more than 10%" in s)
     cell = tables.latency_tables(ok)[0].rows[1][2]  # MEO at k=2, as the table prints it

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from meo_profile.measure import roofline as roofline_module
-from meo_profile.measure.latency import measure_latency
 from meo_profile.measure.roofline import (
     DevicePeaks,
     bytes_moved,
@@ -16,6 +15,7 @@ from meo_profile.measure.roofline import (
     expert_bytes,
     roofline,
 )
+from meo_profile.measure.run import measure
 from meo_profile.measure.timing import TimingOptions
 from models import Spec, build_model, sparse_layers
 
@@ -54,9 +54,9 @@ def test_bound_is_the_slower_of_compute_and_memory():
     spec = Spec(variant="dense", **TINY)
     memory_bound = roofline(spec, macs=10**9, bytes_moved=10**9, peaks=peaks)
     assert (memory_bound.compute_ms, memory_bound.memory_ms) == (pytest.approx(1.0), pytest.approx(10.0))
-    assert memory_bound.bound_ms == pytest.approx(10.0) and memory_bound.limited_by == "memory"
+    assert memory_bound.bound_ms == pytest.approx(10.0) and memory_bound.memory_ms > memory_bound.compute_ms
     compute_bound = roofline(spec, macs=10**11, bytes_moved=10**6, peaks=peaks)
-    assert compute_bound.limited_by == "compute" and compute_bound.bound_ms == pytest.approx(100.0)
+    assert compute_bound.compute_ms > compute_bound.memory_ms and compute_bound.bound_ms == pytest.approx(100.0)
     train = roofline(spec.replace(mode="train"), macs=10**9, bytes_moved=10**9, peaks=peaks)
     assert train.bound_ms == pytest.approx(3 * memory_bound.bound_ms)  # forward + backward
     assert memory_bound.to_fields(25.0) == {"roofline_ms": pytest.approx(10.0),
@@ -80,8 +80,8 @@ def test_refreshed_peaks_keep_the_best_seen(monkeypatch):
 
 @pytest.mark.parametrize("variant", ["dense", "moe", "meo"])
 def test_bound_is_below_the_measured_time(variant):
-    fields = measure_latency(Spec(variant=variant, **TINY),
-                             TimingOptions(warmup=1, min_run_time=0.05), memory=False)
+    fields = measure(Spec(variant=variant, **TINY), ("latency",),
+                     timing=TimingOptions(warmup=1, min_run_time=0.05)).to_dict()
     assert 0 < fields["roofline_ms"] < fields["latency_ms_median"]
     assert fields["roofline_ratio"] > 1
 
@@ -89,7 +89,7 @@ def test_bound_is_below_the_measured_time(variant):
 @pytest.mark.gpu
 def test_cuda_bound_is_below_the_measured_time():
     spec = Spec(variant="meo", **{**TINY, "device": "cuda"})
-    fields = measure_latency(spec, TimingOptions(warmup=2, min_run_time=0.05), memory=False)
+    fields = measure(spec, ("latency",), timing=TimingOptions(warmup=2, min_run_time=0.05)).to_dict()
     assert fields["timer"] == "cuda_events"
     assert 0 < fields["roofline_ms"] < fields["latency_ms_median"]
     assert torch.cuda.is_available()

@@ -13,8 +13,9 @@ import pytest
 from meo_profile.measure.timing import TimingOptions
 from meo_profile.results.store import Store, load
 from meo_profile.sweep.grid import Block, Grid, GridError, load_config, parse_axis_flag
+from meo_profile.sweep.plan import plan_grid
 from meo_profile.sweep.presets import PRESETS
-from meo_profile.sweep.run import SweepLock, SweepOptions, plan_grid, run_sweep
+from meo_profile.sweep.run import SweepLock, SweepOptions, run_sweep
 from models import SpecError
 
 TINY_AXES = ["--host", "layer", "--d-model", "16", "--d-ff", "32", "--seq-len", "8",
@@ -218,7 +219,7 @@ def test_resume_tries_failed_rows_again_and_keeps_the_failure(tmp_path):
 
 
 def test_default_preset_holds_every_configuration_the_builtin_claims_read():
-    from meo_profile.check.claims import load_claims
+    from meo_profile.check.claims_file import load_claims
     from meo_profile.check.run import pending_reasons, plan
 
     claims = load_claims()

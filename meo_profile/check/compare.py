@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meo_profile.core.errors import BadInput
+from meo_profile.core.identity import MACHINE_FIELD, config_key, labeller
 from meo_profile.core.units import format_value, parse_fraction, percent
 from meo_profile.results.store import load, results_path
-from models.spec import SPEC_FIELDS
 
 
-class CompareError(ValueError):
+class CompareError(BadInput):
     """Bad input: an unreadable results set, a malformed tolerance; one line."""
 
 
@@ -188,47 +189,20 @@ def compare_pair(config: str, base: dict, cur: dict, limits: dict[str, Threshold
 
 
 # --------------------------------------------------------------------------------- matching
-def config_key(record: dict[str, Any]) -> tuple:
-    return tuple(record.get(k) for k in SPEC_FIELDS)
-
-
 def latest(records: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, dict]]:
     """configuration -> device_name -> the last record stored for it."""
     out: dict[tuple, dict[str, dict]] = {}
     for r in records:
-        out.setdefault(config_key(r), {})[r.get("device_name") or "?"] = r
+        out.setdefault(config_key(r), {})[r.get(MACHINE_FIELD) or "?"] = r
     return out
-
-
-SHORT = {"num_experts": "E", "top_k": "k", "batch_size": "B", "seq_len": "L", "d_model": "d",
-         "expert_unit": "unit"}
-ALWAYS_SHOWN = ("host", "variant", "num_experts", "top_k", "batch_size", "seq_len")
-
-
-def labeller(keys: Iterable[tuple]):
-    """A short label per configuration: host, variant, E, k, B, L, then only the other fields
-    that tell apart configurations sharing those."""
-    idx = {k: i for i, k in enumerate(SPEC_FIELDS)}
-    groups: dict[tuple, list[tuple]] = {}
-    for key in keys:
-        groups.setdefault(tuple(key[idx[f]] for f in ALWAYS_SHOWN), []).append(key)
-    extra = [f for f in SPEC_FIELDS if f not in ALWAYS_SHOWN
-             and any(len({k[idx[f]] for k in group}) > 1 for group in groups.values())]
-
-    def label(key: tuple) -> str:
-        fields = [f for f in ALWAYS_SHOWN[2:] + tuple(extra) if key[idx[f]] is not None]
-        rest = " ".join(f"{SHORT.get(f, f)}={key[idx[f]]}" for f in fields)
-        return f"{key[idx['host']]} {key[idx['variant']]} {rest}".strip()
-
-    return label
 
 
 def compare_records(baseline: list[dict], current: list[dict],
                     limits: dict[str, Threshold], baseline_info: str = "baseline",
-                    current_info: str = "current") -> Comparison:
+                    current_info: str = "current", allow_missing: bool = False) -> Comparison:
     base, cur = latest(baseline), latest(current)
     label = labeller(set(base) | set(cur))
-    out = Comparison([], limits, baseline_info, current_info)
+    out = Comparison([], limits, baseline_info, current_info, allow_missing=allow_missing)
     out.missing = sorted(label(k) for k in base.keys() - cur.keys())
     out.added = sorted(label(k) for k in cur.keys() - base.keys())
     elsewhere: Counter = Counter()  # (baseline device, current device) -> configurations
@@ -254,8 +228,8 @@ def describe(records: list[dict]) -> str:
             f"{'; '.join(devices) or 'unknown device'}")
 
 
-def compare_paths(baseline: str | Path, current: str | Path,
-                  given: Iterable[str] = ()) -> Comparison:
+def compare_paths(baseline: str | Path, current: str | Path, given: Iterable[str] = (),
+                  allow_missing: bool = False) -> Comparison:
     limits = thresholds(given)
     sides = []
     for name, path in (("BASELINE", baseline), ("CURRENT", current)):
@@ -268,7 +242,7 @@ def compare_paths(baseline: str | Path, current: str | Path,
         sides.append(loaded)
     result = compare_records(sides[0].records, sides[1].records, limits,
                              f"{baseline}: {describe(sides[0].records)}",
-                             f"{current}: {describe(sides[1].records)}")
+                             f"{current}: {describe(sides[1].records)}", allow_missing)
     for name, loaded in zip(("baseline", "current"), sides):
         result.warnings += [f"{name}: skipped {line}" for line in loaded.skipped]
     if not result.rows and not (set(latest(sides[0].records)) & set(latest(sides[1].records))):

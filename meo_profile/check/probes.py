@@ -13,9 +13,7 @@ from collections.abc import Callable
 import torch
 
 from meo_profile.measure.counting import count
-from models import Spec, build_model, make_inputs, sparse_layers
-from models.build import LAYERS
-from models.spec import VARIANTS
+from models import VARIANTS, Spec, build_model, make_inputs, sparse_layers
 
 # A model small enough that building, tracing and running it costs well under a second.
 TINY = dict(host="layer", d_model=64, d_ff=128, num_experts=4, top_k=2, seq_len=8, batch_size=2,
@@ -25,9 +23,9 @@ TINY = dict(host="layer", d_model=64, d_ff=128, num_experts=4, top_k=2, seq_len=
 # ----------------------------------------------------------------------------------- probes
 def registered(variant: str) -> str | None:
     """The variant has a layer in the model family (`dense` keeps the host's own FFN)."""
-    if variant == "dense" or (variant in VARIANTS and variant in LAYERS):
+    if variant == "dense" or (variant in VARIANTS and VARIANTS[variant].layer is not None):
         return None
-    return f"variant {variant!r} is not built yet (no entry in models.build.LAYERS)"
+    return f"variant {variant!r} is not built yet (no layer in models.variants.VARIANTS)"
 
 
 def counted(variant: str) -> str | None:

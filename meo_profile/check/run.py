@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meo_profile.check.claims import Claim, ClaimError, Verdict, judge_all
+from meo_profile.check.claim import Claim, ClaimError, Verdict, judge_all
 from meo_profile.check.probes import PROBES
 from meo_profile.core.identity import spec_title
 from meo_profile.measure.run import measure
@@ -89,6 +89,8 @@ def run_checks(claims: list[Claim], results: str | Path | None = None, save: Pat
                log: Callable[[str], None] | None = None) -> CheckRun:
     """Judge `claims` against a results file, or against the configurations they need,
     measured now (FLOPs-only claims count on the meta device: seconds, not minutes)."""
+    if results is not None and save is not None:
+        raise ClaimError("--save: nothing is measured when RESULTS is given")
     pending = pending_reasons(claims)
     skipped: list[str] = []
     if results is None:

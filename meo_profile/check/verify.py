@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from models import Spec, build_model, make_inputs, sparse_layers
-from models.build import REBUILD, layers_as
 from models.layers import MergedExperts, SparseLayer
-from models.spec import IMPLS, SpecError
+from models.spec import SpecError
+from models.variants import VARIANTS
 
 # Relative tolerance per dtype: float32 reorders sums (merge-then-matmul vs matmul-then-sum).
 TOLERANCE = {"float32": 1e-5, "float16": 5e-3, "bfloat16": 3e-2}
@@ -35,17 +35,11 @@ class Check:
         return {**asdict(self), "ok": self.ok}
 
 
-def compare(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> Check:
+def compare_outputs(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> Check:
     got, want = got.double(), want.double()
     abs_err = (got - want).abs().max().item()
     scale = want.abs().max().item()
     return Check(name, abs_err, abs_err / scale if scale > 0 else abs_err, tol)
-
-
-@torch.no_grad()
-def run_under(model, inputs, variant: str, impl: str) -> torch.Tensor:
-    with layers_as(model, variant, impl):
-        return model(*inputs)
 
 
 @torch.no_grad()
@@ -69,7 +63,8 @@ def layer_outputs(captured, variant: str, impl: str) -> torch.Tensor:
     Layer by layer on the same inputs, not end to end: in bfloat16 a round-off difference in
     one layer can flip the next layer's router for a few tokens, which would read as a
     mismatch between implementations that agree."""
-    return torch.cat([REBUILD[variant](layer, impl)(x).flatten() for layer, x in captured])
+    rerun = VARIANTS[variant].rerun
+    return torch.cat([rerun(layer, impl)(x).flatten() for layer, x in captured])
 
 
 @torch.no_grad()
@@ -82,30 +77,27 @@ def verify(spec: Spec) -> list[Check]:
                         mode="inference")
     captured = captured_inputs(build_model(base), make_inputs(base))
     checks = []
-    meo = layer_outputs(captured, "meo", IMPLS["meo"][0])
+    meo = layer_outputs(captured, "meo", VARIANTS["meo"].impls[0])
     if spec.variant == "meo-token":
         as_built = torch.cat([layer(x).flatten() for layer, x in captured])
-        checks.append(compare("meo-token (fresh block) == meo", as_built, meo, tol))
+        checks.append(compare_outputs("meo-token (fresh block) == meo", as_built, meo, tol))
     if spec.expert_unit == "linear":  # with FFN experts the merge is not exact, by design
-        checks.append(compare("meo == moe-seq", meo, layer_outputs(captured, "moe-seq", "batched"), tol))
+        checks.append(compare_outputs("meo == moe-seq", meo, layer_outputs(captured, "moe-seq", "batched"), tol))
     for variant in ("moe", "moe-seq", "meo"):
         checks += implementations_agree(captured, variant, tol)
     checks.append(check_single_expert(spec, tol))
-    if spec.variant in OWN_IMPL_CHECKS:
+    if VARIANTS[spec.variant].knobs:  # its layers carry their own knobs or vectors
         own = spec.replace(mode="inference")
         checks += implementations_agree(captured_inputs(build_model(own), make_inputs(own)),
                                         spec.variant, tol)
     return checks
 
 
-OWN_IMPL_CHECKS = ("ce", "xmoe")  # variants whose layers carry their own knobs and vectors
-
-
 def implementations_agree(captured, variant: str, tol: float) -> list[Check]:
     """Every implementation of `variant` against its first, layer by layer."""
-    reference_impl, *others = IMPLS[variant]
+    reference_impl, *others = VARIANTS[variant].impls
     ref = layer_outputs(captured, variant, reference_impl)
-    return [compare(f"{variant}: {impl} == {reference_impl}",
+    return [compare_outputs(f"{variant}: {impl} == {reference_impl}",
                     layer_outputs(captured, variant, impl), ref, tol) for impl in others]
 
 
@@ -121,4 +113,4 @@ def check_single_expert(spec: Spec, tol: float) -> Check:
     x = x.to(device=spec.device, dtype=layer.experts.weights[0].dtype)
     chosen = layer.router(x.mean(dim=1)).top_k_index[:, 0]  # (B,)
     want = torch.stack([layer.experts.forward_expert(int(e), x[b]) for b, e in enumerate(chosen)])
-    return compare("meo k=1 == selected expert", layer(x), want, tol)
+    return compare_outputs("meo k=1 == selected expert", layer(x), want, tol)

@@ -1,15 +1,95 @@
-"""How a configuration is named on screen: one title per spec, shared by every renderer."""
+"""Which configuration a record measured, and how it is named: one key, one set of symbols.
+
+A configuration is its spec fields. Costs (latency, memory) also depend on the machine, so
+where they are compared or grouped the key adds `device_name`. Names follow the papers' symbols
+(E experts, k selected, B batch, L sequence length, d width, g granularity, t threshold).
+"""
 
 from __future__ import annotations
 
-from models import Spec
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from models.spec import SPEC_FIELDS, Spec
+from models.variants import VARIANTS
+
+MACHINE_FIELD = "device_name"
+SYMBOLS = {"num_experts": "E", "top_k": "k", "batch_size": "B", "seq_len": "L", "d_model": "d",
+           "granularity": "g", "threshold": "t", "expert_unit": "unit"}
+
+
+# --------------------------------------------------------------------------------- keys
+def config_fields(*, machine: bool = False, ignore: Iterable[str] = ()) -> tuple[str, ...]:
+    """The fields that identify a configuration: the spec's, less `ignore`, plus the machine."""
+    skipped = set(ignore)
+    return tuple(f for f in SPEC_FIELDS if f not in skipped) + ((MACHINE_FIELD,) if machine else ())
+
+
+def config_key(record: Mapping[str, Any], *, machine: bool = False,
+               ignore: Iterable[str] = ()) -> tuple:
+    """A record's configuration as a hashable key (see `config_fields`)."""
+    return tuple(record.get(f) for f in config_fields(machine=machine, ignore=ignore))
+
+
+# -------------------------------------------------------------------------------- names
+def symbol(field: str) -> str:
+    return SYMBOLS.get(field, field)
+
+
+def label(variant: str) -> str:
+    """How reports name a variant ('vanilla MoE', 'MEO'); an unknown name is shown as it is."""
+    return VARIANTS[variant].label if variant in VARIANTS else variant
+
+
+def order_variants(variants: Iterable[str]) -> list[str]:
+    """The variants in the table's order (dense, vanilla, ..., MEO, compressed, XMoE)."""
+    rank = {v: i for i, v in enumerate(VARIANTS)}
+    return sorted(variants, key=lambda v: (rank.get(v, len(rank)), v))
+
+
+def config_title(fields: Mapping[str, Any]) -> str:
+    """One line naming a configuration, from a spec's fields or a stored record:
+    'layer meo E=16 k=4 unit=linear impl=gather B=8 L=128 float32 cpu' (and 'train' in
+    training mode)."""
+    f = {k: _plain(v) for k, v in fields.items()}
+    experts = "" if f["variant"] == "dense" else f" E={f['num_experts']} k={f['top_k']}"
+    if f["variant"] == "xmoe":  # no fixed k: a threshold over E x g small experts
+        experts = (f" E={f['num_experts']}x{f['granularity']} t={f['threshold']} "
+                   f"scale={f['router_scale']:g}")
+    elif f["variant"] == "ce":
+        experts += f" n_ce={f['n_ce']}"
+    mode = "" if f.get("mode", "inference") == "inference" else f" {f['mode']}"
+    return (f"{f['host']} {f['variant']}{experts} unit={f['expert_unit']} impl={f['impl']} "
+            f"B={f['batch_size']} L={f['seq_len']} {f['dtype']} {f['device']}{mode}")
+
+
+def _plain(value: Any) -> Any:
+    """A number as a person writes it: 4, not 4.0 (table rows hold integers as floats)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def spec_title(spec: Spec) -> str:
-    experts = "" if spec.variant == "dense" else f" E={spec.num_experts} k={spec.top_k}"
-    if spec.variant == "xmoe":  # no fixed k: a threshold over E x g small experts
-        experts = f" E={spec.num_experts}x{spec.granularity} t={spec.threshold} scale={spec.router_scale:g}"
-    elif spec.variant == "ce":
-        experts += f" n_ce={spec.n_ce}"
-    return (f"{spec.host} {spec.variant}{experts} unit={spec.expert_unit} impl={spec.impl} "
-            f"B={spec.batch_size} L={spec.seq_len} {spec.dtype} {spec.device}")
+    return config_title(spec.to_dict())
+
+
+ALWAYS_NAMED = ("host", "variant", "num_experts", "top_k", "batch_size", "seq_len")
+
+
+def labeller(keys: Iterable[tuple]):
+    """Short labels for a set of configuration keys (`config_key` tuples): host, variant, E, k,
+    B, L, then only the other fields that tell apart configurations sharing those."""
+    idx = {f: i for i, f in enumerate(SPEC_FIELDS)}
+    groups: dict[tuple, list[tuple]] = {}
+    for key in keys:
+        groups.setdefault(tuple(key[idx[f]] for f in ALWAYS_NAMED), []).append(key)
+    extra = [f for f in SPEC_FIELDS if f not in ALWAYS_NAMED
+             and any(len({k[idx[f]] for k in group}) > 1 for group in groups.values())]
+
+    def name(key: tuple) -> str:
+        fields = [f for f in ALWAYS_NAMED[2:] + tuple(extra) if key[idx[f]] is not None]
+        rest = " ".join(f"{symbol(f)}={key[idx[f]]}" for f in fields)
+        return f"{key[idx['host']]} {key[idx['variant']]} {rest}".strip()
+
+    return name

@@ -3,8 +3,7 @@
 Convention: every FLOPs figure here is FLOPs = 2 x MACs (one multiply-add counts as two
 floating-point operations). The paper does not state its convention; its 72.0G reproduces only
 under 2 x MACs (BERT-base, L = 128, B = 1, k = 4, attention and MLM head counted, routers not
-counted; see ../shared/reference/papers.md). Source: He et al., "Merging Experts into One",
-EMNLP 2023, arXiv 2310.09832, abstract.
+counted). Source: He et al., "Merging Experts into One", EMNLP 2023, arXiv 2310.09832, abstract.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-CITATION = "He et al., Merging Experts into One (EMNLP 2023, arXiv 2310.09832)"
 FLOPS_CONVENTION = "FLOPs = 2 x MACs"
 
 # The configuration the paper's FLOPs refer to. The number of experts E does not enter the
@@ -34,7 +32,7 @@ class PaperNumber:
     measurable: bool = True  # False: accuracy numbers, which profiling does not reproduce
 
 
-PAPER_NUMBERS: tuple[PaperNumber, ...] = (
+PAPER_NUMBERS: dict[str, PaperNumber] = {n.key: n for n in (
     PaperNumber("flops_moe", "vanilla MoE FLOPs, BERT-base k=4", 72.0, "GFLOPs",
                 FLOPS_CONVENTION + ", routers excluded",
                 {**PAPER_SETTING, "variant": "moe"}),
@@ -45,11 +43,7 @@ PAPER_NUMBERS: tuple[PaperNumber, ...] = (
                 "accuracy, fine-tuned", {"variant": "meo-token"}, measurable=False),
     PaperNumber("glue_moe", "average GLUE, vanilla MoE", 82.6, "%",
                 "accuracy, fine-tuned", {"variant": "moe"}, measurable=False),
-)
-
-
-def paper_number(key: str) -> PaperNumber:
-    return next(n for n in PAPER_NUMBERS if n.key == key)
+)}
 
 
 def meo_flops_ratio_closed_form(top_k: float, seq_len: float) -> float:

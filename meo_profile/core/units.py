@@ -1,7 +1,8 @@
-"""How numbers and names are shown, shared by tables, figures and findings: one format per
-quantity, so a number quoted in a finding reads exactly as in its table.
+"""Units: how every number is shown and parsed, in one place, so a number quoted in a finding,
+a check verdict or a terminal table reads the same everywhere.
 
-Units: `ms` milliseconds, `×` a ratio, bytes in one binary unit per table or figure.
+Units: `ms` milliseconds, `×` a ratio, bytes in binary units (one unit per table or figure),
+counts with SI prefixes (k, M, G, T; Ki, Mi, Gi when parsed).
 """
 
 from __future__ import annotations
@@ -60,28 +61,57 @@ def byte_unit(largest_bytes: float) -> tuple[str, float]:
     return next(((n, s) for n, s in BYTE_UNITS if largest_bytes >= s), ("B", 1))
 
 
-VARIANT_LABELS = {
-    "dense": "dense FFN",
-    "moe": "vanilla MoE",
-    "moe-seq": "vanilla MoE, sequence-routed",
-    "meo": "MEO",
-    "meo-token": "MEO + token block",
-    "ce": "compressed experts",
-    "xmoe": "XMoE",
-}
-VARIANT_ORDER = tuple(VARIANT_LABELS)
+def human_bytes(n: float | None) -> str:
+    """1536 -> '1.5 KiB': the largest binary unit that keeps the number >= 1, one decimal."""
+    if missing(n):
+        return NA
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable: GiB is the last unit")
 
 
-def label(variant: str) -> str:
-    return VARIANT_LABELS.get(variant, variant)
+# (unit, milliseconds per unit), largest first
+TIME_UNITS = (("s", 1e3), ("ms", 1.0), ("us", 1e-3), ("ns", 1e-6))
 
 
-def order_variants(variants) -> list[str]:
-    rank = {v: i for i, v in enumerate(VARIANT_ORDER)}
-    return sorted(variants, key=lambda v: (rank.get(v, len(rank)), v))
+def time_unit(values_ms) -> tuple[str, float]:
+    """One unit per table (as torch's Compare does): the largest in which the smallest positive
+    value is at least 1."""
+    positive = [v for v in values_ms if v]
+    smallest = min(positive, default=1.0)
+    return next(((unit, ms) for unit, ms in TIME_UNITS if smallest >= ms), TIME_UNITS[-1])
+
+
+def fmt_giga(n: float | None) -> str:
+    """Billions with three decimals: GMACs and GFLOPs in terminal tables."""
+    return NA if missing(n) else f"{n / 1e9:,.3f}"
+
+
+def format_value(value: float | None, unit: str) -> str:
+    """A claim's or a comparison's number with its unit: 72.011 GFLOPs, 12.5 MiB, 0.4014."""
+    if missing(value):
+        return NA
+    if unit in ("FLOPs", "MACs", "params"):
+        for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(value) >= scale:
+                return f"{value / scale:.3f} {prefix}{unit}"
+        return f"{value:,.0f} {unit}"
+    if unit == "bytes":
+        return f"{value / 2**20:,.1f} MiB"
+    if unit == "ratio":
+        return f"{value:.4f}"
+    return f"{value:,.4g} {unit}"
+
+
+def percent(fraction: float) -> str:
+    """+0.27%, +11.6%, +0.0048%: three significant digits, so a tight claim shows its margin."""
+    return f"{fraction * 100:+.3g}%"
 
 
 # ------------------------------------------------------------------------------ parsing
+# Numbers as people write them in claims files and flags: SI suffixes, percentages, sizes.
 _SUFFIXES = {"k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
 
 
@@ -107,35 +137,15 @@ def parse_fraction(value: Any) -> float:
     return fraction
 
 
-def format_value(value: float | None, unit: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if unit in ("FLOPs", "MACs", "params"):
-        for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-            if abs(value) >= scale:
-                return f"{value / scale:.3f} {prefix}{unit}"
-        return f"{value:,.0f} {unit}"
-    if unit == "bytes":
-        return f"{value / 2**20:,.1f} MiB"
-    if unit == "ratio":
-        return f"{value:.4f}"
-    return f"{value:,.4g} {unit}"
+_BYTE_SUFFIXES = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+                  "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def percent(fraction: float) -> str:
-    """+0.27%, +11.6%, +0.0048%: three significant digits, so a tight claim shows its margin."""
-    return f"{fraction * 100:+.3g}%"
-
-
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
+def parse_bytes(text: str, flag: str = "--max-memory") -> int:
     """'8GiB', '500MB', '1e9' -> bytes; a bad value is a one-line error naming the flag."""
     number = text.strip().lower().rstrip("s")
     unit = number.lstrip("0123456789.e+-_")
     try:
-        return int(float(number[: len(number) - len(unit)]) * _UNITS[unit.strip()])
+        return int(float(number[: len(number) - len(unit)]) * _BYTE_SUFFIXES[unit.strip()])
     except (KeyError, ValueError):
-        raise ValueError(f"--max-memory {text!r}: expected a size such as 8GiB or 500MB") from None
+        raise ValueError(f"{flag} {text!r}: expected a size such as 8GiB or 500MB") from None

@@ -1,8 +1,11 @@
-"""Pick a counter by name: `fvcore` (a traced forward) or `analytic` (the closed form)."""
+"""Pick a counter by name: `fvcore` (a traced forward) or `analytic` (the closed form); or
+`both`, the traced count held against the closed form."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from meo_profile.measure import analytic
 from meo_profile.measure.fvcore_count import Counts, count_fvcore
@@ -13,6 +16,7 @@ COUNTERS: dict[str, Callable[[Spec], Counts]] = {
     "fvcore": count_fvcore,
     "analytic": analytic.count,
 }
+SOURCES = (*COUNTERS, "both")
 
 
 def count(spec: Spec, source: str = "fvcore") -> Counts:
@@ -38,3 +42,23 @@ def disagreements(a: Counts, b: Counts) -> list[str]:
         if x != y:
             lines.append(f"macs[{part}]: {a.source} {x:,} != {b.source} {y:,}")
     return lines
+
+
+@dataclass(frozen=True)
+class CrossCheck:
+    """The closed form beside a traced count (`--source both`), and where they differ."""
+
+    analytic: Counts
+    differences: list[str]
+
+    @property
+    def agree(self) -> bool:
+        return not self.differences
+
+    def record_fields(self) -> dict[str, Any]:
+        return {"macs_analytic": self.analytic.macs, "sources_agree": self.agree}
+
+
+def cross_check(counts: Counts, spec: Spec) -> CrossCheck:
+    other = count(spec, "analytic")
+    return CrossCheck(other, disagreements(counts, other))

@@ -4,7 +4,7 @@ Convention: `peak_mem_bytes` is everything allocated at the worst moment of the 
 weights and inputs included; `peak_mem_above_weights_bytes` subtracts the resident parameters and
 buffers (`weights_bytes`), leaving inputs, activations, gradients and (MEO) merged weights.
 
-Methods (one per device, chosen by the registry `METHODS`):
+Methods (one per device, chosen by the registry `PEAK_MEMORY_BY_DEVICE`):
 - `cuda_max_allocated`: synchronize, `torch.cuda.reset_peak_memory_stats`, call, synchronize,
   `torch.cuda.max_memory_allocated`. Exact for the caching allocator's live tensors.
 - `cpu_profiler_alloc_events`: the CPU allocator has no peak counter, so the call runs once under
@@ -99,9 +99,9 @@ def cuda_peak(work: Workload) -> PeakMemory:
     return PeakMemory(cuda_max_allocated_bytes(work.step), work.weights_bytes, "cuda_max_allocated")
 
 
-METHODS: dict[str, Callable[[Workload], PeakMemory]] = {"cpu": cpu_peak, "cuda": cuda_peak}
+PEAK_MEMORY_BY_DEVICE: dict[str, Callable[[Workload], PeakMemory]] = {"cpu": cpu_peak, "cuda": cuda_peak}
 
 
 def peak_memory(work: Workload) -> PeakMemory:
     """Peak memory of one `work.step()` on the workload's device."""
-    return METHODS[work.spec.device](work)
+    return PEAK_MEMORY_BY_DEVICE[work.spec.device](work)

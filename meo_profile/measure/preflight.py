@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from meo_profile.core.units import human_bytes
 from models import Spec, build_model
 
 
@@ -17,15 +18,6 @@ def weight_bytes(spec: Spec) -> int:
     """Bytes of the spec's parameters, from a meta-device build (no memory used)."""
     model = build_model(spec, device="meta")
     return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB': binary units, one decimal."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def available_bytes(device: str) -> int:

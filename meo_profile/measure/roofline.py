@@ -28,8 +28,8 @@ from torch import nn
 
 from meo_profile.measure.analytic import count
 from meo_profile.measure.timing import TimingOptions, time_call
-from models import Spec, build_model, sparse_layers, torch_dtype
-from models.build import DTYPES
+from models import VARIANTS, Spec, build_model, sparse_layers, torch_dtype
+from models.build import TORCH_DTYPES
 from models.layers import MergedExperts, SparseLayer
 from models.spec import SpecError
 
@@ -82,7 +82,7 @@ def device_peaks(device: str, dtype: str, refresh: bool = False) -> DevicePeaks:
     key = (device, dtype)
     if key in _BEST_PEAKS and not refresh:
         return _BEST_PEAKS[key]
-    probed = DevicePeaks(device, dtype, matmul_macs_per_s(device, DTYPES[dtype]),
+    probed = DevicePeaks(device, dtype, matmul_macs_per_s(device, TORCH_DTYPES[dtype]),
                          copy_bytes_per_s(device))
     best = _BEST_PEAKS.get(key, probed)
     _BEST_PEAKS[key] = DevicePeaks(device, dtype, max(best.macs_per_s, probed.macs_per_s),
@@ -92,7 +92,7 @@ def device_peaks(device: str, dtype: str, refresh: bool = False) -> DevicePeaks:
 
 # -------------------------------------------------------------------------------- the bound
 @dataclass(frozen=True)
-class Bound:
+class RooflineBound:
     compute_ms: float
     memory_ms: float
 
@@ -100,20 +100,16 @@ class Bound:
     def bound_ms(self) -> float:
         return max(self.compute_ms, self.memory_ms)
 
-    @property
-    def limited_by(self) -> str:
-        return "compute" if self.compute_ms >= self.memory_ms else "memory"
-
     def to_fields(self, measured_ms: float | None = None) -> dict[str, Any]:
         ratio = None if measured_ms is None else measured_ms / self.bound_ms
         return {"roofline_ms": self.bound_ms, "roofline_ratio": ratio}
 
 
-def roofline(spec: Spec, macs: int, bytes_moved: int, peaks: DevicePeaks | None = None) -> Bound:
+def roofline(spec: Spec, macs: int, bytes_moved: int, peaks: DevicePeaks | None = None) -> RooflineBound:
     """The bound for `macs` multiply-adds and `bytes_moved` bytes per step of the spec's mode."""
     peaks = peaks or device_peaks(spec.device, spec.dtype)
     work = MODE_COST[spec.mode]
-    return Bound(compute_ms=work * macs / peaks.macs_per_s * 1e3,
+    return RooflineBound(compute_ms=work * macs / peaks.macs_per_s * 1e3,
                  memory_ms=work * bytes_moved / peaks.bytes_per_s * 1e3)
 
 
@@ -123,14 +119,11 @@ def expected_distinct(num_experts: int, picks: int, inputs: int) -> float:
     return num_experts * (1.0 - (1.0 - min(picks, num_experts) / num_experts) ** inputs)
 
 
-# variant -> (routed inputs, experts each picks) for one MoE layer
-ROUTED: dict[str, Callable[[Spec], tuple[int, int]]] = {
-    "moe": lambda s: (s.batch_size * s.seq_len, s.top_k),
-    "moe-seq": lambda s: (s.batch_size, s.top_k),
-    "meo": lambda s: (s.batch_size, s.top_k),
-    "meo-token": lambda s: (s.batch_size, s.top_k),
-    "ce": lambda s: (s.batch_size * s.seq_len, s.top_k - (s.n_ce or 0)),
-}
+def routed(spec: Spec) -> tuple[int, int]:
+    """(inputs one MoE layer routes, experts each runs in full): tokens or sequences by the
+    variant's router; compressed experts run k - n_ce experts in full."""
+    inputs = spec.batch_size if VARIANTS[spec.variant].routes == "sequence" else spec.batch_size * spec.seq_len
+    return inputs, spec.top_k - (spec.n_ce or 0)
 
 
 def _numel_bytes(tensors: list[torch.Tensor]) -> int:
@@ -145,7 +138,7 @@ def expert_bytes(layer: SparseLayer) -> int:
 
 def sparse_layer_bytes(layer: SparseLayer, spec: Spec) -> float:
     """Experts read (expected distinct) plus, for MEO, merged weights written and read."""
-    inputs, picks = ROUTED.get(spec.variant, ROUTED["moe"])(spec)
+    inputs, picks = routed(spec)
     per_expert = expert_bytes(layer)
     read = expected_distinct(layer.experts.num_experts, picks, inputs) * per_expert
     merged = 2 * spec.batch_size * per_expert if isinstance(layer, MergedExperts) else 0
@@ -186,7 +179,7 @@ def bytes_moved(spec: Spec, model: nn.Module | None = None) -> int:
 
 
 # ------------------------------------------------------------------ one configuration's bound
-def configuration_bound(spec: Spec, model: nn.Module | None = None) -> Bound | None:
+def configuration_bound(spec: Spec, model: nn.Module | None = None) -> RooflineBound | None:
     """The bound from the analytic macs of `spec`; None where no closed form exists."""
     try:
         macs = count(spec).macs

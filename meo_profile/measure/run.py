@@ -1,8 +1,15 @@
-"""One configuration measured into one Result: counts, latency, memory, as asked.
+"""One configuration measured into one Result: the path `flops`, `latency`, `sweep` and `check`
+all take.
 
-Failures never escape as exceptions: out-of-memory (real, or a pre-flight estimate above the
-limit) gives `status: oom`, anything else `status: error` with its first line, so a sweep
-records the row and goes on.
+What to measure is asked by name (`MEASUREMENTS`): `flops` counts the forward (and, for
+compressed experts, their fidelity against full top-k), `latency` times the step and takes its
+roofline bound, `memory` the peak of one step. The model and inputs are built before any clock
+starts (`Workload.build`); the timed call is `Workload.step`.
+
+A request that cannot be measured (timing on the meta device, a closed form that does not exist)
+is bad input: a SpecError, raised before anything runs. Every other failure becomes the record's
+status, never an exception: out-of-memory (real, or a pre-flight estimate above the limit) gives
+`oom`, anything else `error` with its first line, so a sweep records the row and goes on.
 """
 
 from __future__ import annotations
@@ -14,17 +21,21 @@ from collections.abc import Iterator
 
 import torch
 
-from meo_profile.measure.counting import count
-from meo_profile.measure.latency import measure_workload
+from meo_profile.measure import process
+from meo_profile.measure.counting import SOURCES, count, cross_check
 from meo_profile.measure.memory import peak_memory
 from meo_profile.measure.preflight import DoesNotFit, check_fits
-from meo_profile.measure.timing import TimingOptions
+from meo_profile.measure.roofline import configuration_bound
+from meo_profile.measure.timing import TimingOptions, time_call
 from meo_profile.measure.workload import Workload
 from meo_profile.results.record import Result
 from models import Spec, build_model, make_inputs
 from models.compressed import model_rel_l2_error
+from models.spec import SpecError
+from models.xmoe import routing_summary
 
-METRICS = ("flops", "latency", "memory")
+MEASUREMENTS = ("flops", "latency", "memory")
+TIMED_DEVICES = ("cpu", "cuda")
 
 
 @contextlib.contextmanager
@@ -38,12 +49,29 @@ def timed(phases: Counter | None, name: str) -> Iterator[None]:
             phases[name] += time.perf_counter() - start
 
 
-def measure(spec: Spec, metrics: tuple[str, ...] = METRICS, *,
+def check_request(spec: Spec, measurements: tuple[str, ...], source: str = "fvcore") -> None:
+    """Refuse, as bad input, what cannot be measured at all (SpecError names the flag)."""
+    unknown = [m for m in measurements if m not in MEASUREMENTS]
+    if unknown or not measurements:
+        raise SpecError("metrics", ",".join(measurements),
+                        f"choose one or more of {', '.join(MEASUREMENTS)}")
+    if source not in SOURCES:
+        raise SpecError("source", source, f"unknown; choose from {', '.join(SOURCES)}")
+    if ("latency" in measurements or "memory" in measurements) and spec.device not in TIMED_DEVICES:
+        raise SpecError("device", spec.device, f"cannot be timed: use {' or '.join(TIMED_DEVICES)}")
+
+
+def measure(spec: Spec, measurements: tuple[str, ...] = MEASUREMENTS, *, source: str = "fvcore",
             timing: TimingOptions | None = None, max_memory_bytes: int | None = None,
             phases: Counter | None = None) -> Result:
-    result = Result(spec, metrics=list(metrics))
+    """Measure `spec` as asked, into one Result (see the module doc for failures)."""
+    check_request(spec, measurements, source)
+    result = Result(spec, metrics=list(measurements))
     try:
-        _measure_into(result, metrics, timing, max_memory_bytes, phases)
+        _measure_into(result, measurements, source, timing or TimingOptions(), max_memory_bytes,
+                      phases)
+    except SpecError:
+        raise
     except (torch.OutOfMemoryError, DoesNotFit, MemoryError) as e:
         result.update(status="oom", error=_first_line(e) or "out of memory")
     except Exception as e:  # a failing configuration is a recorded row, not a dead sweep
@@ -51,22 +79,47 @@ def measure(spec: Spec, metrics: tuple[str, ...] = METRICS, *,
     return result
 
 
-def _measure_into(result: Result, metrics, timing, max_memory_bytes, phases) -> None:
+def _measure_into(result: Result, measurements, source, timing, max_memory_bytes, phases) -> None:
     spec = result.spec
-    if "flops" in metrics:
+    if "flops" in measurements:
         with timed(phases, "counting"):
-            result.update(**count(spec).record_fields(), **fidelity_fields(spec))
-    if "latency" not in metrics and "memory" not in metrics:
+            result.add_counts(count(spec, "fvcore" if source == "both" else source))
+            if source == "both":
+                result.cross_check = cross_check(result.counts, spec)
+            result.update(**fidelity_fields(spec))
+    if "latency" not in measurements and "memory" not in measurements:
         return
     with timed(phases, "building"):
         check_fits(spec, limit_bytes=max_memory_bytes)
         work = Workload.build(spec)
     with timed(phases, "timing"):
-        if "latency" in metrics:
-            fields = measure_workload(work, timing or TimingOptions(), memory="memory" in metrics)
+        if "latency" in measurements:
+            time_workload(result, work, timing, memory="memory" in measurements)
         else:  # memory alone: one profiled call, no timing loop
-            fields = peak_memory(work).to_fields()
-    result.update(**fields)
+            result.update(**peak_memory(work).to_fields())
+
+
+def time_workload(result: Result, work: Workload, options: TimingOptions, memory: bool = True,
+                  bound: bool = True) -> Result:
+    """Time `work.step`, then probe its memory and bound: the latency fields of `result`."""
+    malloc = allocator_setting(work.spec.device, options)
+    result.add_timing(time_call(work.step, work.spec.device, options))
+    result.update(tokens_per_s=work.tokens / (result.timing.median_ms / 1e3), allocator=malloc,
+                  **routing_summary(work.model))
+    if memory:
+        result.update(**peak_memory(work).to_fields())
+    if bound:
+        roof = configuration_bound(work.spec, work.model)
+        if roof is not None:
+            result.update(**roof.to_fields(result.timing.median_ms))
+    return result
+
+
+def allocator_setting(device: str, options: TimingOptions) -> str:
+    """CUDA tensors come from PyTorch's caching allocator; CPU ones from malloc as configured."""
+    if device == "cuda":
+        return "cuda_caching"
+    return process.apply(options.cpu_allocator)
 
 
 @torch.no_grad()

@@ -24,24 +24,16 @@ from typing import Any, Protocol
 import torch
 from torch.utils import benchmark
 
+from meo_profile.core.stats import NOISY_IQR_OVER_MEDIAN, iqr_over_median, quantile
 from meo_profile.measure.process import CPU_ALLOCATORS
 from models.spec import SpecError
 
-NOISY_IQR_OVER_MEDIAN = 0.10  # torch.utils.benchmark's threshold for "this measurement is noisy"
 PILOT_CALLS = 3  # timed calls that size the run; their samples are discarded with the warm-up
 MIN_RUNS = 5  # fewer samples make the 20th/80th percentiles meaningless
 MAX_RUNS = 10_000  # caps a sub-microsecond call's loop
 
 
 # ------------------------------------------------------------------------- the measurement
-def quantile(sorted_values: tuple[float, ...], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), q in [0, 1]."""
-    position = q * (len(sorted_values) - 1)
-    lo = math.floor(position)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (position - lo)
-
-
 @dataclass(frozen=True)
 class Timing:
     """Milliseconds per call from raw samples; median, percentiles and warnings derive from them."""
@@ -85,7 +77,7 @@ class Timing:
     @property
     def warnings(self) -> list[str]:
         """torch.utils.benchmark's rule: an IQR above 10% of the median flags a noisy run."""
-        spread = self.iqr_ms / max(self.median_ms, 1e-12)  # a timer call costs more than 1e-12 ms
+        spread = iqr_over_median(self.samples_ms)
         if spread > NOISY_IQR_OVER_MEDIAN:
             return [f"noisy timing: IQR is {spread:.0%} of the median over {self.runs} samples; "
                     "compare ratios from one run, or raise --min-run-time"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from meo_profile.core.errors import BadInput
 from meo_profile.report import figures, tables, views
 from meo_profile.report.findings import findings
 from meo_profile.report.tables import Table, as_list
@@ -30,7 +32,7 @@ from meo_profile.results.store import load, results_path
 FIGURES_DIR = "figures"
 
 
-class ReportError(ValueError):
+class ReportError(BadInput):
     """Results that cannot be reported on; `str()` is one line naming the path."""
 
 
@@ -128,7 +130,7 @@ class Report:
 def build_report(records: list[dict], command: str, source: str = "results.jsonl",
                  skipped_lines: int = 0) -> Report:
     """All blocks of the report from stored records. Draws figures; writes nothing."""
-    every = views.prepare(records)
+    every = views.records_frame(records)
     ok = views.ok_rows(every)
     blocks: list[Block] = [Heading("meo-profile report", 1), Paragraph(_provenance(every, command, source)),
                            TableBlock(tables.setup_table(every, skipped_lines, command))]
@@ -263,6 +265,14 @@ def write_report(report: Report, out_dir: Path, fmt: str = "md") -> Path:
     return path
 
 
+def report_command(results: str | Path, out_dir: str | Path | None = None, fmt: str = "md") -> str:
+    """The `meo-profile report` call that renders `results` this way (printed in the report)."""
+    args = ["meo-profile", "report", str(results)]
+    args += ["--out", str(out_dir)] if out_dir is not None else []
+    args += ["--format", fmt] if fmt != "md" else []
+    return shlex.join(args)
+
+
 def render_report(results: str | Path, out_dir: str | Path | None = None, fmt: str = "md",
                   command: str | None = None) -> Path:
     """Read a results set (directory or .jsonl), write the report, return its path.
@@ -274,7 +284,7 @@ def render_report(results: str | Path, out_dir: str | Path | None = None, fmt: s
         raise ReportError(f"--format {fmt!r}: unknown; choose from {', '.join(WRITERS)}")
     file, records, skipped = load_results(results)
     out = Path(out_dir) if out_dir is not None else file.parent
-    report = build_report(records, command or f"meo-profile report {results}", file.name, skipped)
+    report = build_report(records, command or report_command(results, out_dir, fmt), file.name, skipped)
     return write_report(report, out, fmt)
 
 
@@ -289,7 +299,7 @@ def summary_tables(records: list[dict], skipped_lines: int = 0,
                    command: str | None = None) -> list[Table]:
     """The tables the terminal shows: setup, the paper's numbers, FLOPs, speedup, roofline,
     the four methods, failures."""
-    every = views.prepare(records)
+    every = views.records_frame(records)
     ok = views.ok_rows(every)
     out = [tables.setup_table(every, skipped_lines, command)]
     out += [t for fn in KEY_TABLES for t in fn(ok)]

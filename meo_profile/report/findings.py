@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import pandas as pd
 
+from meo_profile.core.identity import label
+from meo_profile.core.stats import NOISY_IQR_OVER_MEDIAN, iqr_over_median
 from meo_profile.core.units import (
     byte_unit,
     fmt_bytes,
@@ -19,7 +21,6 @@ from meo_profile.core.units import (
     fmt_pct,
     fmt_signed_pct,
     fmt_times,
-    label,
     missing,
 )
 from meo_profile.report import views
@@ -101,22 +102,21 @@ def latency_growth(ok: pd.DataFrame) -> list[str]:
     return out
 
 
-# torch.utils.benchmark warns above the same spread (IQR / median > 10%)
-NOISY_SPREAD = 0.10
-
-
 def latency_noise(ok: pd.DataFrame) -> list[str]:
-    """Which latency points are too noisy to compare closely (p20-p80 spread over median)."""
+    """Which latency points are too noisy to compare closely: the timer's own rule (interquartile
+    range of the raw samples over their median), applied to the stored samples."""
     view = views.latency_view(ok)
     out = []
     for device, rows in view.groupby("device_label", sort=True) if not view.empty else []:
-        spread = (rows["latency_ms_p80"] - rows["latency_ms_p20"]) / rows["latency_ms_median"]
-        noisy = rows[spread > NOISY_SPREAD]
+        spread = rows["latency_samples_ms"].map(
+            lambda s: iqr_over_median(s) if isinstance(s, list) and s else float("nan"))
+        noisy = rows[spread > NOISY_IQR_OVER_MEDIAN]
         if noisy.empty:
             continue
         worst = rows.loc[spread.idxmax()]
         out.append(f"On {device}, {len(noisy)} of {len(rows)} latency points spread more than "
-                   f"{fmt_pct(NOISY_SPREAD)} of their median between the 20th and 80th percentile "
+                   f"{fmt_pct(NOISY_IQR_OVER_MEDIAN)} of their median between the 25th and 75th "
+                   f"percentile of their samples "
                    f"(widest: {label(worst['variant'])}, k={worst['top_k']}, "
                    f"{fmt_ms(worst['latency_ms_median'])} ({fmt_ms(worst['latency_ms_p20'])}–"
                    f"{fmt_ms(worst['latency_ms_p80'])}) ms): the machine was busy or the runs too "

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from meo_profile.core.identity import config_title, label, order_variants
 from meo_profile.core.paper import FLOPS_CONVENTION, PAPER_NUMBERS, PaperNumber
 from meo_profile.core.units import (
     NA,
@@ -25,9 +26,7 @@ from meo_profile.core.units import (
     fmt_pct,
     fmt_signed_pct,
     fmt_times,
-    label,
     missing,
-    order_variants,
 )
 from meo_profile.report import views
 
@@ -71,7 +70,7 @@ def setup_table(all_rows: pd.DataFrame, skipped_lines: int = 0, command: str | N
     rows += [[name, _unique(all_rows, col)] for name, col in SETUP_FIELDS]
     counts = all_rows["status"].value_counts()
     rows.append(["records", ", ".join(f"{counts.get(s, 0)} {s}" for s in
-                                      ("ok", "oom", "error", "skipped"))])
+                                      ("ok", "oom", "error"))])
     if skipped_lines:
         rows.append(["unreadable lines", str(skipped_lines)])
     return table("Setup", [("field", False), ("value", False)], rows)
@@ -98,7 +97,7 @@ def router_gflops(row: pd.Series) -> float:
 def paper_rows(ok: pd.DataFrame) -> list[dict[str, Any]]:
     """Each printed number with its measured counterpart (GFLOPs, routers shown apart)."""
     out = []
-    for number in PAPER_NUMBERS:
+    for number in PAPER_NUMBERS.values():
         row = paper_measurement(ok, number) if number.measurable else None
         total = row["flops"] / 1e9 if row is not None else math.nan
         router = router_gflops(row) if row is not None else math.nan
@@ -139,7 +138,7 @@ def paper_table(ok: pd.DataFrame) -> Table:
             f"{FLOPS_CONVENTION} with routers left out, so measured totals are shown with the "
             f"router part apart, and the difference is taken on total − router (against each printed value where the paper's versions differ). The number of "
             f"experts E changes only the router part. Printed numbers: the paper's abstract "
-            f"(GLUE: average score, %), kept in meo_profile/paper.py.")
+            f"(GLUE: average score, %).")
     return table("The MEO paper's printed numbers against this run", header, rows, note)
 
 
@@ -325,14 +324,9 @@ def failures_table(all_rows: pd.DataFrame) -> Table | None:
     bad = all_rows[all_rows["status"] != "ok"]
     if bad.empty:
         return None
-    rows = [[r.status, _config(r), (r.error or "")[:100]] for r in bad.itertuples()]
+    rows = [[r["status"], config_title(r), (r["error"] or "")[:100]] for r in bad.to_dict("records")]
     return table("", [("status", False),
                  ("configuration", False), ("message", False)], rows)
-
-
-def _config(r) -> str:
-    return (f"{r.host} {r.variant} E={fmt_int(r.num_experts)} k={fmt_int(r.top_k)} "
-            f"B={fmt_int(r.batch_size)} L={fmt_int(r.seq_len)} {r.dtype} {r.device} {r.mode}")
 
 
 # A table function takes the successful rows and returns tables (possibly none).

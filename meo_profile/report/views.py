@@ -1,7 +1,7 @@
 """Presentation steps: results in, the slices a table or figure shows out. Nothing here measures.
 
 Each step is a small frame-to-frame function, unit-tested on hand-written rows:
-`prepare` (one row per configuration, every schema column present, numbers numeric), `fix_axes`
+`records_frame` (one row per configuration, every schema column present, numbers numeric), `fix_axes`
 (hold the axes a figure does not vary at one value), `best_per_point` (the fastest
 implementation of a variant at each point), and the views the report draws from
 (`flops_view`, `ratio_view`, `latency_view`, `speedup_view`, `memory_view`, `roofline_view`,
@@ -20,16 +20,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from meo_profile.core.identity import config_fields
 from meo_profile.core.paper import meo_flops_ratio_closed_form
-from meo_profile.core.units import VARIANT_ORDER
-from meo_profile.results.record import ENV_FIELDS, Result
+from meo_profile.results.record import ENV_FIELDS, IDENTITY_FIELDS, Result
 from models.hosts import HOSTS
 from models.spec import SPEC_FIELDS, Spec
+from models.variants import VARIANTS
 
-IDENTITY_FIELDS = ("schema_version", "run_id", "created_utc", "status", "error")
-MEASURED_FIELDS = tuple(f.name for f in dataclasses.fields(Result) if f.name not in
-                        ("spec", "env", "run_id", "created_utc", "status", "error"))
-COLUMNS = IDENTITY_FIELDS + SPEC_FIELDS + MEASURED_FIELDS + ENV_FIELDS
+COLUMNS = IDENTITY_FIELDS + SPEC_FIELDS + Result.measured_fields() + ENV_FIELDS
 NUMERIC = ("macs", "flops", "params_total", "params_active", "latency_ms_median", "latency_ms_p20",
            "latency_ms_p80", "latency_runs", "tokens_per_s", "roofline_ms", "roofline_ratio",
            "peak_mem_bytes", "peak_mem_above_weights_bytes", "weights_bytes",
@@ -38,19 +36,14 @@ NUMERIC = ("macs", "flops", "params_total", "params_active", "latency_ms_median"
            "d_model", "d_ff", "layers")
 
 # One configuration per machine: records of the same spec measured on two machines stay apart.
-CONFIG_KEY = SPEC_FIELDS + ("device_name",)
+CONFIG_KEY = config_fields(machine=True)
 
 # The baseline MEO is compared with: the paper's vanilla MoE routes tokens; the sequence-level
 # form is the fallback when a sweep only ran that one.
 VANILLA = ("moe", "moe-seq")
 MERGED = ("meo", "meo-token")
-# Spec fields that split a series inside one figure panel, beyond the figure's own axes.
-SETTING_AXES = ("host", "mode", "expert_unit", "dtype", "d_model", "d_ff", "layers", "batch_size",
-                "seq_len")
-
-
 # ------------------------------------------------------------------------------- rows in
-def prepare(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """One row per configuration with every schema column, numbers numeric.
 
     Records of the same configuration (a resumed or repeated sweep) merge: the newest non-null
@@ -296,7 +289,7 @@ def roofline_view(df: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------ the four methods
 # Vanilla MoE, MEO, compressed experts and XMoE at one expert budget: the same expert weights,
 # E experts of width d_ff (XMoE: E·g experts of width d_ff/g, the same total).
-METHODS = ("moe", "meo", "ce", "xmoe")
+BUDGET_METHODS = ("moe", "meo", "ce", "xmoe")
 NEWER_METHODS = ("ce", "xmoe")
 # The shared setting, read from the newer methods' records. XMoE splits whole FFN experts, so
 # the comparison is made with ffn experts for all four.
@@ -320,7 +313,7 @@ def methods_view(df: pd.DataFrame) -> pd.DataFrame:
     records of vanilla MoE and of compressed experts or XMoE; MEO is shown when present."""
     parts = []
     for label, dev in _by_device(df, "flops"):
-        rows = dev[dev["variant"].isin(METHODS)]
+        rows = dev[dev["variant"].isin(BUDGET_METHODS)]
         newer = rows[rows["variant"].isin(NEWER_METHODS)]
         if newer.empty:
             continue
@@ -344,7 +337,7 @@ def _one_per_method(rows: pd.DataFrame) -> pd.DataFrame:
     sharpened = rows[rows["variant"].isin(("xmoe", "ce"))].sort_values("variant", ascending=False)
     scale = sharpened["router_scale"].iloc[0] if not sharpened.empty else None
     out = []
-    for variant in METHODS:
+    for variant in BUDGET_METHODS:
         held = rows[rows["variant"] == variant]
         own = {"router_scale": scale, **({} if variant == "xmoe" else {"top_k": k}),
                **METHOD_KNOBS.get(variant, {}), **({"n_ce": k // 2} if variant == "ce" else {})}
@@ -357,7 +350,7 @@ def _one_per_method(rows: pd.DataFrame) -> pd.DataFrame:
 
 def in_variant_order(rows: pd.DataFrame) -> pd.DataFrame:
     """Rows sorted by the report's variant order (vanilla MoE, MEO, ..., compressed, XMoE)."""
-    rank = {v: i for i, v in enumerate(VARIANT_ORDER)}
+    rank = {v: i for i, v in enumerate(VARIANTS)}
     return rows.sort_values("variant", key=lambda s: s.map(rank), kind="stable") \
         .reset_index(drop=True)
 

@@ -24,7 +24,9 @@ import torch
 from models.spec import Spec
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "oom", "error", "skipped")
+# A field with this metadata is a detail kept beside the record in memory, never stored.
+NOT_STORED = {"stored": False}
+IDENTITY_FIELDS = ("schema_version", "run_id", "created_utc", "status", "error")
 
 
 @dataclass
@@ -71,6 +73,12 @@ class Result:
     created_utc: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     env: dict[str, Any] = field(default_factory=dict)
+    # Details for whoever holds the Result (the terminal tables), never stored: the full count
+    # with its per-module and per-operator breakdowns, the closed form it was held against
+    # (`--source both`), and the Timing with its raw samples and derived warnings.
+    counts: Any = field(default=None, repr=False, compare=False, metadata=NOT_STORED)
+    cross_check: Any = field(default=None, repr=False, compare=False, metadata=NOT_STORED)
+    timing: Any = field(default=None, repr=False, compare=False, metadata=NOT_STORED)
 
     def __post_init__(self) -> None:
         if not self.env:
@@ -82,18 +90,35 @@ class Result:
                              "created_utc": self.created_utc, "status": self.status,
                              "error": self.error}
         d.update(self.spec.to_dict())
-        for f in dataclasses.fields(self):
-            if f.name not in ("spec", "run_id", "created_utc", "status", "error", "env"):
-                d[f.name] = getattr(self, f.name)
+        d.update({name: getattr(self, name) for name in self.measured_fields()})
+        if self.cross_check is not None:
+            d.update(self.cross_check.record_fields())
         d.update(self.env)
         return d
 
+    @classmethod
+    def measured_fields(cls) -> tuple[str, ...]:
+        """The stored measurement fields, in record order (identity, spec and environment are
+        stored around them)."""
+        return tuple(f.name for f in dataclasses.fields(cls)
+                     if f.name not in ("spec", "env", *IDENTITY_FIELDS) and f.metadata != NOT_STORED)
+
     def update(self, **measured: Any) -> Result:
         for k, v in measured.items():
-            if not hasattr(self, k):
-                raise AttributeError(f"Result has no field {k!r}")
+            if k not in self.measured_fields() and k not in ("status", "error"):
+                raise AttributeError(f"Result has no stored field {k!r}")
             setattr(self, k, v)
         return self
+
+    def add_counts(self, counts: Any) -> Result:
+        """A counter's `Counts`: its record fields stored, the whole count kept as a detail."""
+        self.counts = counts
+        return self.update(**counts.record_fields())
+
+    def add_timing(self, timing: Any) -> Result:
+        """A `Timing`: its statistics and raw samples stored, the object kept as a detail."""
+        self.timing = timing
+        return self.update(**timing.to_fields())
 
 
 ENV_FIELDS = ("torch_version", "fvcore_version", "transformers_version", "python_version",

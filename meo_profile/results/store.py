@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,3 @@ class Store:
         out = self.dir / CSV_FILE
         df.to_csv(out, index=False)
         return out
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self.records())

@@ -21,21 +21,22 @@ from typing import Any
 
 import yaml
 
+from meo_profile.core.errors import BadInput
+from meo_profile.measure.run import MEASUREMENTS
 from models.spec import FLAG_OF, SPEC_FIELDS, Spec, SpecError
 
-METRICS = ("flops", "latency", "memory")
 # flag spelling -> spec field, so config files and axis flags take what the CLI shows
 _ALIASES = {flag.lstrip("-").replace("-", "_"): name for name, flag in FLAG_OF.items()}
 
 
-class GridError(ValueError):
+class GridError(BadInput):
     """A grid or config file that cannot be expanded; one line naming the key and the value."""
 
 
 @dataclass
 class Block:
     axes: dict[str, list[Any]]
-    metrics: tuple[str, ...] = METRICS
+    metrics: tuple[str, ...] = MEASUREMENTS
     label: str = ""
 
     def specs(self) -> tuple[list[Spec], int]:
@@ -108,8 +109,8 @@ def as_list(value: Any) -> list[Any]:
 def parse_metrics(value: Any) -> tuple[str, ...]:
     metrics = tuple(as_list(value))
     for m in metrics:
-        if m not in METRICS:
-            raise GridError(f"metrics {m!r}: choose from {', '.join(METRICS)}")
+        if m not in MEASUREMENTS:
+            raise GridError(f"metrics {m!r}: choose from {', '.join(MEASUREMENTS)}")
     return metrics
 
 
@@ -147,7 +148,7 @@ def load_config(path: str | Path) -> Grid:
     if unknown:
         raise GridError(f"unknown key {sorted(unknown)[0]!r} at the top of {Path(path).name}; "
                         "expected metrics, grid or grids")
-    metrics = parse_metrics(data.get("metrics", list(METRICS)))
+    metrics = parse_metrics(data.get("metrics", list(MEASUREMENTS)))
     blocks = data.get("grids") or ([data["grid"]] if "grid" in data else None)
     if not blocks:
         raise GridError(f"--config {str(path)!r}: no `grid` or `grids` given")

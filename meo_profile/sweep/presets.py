@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meo_profile.check.claims import load_claims
+from meo_profile.check.claims_file import load_claims
 from meo_profile.check.run import plan
 from meo_profile.sweep.grid import Block, Grid
 from models import Spec

@@ -24,20 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meo_profile.core.units import parse_bytes
+from meo_profile.core.errors import BadInput
+from meo_profile.core.identity import MACHINE_FIELD, config_key
 from meo_profile.measure.run import measure
 from meo_profile.measure.timing import TimingOptions
 from meo_profile.results.record import Result, device_name, environment
 from meo_profile.results.store import Store, load
-from meo_profile.sweep.grid import Block, Grid, GridError, load_config, parse_metrics
-from meo_profile.sweep.presets import PRESETS
 from models import Spec
-from models.spec import SPEC_FIELDS
+from models.spec import SpecError
 
 LOCK_FILE = ".sweep.lock"
 
 
-class SweepBusy(RuntimeError):
+class SweepBusy(BadInput):
     """Another live sweep holds the output directory."""
 
 
@@ -69,21 +68,17 @@ class SweepSummary:
 
 
 # ------------------------------------------------------------------------------- identity
-def job_key(spec_fields: dict[str, Any], metrics, device: str | None) -> tuple:
-    """What makes two records the same measurement: every spec field, the metrics, and the
-    device it ran on (a resumed sweep on another machine measures again)."""
-    return (tuple((k, spec_fields.get(k)) for k in SPEC_FIELDS), tuple(sorted(metrics or ())),
-            device)
-
-
-DONE_STATUSES = ("ok", "skipped")  # oom and error rows are measured again on resume
+def job_key(fields: dict[str, Any], metrics) -> tuple:
+    """What makes two records the same measurement: the configuration, on the same machine (a
+    resumed sweep on another machine measures again), with the same metrics."""
+    return config_key(fields, machine=True), tuple(sorted(metrics or ()))
 
 
 def stored_keys(records: list[dict[str, Any]]) -> set[tuple]:
     """Configurations a resumed sweep skips: those stored with a result. A failed row stays
     in the file (nothing is lost) and its configuration is tried again."""
-    return {job_key(r, r.get("metrics"), r.get("device_name")) for r in records
-            if r.get("status") in DONE_STATUSES}
+    return {job_key(r, r.get("metrics")) for r in records
+            if r.get("status") == "ok"}
 
 
 # ----------------------------------------------------------------------------------- lock
@@ -159,13 +154,16 @@ def run_sweep(jobs: list[tuple[Spec, tuple[str, ...]]], options: SweepOptions,
         store = Store(options.out)
         done = stored_keys(store.records()) if options.resume else set()
         for spec, metrics in jobs:
-            if job_key(spec.to_dict(), metrics, device_name(spec.device)) in done:
+            if job_key({**spec.to_dict(), MACHINE_FIELD: device_name(spec.device)}, metrics) in done:
                 summary.already_stored += 1
                 progress("skip", spec, None)
                 continue
             progress("start", spec, None)
-            result = measure(spec, metrics, timing=options.timing,
-                             max_memory_bytes=options.max_memory_bytes, phases=summary.phases_s)
+            try:
+                result = measure(spec, metrics, timing=options.timing,
+                                 max_memory_bytes=options.max_memory_bytes, phases=summary.phases_s)
+            except SpecError as e:  # planned sweeps are checked up front; a hand-made job list
+                result = Result(spec, metrics=list(metrics), status="error", error=str(e))
             t = time.perf_counter()
             store.append(result)
             summary.phases_s["writing"] += time.perf_counter() - t
@@ -191,44 +189,3 @@ def write_environment(out: Path, devices: set[str]) -> Path:
 def skipped_lines(out: Path) -> list[str]:
     """Lines of results.jsonl that could not be read (reported, then ignored)."""
     return load(out).skipped
-
-
-# --------------------------------------------------------------------------------- planning
-def plan_grid(preset: str | None, config: Path | None, axes: dict[str, list[Any]],
-              metrics: tuple[str, ...] | None) -> tuple[Any, str]:
-    """The grid a sweep command asks for, and a name for its default output directory.
-
-    A config file or a preset gives the blocks (the `default` preset when nothing is said);
-    axis flags alone make one block; axis flags with a preset or file replace those axes.
-    """
-    if preset is not None and config is not None:
-        raise GridError("--preset and --config: give one of them")
-    if config is not None:
-        grid, name = load_config(config), Path(config).stem
-    elif preset is not None or not axes:
-        name = preset or "default"
-        if name not in PRESETS:
-            raise GridError(f"--preset {name!r}: unknown; choose from {', '.join(PRESETS)}")
-        grid = PRESETS[name].grid
-    else:
-        grid, name = Grid([Block({"device": ["auto"], **axes})]), "sweep"
-    if axes and (preset is not None or config is not None):
-        grid = grid.override(axes)
-    if metrics:
-        grid = grid.with_metrics(metrics)
-    return grid, name
-
-
-def prepare(preset: str | None, config: Path | None, axes: dict[str, list[Any]],
-            metrics: str | None, out: Path | None, resume: bool, max_memory: str | None,
-            timing: TimingOptions) -> tuple[list, SweepOptions, int]:
-    """What `meo-profile sweep` runs: (jobs, options, impossible combinations left out)."""
-    grid, name = plan_grid(preset, config, axes, parse_metrics(metrics.split(",")) if metrics else None)
-    jobs, impossible = grid.expand()
-    try:
-        limit = parse_bytes(max_memory) if max_memory else None
-    except ValueError as e:
-        raise GridError(str(e)) from None
-    options = SweepOptions(out=out or Path("reports") / name, resume=resume,
-                           max_memory_bytes=limit, timing=timing)
-    return jobs, options, impossible

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from rich.markup import escape
 from rich.table import Table
 
-from meo_profile.check.claims import Verdict
+from meo_profile.check.claim import Verdict
 from meo_profile.check.compare import Comparison, Row, format_cell, format_change
 
 VERDICT_STYLE = {"pass": "green", "fail": "bold red", "pending": "yellow",

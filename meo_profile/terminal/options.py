@@ -14,21 +14,21 @@ from typing import Annotated, Any
 
 import typer
 
-from meo_profile.sweep.grid import GridError, parse_axis_flag
+from meo_profile.core.errors import BadInput
+from meo_profile.sweep.grid import parse_axis_flag
 from models.hosts import HOSTS
 from models.spec import (
     DEVICES,
     DTYPES,
     EXPERT_UNITS,
-    IMPLS,
     MODES,
-    VARIANTS,
     Spec,
     SpecError,
     flag_of,
 )
+from models.variants import VARIANTS
 
-_ALL_IMPLS = sorted({i for impls in IMPLS.values() for i in impls} | {"auto"})
+_ALL_IMPLS = sorted({i for v in VARIANTS.values() for i in v.impls} | {"auto"})
 
 
 def _opt(flag: str, help: str, **kw: Any) -> Any:
@@ -68,6 +68,20 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def exits_on_bad_input(command: Callable) -> Callable:
+    """Bad input raised anywhere in `command` (a SpecError from a configuration, a BadInput
+    from a file or a flag's value) becomes its one line on stderr and exit code 2."""
+
+    @functools.wraps(command)  # keeps the signature Typer reads
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (SpecError, BadInput) as e:
+            raise fail(str(e)) from None
+
+    return wrapper
+
+
 def with_spec(command: Callable) -> Callable:
     """Give `command(spec: Spec, ...)` the configuration flags; it receives the built Spec."""
     hints = typing.get_type_hints(command, include_extras=True)  # resolve string annotations
@@ -80,24 +94,10 @@ def with_spec(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
         fields = {name: kwargs.pop(name) for name, *_ in SPEC_OPTIONS}
-        with spec_errors_exit():
-            spec = Spec(**fields)
-            return command(spec=spec, **kwargs)
+        return command(spec=Spec(**fields), **kwargs)
 
     wrapper.__signature__ = inspect.Signature(own + added)  # what Typer reads
     return wrapper
-
-
-class spec_errors_exit:
-    """Context manager: a SpecError (or a bad value found later) exits 2 with its one line."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None and issubclass(exc_type, SpecError):
-            raise fail(str(exc)) from None
-        return False
 
 
 def with_axes(command: Callable) -> Callable:
@@ -115,12 +115,8 @@ def with_axes(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
         given = {name: kwargs.pop(name) for name, *_ in SPEC_OPTIONS}
-        try:
-            axes = {name: parse_axis_flag(name, text) for name, text in given.items() if text is not None}
-        except GridError as e:
-            raise fail(str(e)) from None
-        with spec_errors_exit():
-            return command(axes=axes, **kwargs)
+        axes = {name: parse_axis_flag(name, text) for name, text in given.items() if text is not None}
+        return command(axes=axes, **kwargs)
 
     wrapper.__signature__ = inspect.Signature(own + added)
     return wrapper

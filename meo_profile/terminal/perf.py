@@ -6,38 +6,14 @@ torch.utils.benchmark's Compare does), except in operator tables, where the top 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from rich.table import Table
 
 from meo_profile.core.identity import spec_title
-from meo_profile.measure.timing import Timing
+from meo_profile.core.units import human_bytes, time_unit
 from meo_profile.measure.trace import TraceSummary
 from meo_profile.results.record import Result
-
-# (unit, milliseconds per unit), largest first
-TIME_UNITS = (("s", 1e3), ("ms", 1.0), ("us", 1e-3), ("ns", 1e-6))
-
-
-def time_unit(values_ms: Iterable[float | None]) -> tuple[str, float]:
-    """The largest unit in which the smallest positive value is at least 1."""
-    positive = [v for v in values_ms if v]
-    smallest = min(positive, default=1.0)
-    for unit, ms in TIME_UNITS:
-        if smallest >= ms:
-            return unit, ms
-    return TIME_UNITS[-1]
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover - the loop returns first
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -51,10 +27,10 @@ def _scaled(value_ms: float | None, ms_per_unit: float) -> str:
 def latency_table(result: Result) -> Table:
     """Latency statistics, throughput, bound and memory of one record."""
     unit, per = time_unit([result.latency_ms_p20, result.roofline_ms])
-    table = Table(title=f"latency: {spec_title(result.spec)} mode={result.spec.mode}")
+    table = Table(title=f"latency: {spec_title(result.spec)}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
-    iqr = Timing.from_fields(result.to_dict()).iqr_ms if result.latency_samples_ms else None
+    iqr = result.timing.iqr_ms if result.timing is not None else None
     rows = [
         (f"median ({unit})", _scaled(result.latency_ms_median, per)),
         (f"p20 / p80 ({unit})",
@@ -80,7 +56,7 @@ def ops_table(summary: TraceSummary, top: int = 20) -> Table:
     ops = summary.ops[:top]
     unit, per = time_unit([r.self_ms for r in ops[:1]])  # the top row's unit: it is what is read
     table = Table(title=f"trace ({summary.clock} time, {summary.steps} step(s)): "
-                        f"{spec_title(summary.spec)} mode={summary.spec.mode}")
+                        f"{spec_title(summary.spec)}")
     for col in ("operator", "calls", f"self ({unit})", "self %", f"total ({unit})"):
         table.add_column(col, justify="left" if col == "operator" else "right")
     for r in ops:

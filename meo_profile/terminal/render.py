@@ -7,6 +7,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from meo_profile.core.identity import spec_title
+from meo_profile.core.units import fmt_giga
+from meo_profile.results.record import Result
 from models import Spec
 
 
@@ -24,10 +26,6 @@ def checks_table(checks, spec: Spec) -> Table:
     return table
 
 
-def _g(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e9:,.3f}"
-
-
 def counts_table(counts, spec: Spec) -> Table:
     """Totals and parts of one count. MACs = multiply-adds; FLOPs = 2 x MACs."""
     table = Table(title=f"flops ({counts.source}, counted on {counts.count_device or 'paper'}): "
@@ -37,12 +35,12 @@ def counts_table(counts, spec: Spec) -> Table:
     table.add_column("GFLOPs", justify="right")
     table.add_column("share", justify="right")
     for part, macs in counts.macs_by_part.items():
-        table.add_row(part, _g(macs), _g(2 * macs), f"{macs / max(counts.macs, 1):.1%}")
+        table.add_row(part, fmt_giga(macs), fmt_giga(2 * macs), f"{macs / max(counts.macs, 1):.1%}")
     table.add_section()
-    table.add_row("[bold]total[/]", _g(counts.macs), _g(counts.flops), "100.0%")
+    table.add_row("[bold]total[/]", fmt_giga(counts.macs), fmt_giga(counts.flops), "100.0%")
     if "router" in counts.macs_by_part:
         rest = counts.macs - counts.macs_by_part["router"]
-        table.add_row("total without router", _g(rest), _g(2 * rest), f"{rest / max(counts.macs, 1):.1%}")
+        table.add_row("total without router", fmt_giga(rest), fmt_giga(2 * rest), f"{rest / max(counts.macs, 1):.1%}")
     return table
 
 
@@ -63,7 +61,7 @@ def mapping_table(title: str, key: str, macs: dict[str, int]) -> Table:
     table.add_column(key)
     table.add_column("GMACs", justify="right")
     for name, value in macs.items():
-        table.add_row(escape(name) or "(model)", _g(value))
+        table.add_row(escape(name) or "(model)", fmt_giga(value))
     return table
 
 
@@ -86,7 +84,10 @@ def comparison_table(a, b, spec: Spec) -> Table:
     return table
 
 
-def print_counts(counts, spec: Spec, by_module: bool, by_operator: bool, depth: int) -> None:
+def print_counts(result: Result, by_module: bool, by_operator: bool, depth: int) -> None:
+    """A counted Result: parts, parameters, skipped ops, the breakdowns asked for, what the
+    variant records beside its count, and the closed form when it was held against."""
+    counts, spec = result.counts, result.spec
     console = Console()
     console.print(counts_table(counts, spec))
     console.print(params_line(counts))
@@ -98,6 +99,13 @@ def print_counts(counts, spec: Spec, by_module: bool, by_operator: bool, depth: 
     if by_module:
         modules = modules_to_depth(counts.macs_by_module, depth)
         console.print(mapping_table(f"MACs by module (depth <= {depth})", "module", modules))
+    record = result.to_dict()
+    for name, text in EXTRA_LABELS.items():
+        value = record.get(name)
+        if value is not None:
+            console.print(f"{text}: {value:.4g}" if isinstance(value, float) else f"{text}: {value:,}")
+    if result.cross_check is not None:
+        console.print(comparison_table(counts, result.cross_check.analytic, spec))
 
 
 EXTRA_LABELS = {
@@ -107,12 +115,6 @@ EXTRA_LABELS = {
     "dropped_pairs": "(token, expert) pairs dropped by capacity",
     "rel_l2_error": "relative L2 error vs full top-k (fidelity)",
 }
-
-
-def print_extras(fields: dict) -> None:
-    for name, value in fields.items():
-        shown = f"{value:.4g}" if isinstance(value, float) else f"{value:,}"
-        Console().print(f"{EXTRA_LABELS.get(name, name)}: {shown}")
 
 
 # ------------------------------------------------------------------------------ sweeps

@@ -1,0 +1,229 @@
+"""Efficiency claims as data, judged against result records: pass, fail or pending.
+
+A claim names where it comes from (`source`), which records it is about (`select`: spec fields,
+a list meaning "each of these"), the quantity (`metric`, optionally restricted to some parts of
+the MACs breakdown; see quantities.py), and what that quantity must be (`expect`; see
+expectations.py). With `ratio`, the quantity is the metric of a numerator selection over the
+same metric of a denominator selection at the same configuration. `requires` lists what the
+current code must be able to do before the claim can be measured at all; while it cannot, the
+claim is `pending`, never `pass`.
+
+Judging never measures: it reads records (check/run.py measures what claims need).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meo_profile.check.expectations import Approx, Limit
+from meo_profile.check.quantities import Quantity
+from meo_profile.core.errors import BadInput
+from meo_profile.core.identity import config_key, symbol
+from meo_profile.core.units import format_value
+from models.spec import Spec, SpecError
+from models.variants import VARIANTS
+
+
+class ClaimError(BadInput):
+    """A malformed claim, or a selection that matches no record; one line naming the claim."""
+
+
+# Spec fields that differ between variants by construction (resolved per variant, or stored as
+# None for the others): never part of "the same configuration" across a ratio's two sides.
+VARIANT_FIELDS = ("variant", "impl", *(k for v in VARIANTS.values() for k in v.knobs))
+
+
+@dataclass
+class Outcome:
+    """One configuration's judgement within a claim."""
+
+    label: str  # the selection values that vary within the claim, e.g. "top_k=4"
+    ok: bool
+    measured: float | None = None
+    expected: float | None = None
+    deviation: str = ""
+    error: str | None = None  # the measurement failed
+    margin: float = math.inf  # see Judgement
+
+    def text(self, unit: str, versus: bool = True) -> str:
+        if self.error:
+            return f"measurement failed: {self.error}"
+        dev = f" ({self.deviation})" if self.deviation else ""
+        expected = f" vs {format_value(self.expected, unit)}" if versus else ""
+        return f"{format_value(self.measured, unit)}{expected}{dev}"
+
+    def line(self, unit: str, versus: bool = True) -> str:
+        text = self.text(unit, versus)
+        return f"{self.label}: {text}" if self.label else text
+
+
+@dataclass
+class Verdict:
+    name: str
+    verdict: str  # pass, fail, pending
+    quantity: str  # what was measured, e.g. "flops without router, meo / moe"
+    expected: str
+    measured: str
+    detail: str
+    source: str
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "verdict": self.verdict, "quantity": self.quantity,
+                "expected": self.expected, "measured": self.measured, "detail": self.detail,
+                "source": self.source,
+                "cases": [{"config": o.label, "ok": o.ok, "measured": o.measured,
+                           "expected": o.expected, "error": o.error} for o in self.outcomes]}
+
+
+@dataclass(frozen=True)
+class Claim:
+    name: str
+    source: str
+    select: dict[str, Any]  # spec field -> value, or a list of values (each is a case)
+    quantity: Quantity
+    expect: Approx | Limit
+    ratio: tuple[dict[str, Any], dict[str, Any]] | None = None  # (numerator, denominator) fields
+    requires: dict[str, str] = field(default_factory=dict)  # probe -> variant (probes.PROBES)
+    note: str = ""
+
+    @property
+    def unit(self) -> str:
+        return "ratio" if self.ratio else self.quantity.spec.unit
+
+    def quantity_text(self) -> str:
+        if self.ratio is None:
+            return self.quantity.describe()
+        num, den = (" ".join(str(v) if k == "variant" else f"{symbol(k)}={v}"
+                             for k, v in side.items()) for side in self.ratio)
+        return f"{self.quantity.describe()}, {num} / {den}"
+
+    # ------------------------------------------------------------------------ configurations
+    def cases(self) -> list[dict[str, Any]]:
+        """The selection expanded: one dict of spec fields per combination of listed values."""
+        names = list(self.select)
+        values = [v if isinstance(v, list) else [v] for v in self.select.values()]
+        return [dict(zip(names, combo)) for combo in itertools.product(*values)]
+
+    def sides(self, case: dict[str, Any]) -> list[dict[str, Any]]:
+        """The selections one case reads: itself, or its numerator and denominator."""
+        return [case] if self.ratio is None else [{**case, **side} for side in self.ratio]
+
+    def specs(self) -> list[Spec]:
+        """Every configuration the claim needs measured, validated (errors name the claim)."""
+        out = []
+        for case in self.cases():
+            for side in self.sides(case):
+                try:
+                    out.append(Spec(**side))
+                except (SpecError, TypeError) as e:
+                    raise ClaimError(f"claim {self.name!r}: selection {side}: {e}") from None
+        return out
+
+    def _label(self, case: dict[str, Any]) -> str:
+        varying = [k for k, v in self.select.items() if isinstance(v, list) and len(v) > 1]
+        return " ".join(f"{k}={case[k]}" for k in varying)
+
+    # ------------------------------------------------------------------------------ judging
+    def pending(self, reason: str) -> Verdict:
+        return Verdict(self.name, "pending", self.quantity_text(), self.expect.describe(self.unit),
+                       "-", reason, self.source)
+
+    def judge(self, records: list[dict[str, Any]]) -> Verdict:
+        """Judge every case against `records`; all must hold. ClaimError if a case has none."""
+        outcomes = []
+        for case in self.cases():
+            outcomes += self._judge_case(case, records)
+        failed = [o for o in outcomes if not o.ok]
+        shown = failed or outcomes
+        worst = max(shown, key=lambda o: o.margin)
+        measured = worst.text(self.unit, versus=False) if len(outcomes) == 1 else (
+            f"{len(outcomes) - len(failed)}/{len(outcomes)} hold; "
+            f"{'failing' if failed else 'closest'}: {worst.line(self.unit, versus=False)}")
+        detail = "; ".join(o.line(self.unit) for o in (failed or outcomes))
+        return Verdict(self.name, "fail" if failed else "pass", self.quantity_text(),
+                       self.expect.describe(self.unit), measured, detail, self.source, outcomes)
+
+    def _judge_case(self, case: dict[str, Any], records: list[dict[str, Any]]) -> list[Outcome]:
+        label = self._label(case)
+        if self.ratio is None:
+            rows, error = self._usable(case, records)
+            if error:
+                return [Outcome(label, False, error=error)]
+            return [self._outcome(label, self.quantity.of(r), case) for r in rows]
+        (num, num_err), (den, den_err) = (self._usable(s, records) for s in self.sides(case))
+        if num_err or den_err:
+            return [Outcome(label, False, error=num_err or den_err)]
+        pairs = self._pairs(num, den)
+        if not pairs:
+            raise ClaimError(f"claim {self.name!r}: no numerator record {self.sides(case)[0]} "
+                             f"shares a configuration with a denominator record {self.sides(case)[1]}")
+        return [self._ratio_outcome(label, n, d, case) for n, d in pairs]
+
+    def _usable(self, selection: dict[str, Any], records) -> tuple[list[dict], str | None]:
+        """Records matching `selection` with the metric measured; or why none is usable."""
+        matched = [r for r in records if all(_same(k, r.get(k), v) for k, v in selection.items())]
+        if not matched:
+            raise ClaimError(f"claim {self.name!r}: selection {selection} matches no record")
+        ok = [r for r in matched if r.get("status") == "ok" and self.quantity.of(r) is not None]
+        if ok:
+            return ok, None
+        failed = next((r for r in matched if r.get("status") != "ok"), None)
+        if failed is not None:
+            return [], f"status {failed.get('status')}: {failed.get('error')}"
+        raise ClaimError(f"claim {self.name!r}: the records matching {selection} have no "
+                         f"{self.quantity.describe()} (measured without {self.quantity.spec.needs}?)")
+
+    def _pairs(self, num: list[dict], den: list[dict]) -> list[tuple[dict, dict]]:
+        overridden = set(self.ratio[0]) | set(self.ratio[1])
+
+        def key(r: dict) -> tuple:  # times from two machines make no ratio
+            return config_key(r, machine=self.quantity.spec.timed,
+                              ignore=VARIANT_FIELDS + tuple(overridden))
+
+        by_key: dict[tuple, list[dict]] = {}
+        for d in den:
+            by_key.setdefault(key(d), []).append(d)
+        return [(n, d) for n in num for d in by_key.get(key(n), [])]
+
+    def _outcome(self, label: str, measured: float, config: dict[str, Any]) -> Outcome:
+        j = self.expect.judge(measured, config)
+        return Outcome(label, j.ok, measured, j.expected, j.deviation, margin=j.margin)
+
+    def _ratio_outcome(self, label: str, num: dict, den: dict, case: dict) -> Outcome:
+        bottom = self.quantity.of(den)
+        if not bottom:
+            return Outcome(label, False, error=f"denominator {self.quantity.describe()} is 0")
+        return self._outcome(label, self.quantity.of(num) / bottom, {**den, **case})
+
+
+# Fields whose selected value "auto" stands for what the spec resolves it to (records store the
+# resolved value): any stored value matches.
+RESOLVED = {"impl": "auto", "device": "auto"}
+
+
+def _same(name: str, stored: Any, wanted: Any) -> bool:
+    if RESOLVED.get(name) == wanted:
+        return True
+    if isinstance(wanted, (int, float)) and isinstance(stored, (int, float)):
+        return math.isclose(stored, wanted, rel_tol=1e-12)
+    return stored == wanted
+
+
+def judge_all(claims: Iterable[Claim], records: list[dict[str, Any]],
+              pending: dict[str, str]) -> tuple[list[Verdict], list[str]]:
+    """Verdicts for every claim (pending ones untouched), and the claims that matched nothing."""
+    verdicts, errors = [], []
+    for claim in claims:
+        if claim.name in pending:
+            verdicts.append(claim.pending(pending[claim.name]))
+            continue
+        try:
+            verdicts.append(claim.judge(records))
+        except ClaimError as e:
+            errors.append(str(e))
+    return verdicts, errors

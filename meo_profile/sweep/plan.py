@@ -1,0 +1,80 @@
+"""What a `meo-profile sweep` command asks for: the grid, the jobs it expands to, where they
+are stored, and how to ask again after an interruption."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meo_profile.core.units import parse_bytes
+from meo_profile.measure.run import check_request
+from meo_profile.measure.timing import TimingOptions
+from meo_profile.sweep.grid import Block, Grid, GridError, load_config, parse_metrics
+from meo_profile.sweep.presets import PRESETS
+from meo_profile.sweep.run import SweepOptions
+from models import Spec
+
+Job = tuple[Spec, tuple[str, ...]]
+
+
+def plan_grid(preset: str | None, config: Path | None, axes: dict[str, list[Any]],
+              metrics: tuple[str, ...] | None) -> tuple[Grid, str]:
+    """The grid a sweep command asks for, and a name for its default output directory.
+
+    A config file or a preset gives the blocks (the `default` preset when nothing is said);
+    axis flags alone make one block; axis flags with a preset or file replace those axes.
+    """
+    if preset is not None and config is not None:
+        raise GridError("--preset and --config: give one of them")
+    if config is not None:
+        grid, name = load_config(config), Path(config).stem
+    elif preset is not None or not axes:
+        name = preset or "default"
+        if name not in PRESETS:
+            raise GridError(f"--preset {name!r}: unknown; choose from {', '.join(PRESETS)}")
+        grid = PRESETS[name].grid
+    else:
+        grid, name = Grid([Block({"device": ["auto"], **axes})]), "sweep"
+    if axes and (preset is not None or config is not None):
+        grid = grid.override(axes)
+    if metrics:
+        grid = grid.with_metrics(metrics)
+    return grid, name
+
+
+@dataclass
+class SweepPlan:
+    jobs: list[Job]
+    options: SweepOptions
+    impossible: int  # grid combinations left out: top-k above the expert count
+
+
+def plan_sweep(preset: str | None, config: Path | None, axes: dict[str, list[Any]],
+               metrics: str | None, out: Path | None, resume: bool, max_memory: str | None,
+               timing: TimingOptions) -> SweepPlan:
+    """What `meo-profile sweep` runs. Every job is checked to be measurable before the first
+    one runs, so bad input stops the sweep at once rather than halfway."""
+    grid, name = plan_grid(preset, config, axes, parse_metrics(metrics.split(",")) if metrics else None)
+    jobs, impossible = grid.expand()
+    for spec, measurements in jobs:
+        check_request(spec, measurements)
+    try:
+        limit = parse_bytes(max_memory) if max_memory else None
+    except ValueError as e:
+        raise GridError(str(e)) from None
+    options = SweepOptions(out=out or Path("reports") / name, resume=resume,
+                           max_memory_bytes=limit, timing=timing)
+    return SweepPlan(jobs, options, impossible)
+
+
+def command_line(argv: list[str]) -> str:
+    """The sweep command as typed (the report names the command that produced its data)."""
+    return shlex.join(["meo-profile", *argv])
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that continues an interrupted sweep: the same arguments without `--fresh`
+    (which would set the stored results aside and start over)."""
+    return command_line([a for a in argv if a != "--fresh"])
