@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from models.compressed import CompressedExperts
 from models.experts import ExpertBank
@@ -21,10 +21,10 @@ from models.layers import MergedExperts, SequenceMoE, SparseLayer, TokenMoE
 from models.routing import Router
 from models.xmoe import XMoE
 
-if TYPE_CHECKING:  # the spec validates against this table, so it cannot be imported here
-    from models.spec import Spec
-
-LayerFactory = Callable[[ExpertBank, Router, "Spec"], SparseLayer]
+# The factories and rules take a `models.spec.Spec`, which validates against this table and so
+# is not imported here: it is typed as Any.
+Spec = Any
+LayerFactory = Callable[[ExpertBank, Router, Spec], SparseLayer]
 Rerun = Callable[[SparseLayer, str], SparseLayer]
 
 
