@@ -115,23 +115,31 @@ def latency(spec: Spec, json_out: JsonFlag = False, warmup: Warmup = 3, min_run_
 
 TraceOut = Annotated[str, typer.Option("--out", help="Chrome/Perfetto trace file to write.")]
 Steps = Annotated[int, typer.Option("--steps", help="Profiled steps (after --warmup unprofiled ones).")]
-Top = Annotated[int, typer.Option("--top", help="Operators shown, by self time.")]
+Top = Annotated[int, typer.Option("--top", help="Kernels and operators shown, by time.")]
+FromTrace = Annotated[Path | None, typer.Option("--from", help="Summarise this trace file (torch.profiler's Chrome JSON, .json or .json.gz) instead of running anything; the configuration flags are then ignored.")]
 
 
 @app.command(rich_help_panel="Measure one configuration")
 @with_spec
 def trace(spec: Spec, out: TraceOut = "trace.json", json_out: JsonFlag = False, warmup: Warmup = 2,
-          steps: Steps = 1, top: Top = 20) -> None:
-    """One configuration under torch.profiler: operators by self time, phases, a trace file."""
+          steps: Steps = 1, top: Top = 20, from_file: FromTrace = None) -> None:
+    """One configuration under torch.profiler: device time by kernel and by phase (CUDA), host
+    operators by self time, a trace file; or the same summary of an existing file (--from)."""
+    from meo_profile.measure.trace import summarize_file
     from meo_profile.measure.trace import trace as run_trace
-    from meo_profile.terminal.perf import ops_table, phases_table
+    from meo_profile.terminal import perf
 
-    summary = run_trace(spec, out, warmup=warmup, steps=steps)
+    summary = summarize_file(from_file) if from_file else run_trace(spec, out, warmup=warmup,
+                                                                   steps=steps)
     if json_out:
         emit_json(summary.to_dict())
         return
-    render.print_table(ops_table(summary, top))
-    render.print_table(phases_table(summary))
+    for table in (perf.kernels_table(summary, top), perf.ops_table(summary, top),
+                  perf.phases_table(summary)):
+        if table is not None:
+            render.print_table(table)
+    for line in perf.launch_lines(summary):
+        typer.echo(line)
 
 
 @app.command(rich_help_panel="Sweep")
