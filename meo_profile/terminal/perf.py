@@ -26,30 +26,49 @@ def _scaled(value_ms: float | None, ms_per_unit: float) -> str:
 
 
 def latency_table(result: Result) -> Table:
-    """Latency statistics, throughput, bound and memory of one record."""
-    unit, per = time_unit([result.latency_ms_p20, result.roofline_ms])
+    """Latency statistics (with how they were timed), throughput, the phase-wise bound and
+    memory of one record."""
+    unit, per = time_unit([result.latency_ms_p20, result.roofline_ms, result.kernel_ms])
     table = Table(title=f"latency: {spec_title(result.spec)}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
+    for name, value in [*_timing_rows(result, unit, per), *_bound_rows(result, unit, per),
+                        ("peak memory", human_bytes(result.peak_mem_bytes)),
+                        ("  above weights", human_bytes(result.peak_mem_above_weights_bytes)),
+                        ("  weights", human_bytes(result.weights_bytes)),
+                        ("memory method", result.mem_method or "-")]:
+        table.add_row(name, value)
+    if result.timing_note:
+        table.caption = result.timing_note
+    return table
+
+
+def _timing_rows(result: Result, unit: str, per: float) -> list[tuple[str, str]]:
     iqr = result.timing.iqr_ms if result.timing is not None else None
     rows = [
         (f"median ({unit})", _scaled(result.latency_ms_median, per)),
         (f"p20 / p80 ({unit})",
          f"{_scaled(result.latency_ms_p20, per)} / {_scaled(result.latency_ms_p80, per)}"),
         (f"IQR ({unit})", _scaled(iqr, per)),
-        ("samples", f"{_fmt(result.latency_runs, 'd')} ({result.timer})"),
+        ("samples", f"{_fmt(result.latency_runs, 'd')} ({result.timer}, {result.timing_mode})"),
         ("allocator", result.allocator or "-"),
         ("tokens/s", _fmt(result.tokens_per_s, ",.0f")),
-        (f"roofline bound ({unit})", _scaled(result.roofline_ms, per)),
-        ("measured / bound", _fmt(result.roofline_ratio, ".2f")),
-        ("peak memory", human_bytes(result.peak_mem_bytes)),
-        ("  above weights", human_bytes(result.peak_mem_above_weights_bytes)),
-        ("  weights", human_bytes(result.weights_bytes)),
-        ("memory method", result.mem_method or "-"),
     ]
-    for name, value in rows:
-        table.add_row(name, value)
-    return table
+    if result.kernel_ms is not None:  # CUDA: what the eager time is made of
+        rows += [(f"eager median ({unit})", _scaled(result.eager_ms_median, per)),
+                 (f"kernel time ({unit})", _scaled(result.kernel_ms, per)),
+                 ("launch overhead", _fmt(result.launch_overhead, ".0%"))]
+    return rows
+
+
+def _bound_rows(result: Result, unit: str, per: float) -> list[tuple[str, str]]:
+    ratio = _fmt(result.roofline_ratio, ".2f")
+    rows = [(f"roofline bound ({unit})", _scaled(result.roofline_ms, per)),
+            ("measured / bound", ratio + ("  BELOW BOUND: distrust" if result.below_bound else ""))]
+    rows += [(f"  {phase} ({unit})", _scaled(ms, per))
+             for phase, ms in (result.roofline_by_phase or {}).items()]
+    rows.append((f"  whole-call bound ({unit})", _scaled(result.roofline_overlap_ms, per)))
+    return rows
 
 
 def kernels_table(summary: TraceSummary, top: int = 20) -> Table | None:
