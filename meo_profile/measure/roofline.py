@@ -66,23 +66,23 @@ def best_ms(fn: Callable[[], Any], device: str, clock: Clock = None) -> float:
     return min(time_call(fn, device, PROBE_OPTIONS).samples_ms)
 
 
-def matmul_macs_per_s(device: str, dtype: torch.dtype, clock: Clock = None) -> float:
+def matmul_macs_per_s(device: str, dtype: torch.dtype) -> float:
     n = MATMUL_N[device]
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     out = torch.empty(n, n, device=device, dtype=dtype)
-    return n**3 / (best_ms(lambda: torch.mm(a, b, out=out), device, clock) / 1e3)
+    return n**3 / (best_ms(lambda: torch.mm(a, b, out=out), device) / 1e3)
 
 
-def copy_bytes_per_s(device: str, clock: Clock = None) -> float:
+def copy_bytes_per_s(device: str) -> float:
     numel = COPY_BYTES[device] // 4
     src, dst = torch.ones(numel, device=device), torch.empty(numel, device=device)
-    return 2 * COPY_BYTES[device] / (best_ms(lambda: dst.copy_(src), device, clock) / 1e3)  # read + write
+    return 2 * COPY_BYTES[device] / (best_ms(lambda: dst.copy_(src), device) / 1e3)  # read + write
 
 
-def probe_peaks(device: str, dtype: str, clock: Clock = None) -> DevicePeaks:
+def probe_peaks(device: str, dtype: str) -> DevicePeaks:
     """The peaks measured now, uncached (the load guard compares two such probes)."""
-    return DevicePeaks(device, dtype, matmul_macs_per_s(device, TORCH_DTYPES[dtype], clock),
-                       copy_bytes_per_s(device, clock))
+    return DevicePeaks(device, dtype, matmul_macs_per_s(device, TORCH_DTYPES[dtype]),
+                       copy_bytes_per_s(device))
 
 
 _BEST_PEAKS: dict[tuple[str, str], DevicePeaks] = {}
