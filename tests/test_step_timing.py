@@ -188,3 +188,11 @@ def test_cuda_auto_falls_back_where_the_step_syncs_and_graph_refuses():
     assert auto.timing_note.startswith("timed eagerly: ")
     forced = measure(spec, ("latency",), timing=TimingOptions(min_run_time=0.05, timing_mode="graph"))
     assert forced.status == "error" and "NotCapturable" in forced.error
+
+
+def test_a_sweep_asking_graph_timing_of_cpu_configurations_stops_before_it_starts(tmp_path):
+    from meo_profile.sweep.plan import plan_sweep
+
+    with pytest.raises(SpecError, match="^--timing 'graph': CUDA graphs need --device cuda"):
+        plan_sweep("quick", None, {}, None, tmp_path, True, None,
+                   TimingOptions(timing_mode="graph"))
