@@ -99,7 +99,9 @@ GRID = [dict(variant=v, impl=i, top_k=k, num_experts=e, mode=m, batch_size=b)
 
 @pytest.mark.parametrize("host", ["layer", "bert-small"])
 def test_phase_bound_is_its_phases_sum_and_never_below_the_whole_call_bound(host):
-    for config in GRID:
+    grid = GRID if host == "layer" else [c for c in GRID if c["num_experts"] == 16
+                                         and c["batch_size"] == 8]  # a whole model: fewer points
+    for config in grid:
         spec = Spec(**{**TINY, **config, "host": host, "d_model": None, "d_ff": None,
                        "n_ce": 1 if config["variant"] == "ce" and config["top_k"] > 1 else None})
         if spec.variant == "ce" and spec.top_k == 1:

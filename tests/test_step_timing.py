@@ -3,7 +3,6 @@ and a fake clock (the step's arithmetic is real; only the time and the graph obj
 the real CUDA path behind the `gpu` marker."""
 
 import contextlib
-import json
 import subprocess
 import sys
 
@@ -142,25 +141,11 @@ FLAGS = ["--host", "layer", "--experts", "4", "--top-k", "2", "--d-model", "32",
          "--seq-len", "8", "--batch-size", "2", "--device", "cpu", "--min-run-time", "0.02"]
 
 
-@pytest.mark.parametrize("mode, line", [
-    ("graph", "error: --timing 'graph': CUDA graphs need --device cuda, not cpu; use --timing "
-              "auto or eager"),
-    ("fast", "error: --timing 'fast': unknown; choose from auto, graph, eager"),
-])
-def test_latency_refuses_bad_timing_in_one_line(mode, line):
-    proc = subprocess.run([sys.executable, "-m", "cli", "latency", *FLAGS, "--timing", mode],
+def test_latency_refuses_graph_timing_on_cpu_in_one_line():
+    proc = subprocess.run([sys.executable, "-m", "cli", "latency", *FLAGS, "--timing", "graph"],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [line]
-
-
-def test_latency_json_carries_the_timing_mode_and_the_phase_bound():
-    proc = subprocess.run([sys.executable, "-m", "cli", "latency", "--variant", "meo", *FLAGS,
-                           "--json"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    record = json.loads(proc.stdout)
-    assert record["timing_mode"] == "eager"
-    assert record["roofline_ms"] == pytest.approx(sum(record["roofline_by_phase"].values()))
-    assert record["roofline_overlap_ms"] <= record["roofline_ms"]
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --timing 'graph': CUDA graphs need --device cuda, not cpu; use --timing auto or eager"]
 
 
 # ------------------------------------------------------------------------------- CUDA
