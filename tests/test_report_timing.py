@@ -53,12 +53,13 @@ def test_a_measured_speedup_above_the_bound_ratio_reads_as_vanilla_further_from_
 
 # ------------------------------------------------------------------ below the bound
 def _with_a_broken_measurement():
-    return [row(variant="moe", latency_ms_median=8.0, flops=400, roofline_ms=4.0, below_bound=False),
-            row(variant="meo", impl="gather", latency_ms_median=1.5, flops=100, roofline_ms=2.0,
-                below_bound=True),
-            row(variant="moe", top_k=2, latency_ms_median=6.0, flops=200, roofline_ms=2.0),
-            row(variant="meo", top_k=2, impl="gather", latency_ms_median=3.0, flops=100,
-                roofline_ms=1.5)]
+    def timed(ms, **fields):
+        return row(latency_ms_median=ms, latency_ms_p20=ms, latency_ms_p80=ms, **fields)
+
+    return [timed(8.0, variant="moe", flops=400, roofline_ms=4.0, below_bound=False),
+            timed(1.5, variant="meo", impl="gather", flops=100, roofline_ms=2.0, below_bound=True),
+            timed(6.0, variant="moe", top_k=2, flops=200, roofline_ms=2.0),
+            timed(3.0, variant="meo", top_k=2, impl="gather", flops=100, roofline_ms=1.5)]
 
 
 def test_a_time_below_its_bound_is_listed_never_drawn():
@@ -84,6 +85,9 @@ def test_findings_and_the_speedup_table_do_not_read_a_broken_measurement_as_a_re
     speedup = tables.speedup_tables(ok)[0]
     assert speedup.rows[1][4] == "5.33× (below bound)"  # k=4: 8.0 / 1.5, marked
     assert "5.33" not in " ".join(speedup_shortfall(ok))
+    latency = tables.latency_tables(ok)[0]
+    assert latency.rows[-1] == ["MEO", "3.00 (3.00–3.00)", "1.50 (1.50–1.50) (below bound)"]
+    assert "MEO from 3.00 to 1.50 (below bound) ms" in text
 
 
 def test_older_records_without_the_flag_are_judged_by_their_numbers():

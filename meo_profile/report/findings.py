@@ -24,7 +24,7 @@ from meo_profile.core.units import (
     missing,
 )
 from meo_profile.report import views
-from meo_profile.report.tables import paper_rows, printed_values
+from meo_profile.report.tables import marked, paper_rows, printed_values
 
 Finding = Callable[[pd.DataFrame], list[str]]
 
@@ -93,9 +93,11 @@ def latency_growth(ok: pd.DataFrame) -> list[str]:
             continue
         parts = []
         for variant in ("moe", "meo"):
-            r = sparse[sparse["variant"] == variant].set_index("top_k")["latency_ms_median"]
-            if k_lo in r and k_hi in r:
-                parts.append(f"{label(variant)} from {fmt_ms(r[k_lo])} to {fmt_ms(r[k_hi])} ms")
+            r = sparse[sparse["variant"] == variant].set_index("top_k")
+            if k_lo in r.index and k_hi in r.index:
+                lo, hi = (marked(fmt_ms(r.loc[k, "latency_ms_median"]), r.loc[k, "distrusted"])
+                          for k in (k_lo, k_hi))
+                parts.append(f"{label(variant)} from {lo} to {hi} ms")
         if parts:
             out.append(f"On {device} ({rows['setting'].iloc[0]}), going from k={int(k_lo)} to "
                        f"k={int(k_hi)} takes " + " and ".join(parts) + ".")
@@ -146,10 +148,10 @@ def _speedup_sentences(device: str, rows: pd.DataFrame) -> list[str]:
     out = [f"On {device}, MEO's speedup over vanilla MoE spans "
            f"{fmt_times(trusted['speedup'].min())} to {fmt_times(trusted['speedup'].max())} over "
            f"{len(trusted)} (E, k) points; the largest is at E={best['num_experts']}, "
-           f"k={best['top_k']}, where FLOPs predict {fmt_times(best['flops_ratio'])}.", *left_out]
+           f"k={best['top_k']}, where FLOPs predict {fmt_times(best['flops_ratio'])}."]
     known = trusted[trusted["realised"].notna()]
     if known.empty:
-        return out
+        return out + left_out
     short = known[known["realised"] < 1]
     out.append(f"It falls short of the FLOPs ratio at {len(short)} of {len(known)} points.")
     out += _beyond_flops(known)
@@ -164,7 +166,7 @@ def _speedup_sentences(device: str, rows: pd.DataFrame) -> list[str]:
         cells = ", ".join(f"E={r.num_experts} k={r.top_k} ({fmt_times(r.speedup)})"
                           for r in slower.itertuples())
         out.append(f"MEO is slower than vanilla MoE at {len(slower)} point(s): {cells}.")
-    return out
+    return out + left_out
 
 
 def _beyond_flops(known: pd.DataFrame) -> list[str]:
@@ -244,7 +246,8 @@ def _below_bound(below: pd.DataFrame, total: int) -> str:
     return (f" {len(below)} of {total} configurations measure below their bound (lowest "
             f"{fmt_times(ratio.min())}, {label(lowest['variant'])}): no implementation beats "
             f"this machine's own peaks, so those measurements are distrusted (other processes "
-            f"slowed the peak probes or the timing) and left out of the figures.")
+            f"slowed the peak probes or the timing): left out of the roofline figure and its "
+            f"table, and marked wherever else they appear.")
 
 
 def launch_bound(ok: pd.DataFrame) -> list[str]:
@@ -283,7 +286,7 @@ def methods_compared(ok: pd.DataFrame) -> list[str]:
         by = rows.set_index("variant")
         parts = [METHOD_SENTENCES[v](by.loc[v], by.loc["moe"]) for v in METHOD_SENTENCES
                  if v in by.index]
-        timed = [f"{label(v)} {fmt_times(by.loc[v, 'latency_rel'])}"
+        timed = [f"{label(v)} " + marked(fmt_times(by.loc[v, "latency_rel"]), by.loc[v, "distrusted"])
                  for v in ("meo", "ce", "xmoe")
                  if v in by.index and not missing(by.loc[v, "latency_rel"])]
         latency = f" Measured latency against vanilla MoE's: {', '.join(timed)}." if timed else ""

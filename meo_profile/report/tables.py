@@ -179,7 +179,9 @@ def latency_tables(ok: pd.DataFrame) -> list[Table]:
         header = [("variant", False), *((f"k={int(k)}", True) for k in ks)]
         out.append(table(f"Latency (ms), {device}; {rows['setting'].iloc[0]}", header, body,
                          "Median ms per forward (20th–80th percentile); the fastest "
-                         "implementation at each point. Dense has no k: its one value repeats."))
+                         "implementation at each point. Dense has no k: its one value repeats. "
+                         "(below bound): faster than its roofline bound allows, a measurement "
+                         "to distrust."))
     return out
 
 
@@ -188,7 +190,15 @@ def _latency_cell(rows: pd.DataFrame, variant: str, k: int) -> str:
     if match.empty:
         return NA
     r = match.iloc[0]
-    return f"{fmt_ms(r['latency_ms_median'])} ({fmt_ms(r['latency_ms_p20'])}–{fmt_ms(r['latency_ms_p80'])})"
+    return marked(f"{fmt_ms(r['latency_ms_median'])} ({fmt_ms(r['latency_ms_p20'])}–"
+                  f"{fmt_ms(r['latency_ms_p80'])})", r["distrusted"])
+
+
+BELOW_BOUND = " (below bound)"  # a time below its roofline bound: shown, marked, never a result
+
+
+def marked(text: str, distrusted: Any) -> str:
+    return text + BELOW_BOUND if not missing(distrusted) and bool(distrusted) else text
 
 
 def _variant_order(variants: pd.Series) -> list[str]:
@@ -202,7 +212,7 @@ def speedup_tables(ok: pd.DataFrame) -> list[Table]:
     for device, rows in view.groupby("device_label", sort=True) if not view.empty else []:
         body = [[fmt_int(r.num_experts), fmt_int(r.top_k), f"{fmt_ms(r.vanilla_ms)} ({r.vanilla_impl})",
                  f"{fmt_ms(r.meo_ms)} ({r.meo_impl})",
-                 fmt_times(r.speedup) + (" (below bound)" if r.distrusted else ""),
+                 marked(fmt_times(r.speedup), r.distrusted),
                  fmt_times(r.flops_ratio), fmt_pct(r.realised), fmt_times(r.bound_speedup),
                  fmt_times(r.meo_vs_bound), fmt_times(r.vanilla_vs_bound)]
                 for r in rows.sort_values(["num_experts", "top_k"]).itertuples()]
@@ -369,7 +379,8 @@ def method_tradeoff(r) -> str:
 def _latency_text(r) -> str:
     if missing(r.latency_ms_median):
         return NA
-    return f"{fmt_ms(r.latency_ms_median)} ({fmt_ms(r.latency_ms_p20)}–{fmt_ms(r.latency_ms_p80)})"
+    return marked(f"{fmt_ms(r.latency_ms_median)} ({fmt_ms(r.latency_ms_p20)}–"
+                  f"{fmt_ms(r.latency_ms_p80)})", r.distrusted)
 
 
 def _with_ratio(text: str, ratio: float) -> str:
