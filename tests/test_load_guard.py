@@ -81,7 +81,7 @@ def test_no_timed_target_means_no_probe():
 
 def test_a_sweep_stores_and_keeps_its_load_guard(tmp_path, monkeypatch):
     slower = itertools.chain([10.0], itertools.repeat(13.0))  # before, then after
-    monkeypatch.setattr(load_guard, "probe_peaks", scripted_probe(slower))
+    monkeypatch.setattr(load_guard, "_probe_and_keep", scripted_probe(slower))
     monkeypatch.setattr(load_guard.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
     spec = Spec(host="layer", variant="dense", d_model=16, d_ff=32, seq_len=8, batch_size=2,
                 device="cpu")

@@ -95,9 +95,15 @@ def device_peaks(device: str, dtype: str, refresh: bool = False) -> DevicePeaks:
     key = (device, dtype)
     if key in _BEST_PEAKS and not refresh:
         return _BEST_PEAKS[key]
-    probed = probe_peaks(device, dtype)
+    return keep_best(probe_peaks(device, dtype))
+
+
+def keep_best(probed: DevicePeaks) -> DevicePeaks:
+    """Fold a probe into the cache, keeping the better of each figure; the best so far."""
+    key = (probed.device, probed.dtype)
     best = _BEST_PEAKS.get(key, probed)
-    _BEST_PEAKS[key] = DevicePeaks(device, dtype, max(best.macs_per_s, probed.macs_per_s),
+    _BEST_PEAKS[key] = DevicePeaks(probed.device, probed.dtype,
+                                   max(best.macs_per_s, probed.macs_per_s),
                                    max(best.bytes_per_s, probed.bytes_per_s))
     return _BEST_PEAKS[key]
 
