@@ -86,25 +86,30 @@ MinRunTime = Annotated[float, typer.Option("--min-run-time", help="Seconds of ti
 CpuAllocator = Annotated[str, typer.Option("--cpu-allocator", help="CPU malloc while timing: retain (keep freed memory, as jemalloc/tcmalloc do) or system; recorded as `allocator`.")]
 Autorange = Annotated[str, typer.Option("--autorange", help="CPU timer: blocked or adaptive autorange.")]
 FlushL2 = Annotated[bool, typer.Option("--flush-l2", help="CUDA: flush the L2 cache before each call.")]
+TimingMode = Annotated[str, typer.Option("--timing", help="CUDA: graph (replay the step from a CUDA graph), eager (launch it op by op), or auto (graph where the step can be captured, else eager, saying why); recorded as `timing_mode`. CPU: always eager.")]
 
 
 @app.command(rich_help_panel="Measure one configuration")
 @with_spec
 def latency(spec: Spec, json_out: JsonFlag = False, warmup: Warmup = 3, min_run_time: MinRunTime = 1.0,
             autorange: Autorange = "blocked", flush_l2: FlushL2 = False,
-            cpu_allocator: CpuAllocator = "retain") -> None:
+            cpu_allocator: CpuAllocator = "retain", timing: TimingMode = "auto") -> None:
     """One configuration: latency statistics, tokens/s, peak memory, roofline bound."""
     from meo_profile.measure.run import measure
     from meo_profile.measure.timing import TimingOptions
     from meo_profile.terminal.perf import latency_table
 
     options = TimingOptions(warmup=warmup, min_run_time=min_run_time, autorange=autorange,
-                            flush_l2=flush_l2, cpu_allocator=cpu_allocator)
+                            flush_l2=flush_l2, cpu_allocator=cpu_allocator, timing_mode=timing)
     result = measure(spec, ("latency", "memory"), timing=options)
     if result.status != "ok":
         typer.echo(f"error: {result.status}: {result.error}", err=True)
     for warning in result.timing.warnings if result.timing is not None else []:
         typer.echo(f"warning: {warning}", err=True)
+    if result.below_bound:
+        typer.echo(f"warning: measured {result.latency_ms_median:.4g} ms is below the roofline "
+                   f"bound {result.roofline_ms:.4g} ms: distrust this measurement (another "
+                   "process slowed the peak probes or the timing)", err=True)
     if json_out:
         emit_json(result.to_dict())
     elif result.status == "ok":
@@ -115,23 +120,31 @@ def latency(spec: Spec, json_out: JsonFlag = False, warmup: Warmup = 3, min_run_
 
 TraceOut = Annotated[str, typer.Option("--out", help="Chrome/Perfetto trace file to write.")]
 Steps = Annotated[int, typer.Option("--steps", help="Profiled steps (after --warmup unprofiled ones).")]
-Top = Annotated[int, typer.Option("--top", help="Operators shown, by self time.")]
+Top = Annotated[int, typer.Option("--top", help="Kernels and operators shown, by time.")]
+FromTrace = Annotated[Path | None, typer.Option("--from", help="Summarise this trace file (torch.profiler's Chrome JSON, .json or .json.gz) instead of running anything; the configuration flags are then ignored.")]
 
 
 @app.command(rich_help_panel="Measure one configuration")
 @with_spec
 def trace(spec: Spec, out: TraceOut = "trace.json", json_out: JsonFlag = False, warmup: Warmup = 2,
-          steps: Steps = 1, top: Top = 20) -> None:
-    """One configuration under torch.profiler: operators by self time, phases, a trace file."""
+          steps: Steps = 1, top: Top = 20, from_file: FromTrace = None) -> None:
+    """One configuration under torch.profiler: device time by kernel and by phase (CUDA), host
+    operators by self time, a trace file; or the same summary of an existing file (--from)."""
+    from meo_profile.measure.trace import summarize_file
     from meo_profile.measure.trace import trace as run_trace
-    from meo_profile.terminal.perf import ops_table, phases_table
+    from meo_profile.terminal import perf
 
-    summary = run_trace(spec, out, warmup=warmup, steps=steps)
+    summary = summarize_file(from_file) if from_file else run_trace(spec, out, warmup=warmup,
+                                                                   steps=steps)
     if json_out:
         emit_json(summary.to_dict())
         return
-    render.print_table(ops_table(summary, top))
-    render.print_table(phases_table(summary))
+    for table in (perf.kernels_table(summary, top), perf.ops_table(summary, top),
+                  perf.phases_table(summary)):
+        if table is not None:
+            render.print_table(table)
+    for line in perf.launch_lines(summary):
+        typer.echo(line)
 
 
 @app.command(rich_help_panel="Sweep")
@@ -149,6 +162,7 @@ def sweep(
     warmup: Warmup = 3,
     min_run_time: MinRunTime = 0.5,
     cpu_allocator: CpuAllocator = "retain",
+    timing: TimingMode = "auto",
     report: Annotated[bool, typer.Option("--report/--no-report", help="Render the report at the end.")] = True,
 ) -> None:
     """Run a grid of configurations; every record is stored as it is measured; report at the end."""
@@ -158,8 +172,9 @@ def sweep(
     from meo_profile.sweep.run import run_sweep, skipped_lines
     from meo_profile.terminal.progress import run_with_progress
 
-    timing = TimingOptions(warmup=warmup, min_run_time=min_run_time, cpu_allocator=cpu_allocator)
-    plan = plan_sweep(preset, config, axes, metrics, out, resume, max_memory, timing)
+    options = TimingOptions(warmup=warmup, min_run_time=min_run_time, cpu_allocator=cpu_allocator,
+                            timing_mode=timing)
+    plan = plan_sweep(preset, config, axes, metrics, out, resume, max_memory, options)
     out = plan.options.out
     if plan.impossible:
         typer.echo(f"{plan.impossible} grid combinations left out: top-k above the expert count",

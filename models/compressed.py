@@ -97,6 +97,7 @@ class CompressedExperts(SparseLayer):
         tokens = x.reshape(B * T, d_in)  # (N, d_in)
         with phase("router"):
             main, aux = split_routing(self.router(tokens), self.main_k)  # (N, m), (N, n_ce)
+            self.remember(main)  # the experts that run in full
         with phase("compress"):
             scales = self.vectors(aux)  # [(N, parts_j, d_in_j)] e1, e3, e2 for SwiGLU
         y = TOKEN_DISPATCH[self.impl](self.experts, tokens, main, scales)  # (N, d_out)

@@ -26,6 +26,10 @@ class SparseLayer(nn.Module):
     def __init__(self, bank: ExpertBank, router: Router, impl: str):
         super().__init__()
         self.experts, self.router, self.impl = bank, router, impl
+        # The experts the last forward ran in full, as the router chose them: kept as the
+        # tensor it already is (no copy, no host sync while timing), read after the timed
+        # region by `experts_touched` (the roofline counts the weights of distinct experts).
+        self.last_top_k_index: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
         return f"impl={self.impl!r}, E={self.experts.num_experts}, k={self.router.top_k}"
@@ -35,6 +39,20 @@ class SparseLayer(nn.Module):
         the k experts it merges. Variants with other rules override this."""
         idle = (self.experts.num_experts - self.router.top_k) * self.experts.expert_numel
         return sum(p.numel() for p in self.parameters()) - idle
+
+    def remember(self, routing: Routing) -> Routing:
+        """Keep the routing's expert index (a reference) for `experts_touched`; returns it."""
+        self.last_top_k_index = routing.top_k_index
+        return routing
+
+
+def experts_touched(layer: SparseLayer) -> int | None:
+    """Distinct experts the layer's last forward ran (index -1, an empty slot, is none); None
+    before any forward or on the meta device. One host sync: call it after timing."""
+    index = layer.last_top_k_index
+    if index is None or index.is_meta:
+        return None
+    return int(torch.unique(index[index >= 0]).numel())
 
 
 # ------------------------------------------------------------------------- token level
@@ -105,7 +123,7 @@ class TokenMoE(SparseLayer):
         B, T, d_in = x.shape
         tokens = x.reshape(B * T, d_in)  # (N, d_in)
         with phase("router"):
-            routing = self.router(tokens)  # (N, k) each
+            routing = self.remember(self.router(tokens))  # (N, k) each
         y = TOKEN_DISPATCH[self.impl](self.experts, tokens, routing)  # (N, d_out)
         return y.view(B, T, -1)
 
@@ -148,7 +166,7 @@ class SequenceMoE(SparseLayer):
     """Vanilla top-k MoE with sequence-level routing (`--variant moe-seq`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        routing = route_sequences(self.router, x)
+        routing = self.remember(route_sequences(self.router, x))
         return SEQUENCE_DISPATCH[self.impl](self.experts, x, routing)
 
 
@@ -193,7 +211,7 @@ class MergedExperts(SparseLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.token_block is not None:
             x = self.token_block(x)
-        routing = route_sequences(self.router, x)
+        routing = self.remember(route_sequences(self.router, x))
         with phase("merge"):
             merged = self.merger(routing)
         with phase("experts"):

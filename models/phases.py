@@ -11,6 +11,9 @@ import contextlib
 import torch
 from torch.autograd import profiler
 
+# The phases a MoE layer marks, in the order a layer runs them.
+PHASES = ("router", "dispatch", "compress", "experts", "merge", "combine")
+
 
 def phase(name: str) -> contextlib.AbstractContextManager:
     if torch.autograd._profiler_enabled():

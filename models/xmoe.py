@@ -159,7 +159,7 @@ class XMoE(SparseLayer):
         kept = valid if C is None else valid & (position < C)
         self.last_routing_stats = RoutingStats(chosen=valid.sum(dim=-1),
                                                dropped_pairs=(valid & ~kept).sum())
-        routing = Routing(torch.where(kept, index, -1), weights * kept)
+        routing = self.remember(Routing(torch.where(kept, index, -1), weights * kept))
         return Plan(routing, position, C)
 
     def params_active(self) -> int | None:

@@ -11,7 +11,7 @@ from meo_profile.measure.memory import (
     peak_memory,
     running_sum_profile,
 )
-from meo_profile.measure.roofline import expert_bytes
+from meo_profile.measure.phase_work import expert_bytes
 from meo_profile.measure.workload import Workload
 from models import Spec, sparse_layers
 

@@ -178,8 +178,12 @@ def test_latency_json_prints_one_record_and_nothing_else():
         assert record[key] is not None, key
     assert record["latency_ms_p20"] <= record["latency_ms_median"] <= record["latency_ms_p80"]
     assert len(record["latency_samples_ms"]) == record["latency_runs"]
-    assert record["timer"] == "torch_benchmark"
+    assert record["timer"] == "torch_benchmark" and record["timing_mode"] == "eager"
     assert record["mem_method"] == "cpu_profiler_alloc_events"
+    # the phase-wise bound: its phases sum to it, and it is never below the whole-call bound
+    assert record["roofline_ms"] == pytest.approx(sum(record["roofline_by_phase"].values()))
+    assert {"router", "merge", "experts"} <= set(record["roofline_by_phase"])
+    assert record["roofline_overlap_ms"] <= record["roofline_ms"]
 
 
 def test_latency_bad_option_is_one_line_and_exit_2():

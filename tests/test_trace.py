@@ -1,5 +1,5 @@
-"""Traces: a valid Chrome/Perfetto JSON whose events name the layers' phases, and a summary
-sorted by self time."""
+"""Traces: a valid Chrome/Perfetto JSON whose events name the layers' phases, summarised from the
+file itself, so a live trace and `trace --from FILE` agree."""
 
 import json
 import subprocess
@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
-from meo_profile.measure.trace import PHASES, trace
+from meo_profile.measure.trace import kernel_time, summarize_file, trace
+from meo_profile.measure.workload import Workload
 from models import Spec
+from models.phases import PHASES
 from models.spec import SpecError
 
 TINY = dict(host="layer", num_experts=4, top_k=2, d_model=64, d_ff=128, seq_len=16, batch_size=2,
@@ -17,12 +19,12 @@ TINY_FLAGS = ["--experts", "4", "--top-k", "2", "--d-model", "64", "--d-ff", "12
               "--batch-size", "2", "--device", "cpu"]
 
 
-def annotations(path) -> set[str]:
-    """Names of the record_function ranges in a Chrome trace file."""
+def annotations(path) -> list[str]:
+    """Names of the record_function ranges in a Chrome trace file, as often as they occur."""
     with open(path) as f:
         events = json.load(f)["traceEvents"]
     assert isinstance(events, list) and events
-    return {e["name"] for e in events if e.get("cat") == "user_annotation"}
+    return [e["name"] for e in events if e.get("cat") == "user_annotation"]
 
 
 @pytest.mark.parametrize("variant, impl, phases", [
@@ -33,24 +35,38 @@ def annotations(path) -> set[str]:
 def test_trace_file_is_json_with_the_named_phases(tmp_path, variant, impl, phases):
     out = tmp_path / "trace.json"
     summary = trace(Spec(variant=variant, impl=impl, **TINY), out, warmup=1)
-    assert phases <= annotations(out)
-    names = [p.name for p in summary.phases]
+    assert phases <= set(annotations(out))
+    names = list(summary.analysis.phase_host_ms())
     assert phases <= set(names)
     assert names == [p for p in PHASES if p in names]  # listed in the order the layers run them
 
 
-def test_summary_sorts_operators_by_self_time(tmp_path):
+def test_only_the_recorded_steps_are_in_the_file(tmp_path):
+    """The profiler's own warm-up step (where its start-up cost lands) is not exported."""
+    out = tmp_path / "t.json"
+    summary = trace(Spec(variant="meo", **TINY), out, warmup=0, steps=2)
+    steps = [n for n in annotations(out) if n.startswith("ProfilerStep#")]
+    assert len(steps) == 2 == summary.analysis.steps
+    assert annotations(out).count("merge") == 2 * 2  # two MoE linears per step
+
+
+def test_cpu_summary_sorts_host_operators_and_has_no_device_time(tmp_path):
     summary = trace(Spec(variant="moe", **TINY), tmp_path / "t.json", warmup=1)
-    self_ms = [op.self_ms for op in summary.ops]
+    a = summary.analysis
+    self_ms = [op.self_ms for op in a.ops]
     assert self_ms == sorted(self_ms, reverse=True) and self_ms[0] > 0
-    assert summary.self_ms_total == pytest.approx(sum(self_ms))
-    assert not {op.name for op in summary.ops} & set(PHASES)  # phases have their own table
-    assert summary.clock == "cpu" and summary.steps == 1
+    assert a.op_self_ms_total == pytest.approx(sum(self_ms))
+    assert all(op.name.startswith("aten::") for op in a.ops)  # phases have their own table
+    assert summary.clock == "cpu" and a.kernel_ms_total is None and a.kernels == []
 
 
 def test_train_trace_holds_the_backward(tmp_path):
     summary = trace(Spec(variant="meo", mode="train", **TINY), tmp_path / "t.json", warmup=0)
-    assert any("Backward" in op.name for op in summary.ops)
+    assert any("Backward" in op.name for op in summary.analysis.ops)
+
+
+def test_kernel_pass_finds_no_device_time_on_cpu():
+    assert kernel_time(Workload.build(Spec(variant="meo", **TINY)), steps=1) == (None, {})
 
 
 def test_bad_paths_and_counts_are_refused(tmp_path):
@@ -63,10 +79,38 @@ def test_bad_paths_and_counts_are_refused(tmp_path):
         trace(spec, tmp_path / "t.json", steps=0)
 
 
-def test_trace_command_writes_the_file_and_prints_both_tables(tmp_path):
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", "trace", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_trace_command_and_its_from_file_summary_agree(tmp_path):
     out = tmp_path / "trace.json"
-    proc = subprocess.run([sys.executable, "-m", "cli", "trace", "--variant", "moe", *TINY_FLAGS,
-                           "--out", str(out)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "self %" in proc.stdout and "phases" in proc.stdout and "router" in proc.stdout
-    assert {"router", "dispatch", "experts", "combine"} <= annotations(out)
+    live = _cli("--variant", "moe", *TINY_FLAGS, "--out", str(out), "--json")
+    assert live.returncode == 0, live.stderr
+    again = _cli("--from", str(out))  # the tables, from the file alone
+    assert again.returncode == 0, again.stderr
+    assert "host operators by self time" in again.stdout and "host time by phase" in again.stdout
+    assert "router" in again.stdout and "device time" not in again.stdout
+    live_fields, file_fields = json.loads(live.stdout), summarize_file(out).to_dict()
+    assert live_fields.pop("spec")["variant"] == "moe" and file_fields.pop("spec") is None
+    assert live_fields == file_fields
+    assert {"router", "dispatch", "experts", "combine"} <= set(annotations(out))
+
+
+def test_trace_from_a_missing_file_is_one_line_and_exit_2(tmp_path):
+    proc = _cli("--from", str(tmp_path / "none.json"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [f"error: --from '{tmp_path / 'none.json'}': no such file"]
+
+
+@pytest.mark.gpu
+def test_cuda_trace_splits_device_time_by_phase(tmp_path):
+    summary = trace(Spec(variant="meo", impl="dense", **{**TINY, "device": "cuda"}),
+                    tmp_path / "t.json", warmup=1, steps=2)
+    a = summary.analysis
+    assert summary.clock == "cuda" and a.steps == 2 and a.kernel_ms_total > 0
+    assert {"router", "merge", "experts"} <= set(a.kernel_ms_by_phase)
+    assert sum(a.kernel_ms_by_phase.values()) == pytest.approx(a.kernel_ms_total, rel=1e-9)
+    assert a.links.unlinked == 0 and a.launch.launched == a.launch.device_events
+    assert summarize_file(tmp_path / "t.json").to_dict()["kernel_ms_by_phase"] == a.kernel_ms_by_phase

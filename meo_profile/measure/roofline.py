@@ -1,20 +1,22 @@
-"""A physical lower bound on a configuration's latency: the roofline of this very device.
+"""A physical lower bound on a configuration's latency: the roofline of this very device, applied
+phase by phase.
 
-Convention: the bound in milliseconds is max(compute, memory), where compute = macs / (the
-device's measured dense-matmul multiply-adds per second) and memory = bytes the call must move /
-(the device's measured copy bandwidth). Peaks are measured here, on the same machine and dtype,
-once per process (cached), never taken from a datasheet: a measured/bound ratio near 1 means the
-implementation runs as fast as this machine's best matmul and copy allow.
+Convention: a phase's bound in milliseconds is max(compute, memory), where compute = its macs /
+(the device's measured dense-matmul multiply-adds per second) and memory = the bytes it must move
+/ (the device's measured copy bandwidth); what each phase must compute and move is in
+phase_work.py. The phases of a forward (router, dispatch, experts, merge, combine, the host's own
+work) run one after another, so the configuration's bound `roofline_ms` is the sum of its phases'
+bounds (`roofline_by_phase`). MEO's merge (bound by bytes) and its matmuls (bound by compute)
+then both count, where the whole-call bound max(sum of compute, sum of memory), kept as
+`roofline_overlap_ms`, lets one hide behind the other; the sum is never below it.
 
-Bytes a forward must move (`bytes_moved`), counted from the model's structure, each at least once:
-- every parameter outside the expert banks (attention, embeddings, norms, heads), read once;
-- the experts an MoE layer's routing touches, read once: the expected number of distinct experts
-  when n routed inputs (tokens, or sequences for sequence-level routing) each pick k of E
-  uniformly, E * (1 - (1 - k/E)^n);
-- MEO: every merged matrix written once and read once, 2 * B * (one expert's parameters);
-- activations: every linear (dense or MoE) reads its input rows and writes its output rows.
-Training (forward + backward) costs three forwards' macs and bytes (the backward reads the weights
-again, writes their gradients, and computes two matmuls per forward matmul), the usual estimate.
+Peaks are measured here, on the same machine and dtype, once per process (cached), never taken
+from a datasheet: a measured/bound ratio near 1 means the implementation runs as fast as this
+machine's best matmul and copy allow, and a ratio below 1 means the measurement is wrong (another
+process slowed the peak probes, or the timing), never that a bound was beaten: the record says
+`below_bound`. Training (forward + backward) costs three forwards' macs and bytes (the backward
+reads the weights again, writes their gradients, and computes two matmuls per forward matmul),
+the usual estimate, in every phase.
 """
 
 from __future__ import annotations
@@ -26,11 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from meo_profile.measure.analytic import count
-from meo_profile.measure.timing import TimingOptions, time_call
-from models import VARIANTS, Spec, build_model, sparse_layers, torch_dtype
+from meo_profile.measure.phase_work import BOUND_PHASES, Work, phase_work
+from meo_profile.measure.timing import TimingOptions, time_benchmark, time_call
+from models import Spec, build_model
 from models.build import TORCH_DTYPES
-from models.layers import MergedExperts, SparseLayer
 from models.spec import SpecError
 
 # Sizes for the peak probes: large enough to reach the device's steady state (on a quiet
@@ -54,8 +55,14 @@ class DevicePeaks:
     bytes_per_s: float
 
 
-def best_ms(fn: Callable[[], Any], device: str) -> float:
-    """The fastest sample: a peak is what the device can do, so noise only slows it down."""
+Clock = Callable[[], float] | None  # seconds; None: the device's own timer
+
+
+def best_ms(fn: Callable[[], Any], device: str, clock: Clock = None) -> float:
+    """The fastest sample: a peak is what the device can do, so noise only slows it down.
+    `clock` (CPU only): the benchmark timer's clock in seconds, a fake one in tests."""
+    if clock is not None and device == "cpu":
+        return min(time_benchmark(fn, PROBE_OPTIONS, timer=clock).samples_ms)
     return min(time_call(fn, device, PROBE_OPTIONS).samples_ms)
 
 
@@ -72,6 +79,12 @@ def copy_bytes_per_s(device: str) -> float:
     return 2 * COPY_BYTES[device] / (best_ms(lambda: dst.copy_(src), device) / 1e3)  # read + write
 
 
+def probe_peaks(device: str, dtype: str) -> DevicePeaks:
+    """The peaks measured now, uncached (the load guard compares two such probes)."""
+    return DevicePeaks(device, dtype, matmul_macs_per_s(device, TORCH_DTYPES[dtype]),
+                       copy_bytes_per_s(device))
+
+
 _BEST_PEAKS: dict[tuple[str, str], DevicePeaks] = {}
 
 
@@ -82,10 +95,15 @@ def device_peaks(device: str, dtype: str, refresh: bool = False) -> DevicePeaks:
     key = (device, dtype)
     if key in _BEST_PEAKS and not refresh:
         return _BEST_PEAKS[key]
-    probed = DevicePeaks(device, dtype, matmul_macs_per_s(device, TORCH_DTYPES[dtype]),
-                         copy_bytes_per_s(device))
+    return keep_best(probe_peaks(device, dtype))
+
+
+def keep_best(probed: DevicePeaks) -> DevicePeaks:
+    """Fold a probe into the cache, keeping the better of each figure; the best so far."""
+    key = (probed.device, probed.dtype)
     best = _BEST_PEAKS.get(key, probed)
-    _BEST_PEAKS[key] = DevicePeaks(device, dtype, max(best.macs_per_s, probed.macs_per_s),
+    _BEST_PEAKS[key] = DevicePeaks(probed.device, probed.dtype,
+                                   max(best.macs_per_s, probed.macs_per_s),
                                    max(best.bytes_per_s, probed.bytes_per_s))
     return _BEST_PEAKS[key]
 
@@ -93,96 +111,50 @@ def device_peaks(device: str, dtype: str, refresh: bool = False) -> DevicePeaks:
 # -------------------------------------------------------------------------------- the bound
 @dataclass(frozen=True)
 class RooflineBound:
-    compute_ms: float
-    memory_ms: float
+    """Per phase, milliseconds at the matmul peak (compute) and at the copy bandwidth (memory)."""
+
+    compute_ms: dict[str, float]
+    memory_ms: dict[str, float]
+
+    @property
+    def by_phase_ms(self) -> dict[str, float]:
+        """Each phase's bound, the slower of its compute and its memory, in BOUND_PHASES order."""
+        return {p: max(self.compute_ms.get(p, 0.0), self.memory_ms.get(p, 0.0))
+                for p in BOUND_PHASES if p in self.compute_ms or p in self.memory_ms}
 
     @property
     def bound_ms(self) -> float:
-        return max(self.compute_ms, self.memory_ms)
+        """The phases run one after another: their bounds add up."""
+        return sum(self.by_phase_ms.values())
+
+    @property
+    def overlap_ms(self) -> float:
+        """The whole-call bound: every phase's compute overlapping every phase's memory."""
+        return max(sum(self.compute_ms.values()), sum(self.memory_ms.values()))
 
     def to_fields(self, measured_ms: float | None = None) -> dict[str, Any]:
         ratio = None if measured_ms is None else measured_ms / self.bound_ms
-        return {"roofline_ms": self.bound_ms, "roofline_ratio": ratio}
+        return {"roofline_ms": self.bound_ms, "roofline_by_phase": self.by_phase_ms,
+                "roofline_overlap_ms": self.overlap_ms, "roofline_ratio": ratio,
+                "below_bound": None if ratio is None else ratio < 1}
 
 
-def roofline(spec: Spec, macs: int, bytes_moved: int, peaks: DevicePeaks | None = None) -> RooflineBound:
-    """The bound for `macs` multiply-adds and `bytes_moved` bytes per step of the spec's mode."""
+def roofline(spec: Spec, work: dict[str, Work], peaks: DevicePeaks | None = None) -> RooflineBound:
+    """The bound of `work` (phase -> macs and bytes of one forward) per step of the spec's mode."""
     peaks = peaks or device_peaks(spec.device, spec.dtype)
-    work = MODE_COST[spec.mode]
-    return RooflineBound(compute_ms=work * macs / peaks.macs_per_s * 1e3,
-                 memory_ms=work * bytes_moved / peaks.bytes_per_s * 1e3)
+    forwards = MODE_COST[spec.mode]
+    return RooflineBound(
+        compute_ms={p: forwards * w.macs / peaks.macs_per_s * 1e3 for p, w in work.items()},
+        memory_ms={p: forwards * w.bytes / peaks.bytes_per_s * 1e3 for p, w in work.items()})
 
 
-# --------------------------------------------------------------------------- bytes to move
-def expected_distinct(num_experts: int, picks: int, inputs: int) -> float:
-    """Distinct experts touched when `inputs` inputs each pick `picks` of E uniformly."""
-    return num_experts * (1.0 - (1.0 - min(picks, num_experts) / num_experts) ** inputs)
-
-
-def routed(spec: Spec) -> tuple[int, int]:
-    """(inputs one MoE layer routes, experts each runs in full): tokens or sequences by the
-    variant's router; compressed experts run k - n_ce experts in full."""
-    inputs = spec.batch_size if VARIANTS[spec.variant].routes == "sequence" else spec.batch_size * spec.seq_len
-    return inputs, spec.top_k - (spec.n_ce or 0)
-
-
-def _numel_bytes(tensors: list[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def expert_bytes(layer: SparseLayer) -> int:
-    """One expert's weights and biases."""
-    bank = layer.experts
-    return _numel_bytes(list(bank.parameters())) // bank.num_experts
-
-
-def sparse_layer_bytes(layer: SparseLayer, spec: Spec) -> float:
-    """Experts read (expected distinct) plus, for MEO, merged weights written and read."""
-    inputs, picks = routed(spec)
-    per_expert = expert_bytes(layer)
-    read = expected_distinct(layer.experts.num_experts, picks, inputs) * per_expert
-    merged = 2 * spec.batch_size * per_expert if isinstance(layer, MergedExperts) else 0
-    return read + merged
-
-
-def linear_widths(module: nn.Module) -> list[int] | None:
-    """Feature widths a row passes through in this module, if it is a linear site."""
-    if isinstance(module, SparseLayer):
-        dims = module.experts.dims  # inner widths of an FFN expert are written, then read
-        return [dims[0], *[d for d in dims[1:-1] for _ in range(2)], dims[-1]]
-    if isinstance(module, nn.Linear):
-        return [module.in_features, module.out_features]
-    if type(module).__name__ == "Conv1D":  # GPT-2's linear: weight (in, out), `nf` outputs
-        return [module.weight.shape[0], module.nf]
-    return None
-
-
-def _outside_sparse(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    sparse = [name + "." for name, m in model.named_modules() if isinstance(m, SparseLayer)]
-    return [(name, m) for name, m in model.named_modules()
-            if not any(name.startswith(prefix) for prefix in sparse)]
-
-
-def bytes_moved(spec: Spec, model: nn.Module | None = None) -> int:
-    """Bytes one forward of the spec's model must move at least (see the module doc)."""
+def configuration_bound(spec: Spec, model: nn.Module | None = None,
+                        peaks: DevicePeaks | None = None) -> RooflineBound | None:
+    """The phase-wise bound of `spec` (distinct experts as `model`'s last forward touched them,
+    when it ran); None where no closed form exists (XMoE's cost depends on its routing)."""
     model = model if model is not None else build_model(spec, device="meta")
-    itemsize = torch_dtype(spec).itemsize
-    rows = spec.batch_size * spec.seq_len
-    layers = sparse_layers(model)
-    expert_params = {id(p) for layer in layers for p in layer.experts.parameters()}
-    dense = [p for p in model.parameters() if id(p) not in expert_params]
-    total = _numel_bytes(dense) + sum(sparse_layer_bytes(layer, spec) for layer in layers)
-    for _, module in _outside_sparse(model):
-        widths = linear_widths(module)
-        total += 0 if widths is None else rows * sum(widths) * itemsize
-    return int(total)
-
-
-# ------------------------------------------------------------------ one configuration's bound
-def configuration_bound(spec: Spec, model: nn.Module | None = None) -> RooflineBound | None:
-    """The bound from the analytic macs of `spec`; None where no closed form exists."""
     try:
-        macs = count(spec).macs
-    except SpecError:  # XMoE's cost depends on its routing: no closed form, no bound
+        work = phase_work(spec, model)
+    except SpecError:
         return None
-    return roofline(spec, macs, bytes_moved(spec, model))
+    return roofline(spec, work, peaks)

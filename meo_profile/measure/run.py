@@ -26,11 +26,13 @@ from meo_profile.measure.counting import SOURCES, count, cross_check
 from meo_profile.measure.memory import peak_memory
 from meo_profile.measure.preflight import DoesNotFit, check_fits
 from meo_profile.measure.roofline import configuration_bound
-from meo_profile.measure.timing import TimingOptions, time_call
+from meo_profile.measure.step_timing import time_step
+from meo_profile.measure.timing import TimingOptions
 from meo_profile.measure.workload import Workload
 from meo_profile.results.record import Result
-from models import Spec, build_model, make_inputs
+from models import Spec, build_model, make_inputs, sparse_layers
 from models.compressed import model_rel_l2_error
+from models.layers import experts_touched
 from models.spec import SpecError
 from models.xmoe import routing_summary
 
@@ -49,7 +51,8 @@ def timed(phases: Counter | None, name: str) -> Iterator[None]:
             phases[name] += time.perf_counter() - start
 
 
-def check_request(spec: Spec, measurements: tuple[str, ...], source: str = "fvcore") -> None:
+def check_request(spec: Spec, measurements: tuple[str, ...], source: str = "fvcore",
+                  timing: TimingOptions | None = None) -> None:
     """Refuse, as bad input, what cannot be measured at all (SpecError names the flag)."""
     unknown = [m for m in measurements if m not in MEASUREMENTS]
     if unknown or not measurements:
@@ -59,13 +62,17 @@ def check_request(spec: Spec, measurements: tuple[str, ...], source: str = "fvco
         raise SpecError("source", source, f"unknown; choose from {', '.join(SOURCES)}")
     if ("latency" in measurements or "memory" in measurements) and spec.device not in TIMED_DEVICES:
         raise SpecError("device", spec.device, f"cannot be timed: use {' or '.join(TIMED_DEVICES)}")
+    if timing is not None and timing.timing_mode == "graph" and spec.device != "cuda" \
+            and "latency" in measurements:
+        raise SpecError("timing", "graph", f"CUDA graphs need --device cuda, not {spec.device}; "
+                        "use --timing auto or eager")
 
 
 def measure(spec: Spec, measurements: tuple[str, ...] = MEASUREMENTS, *, source: str = "fvcore",
             timing: TimingOptions | None = None, max_memory_bytes: int | None = None,
             phases: Counter | None = None) -> Result:
     """Measure `spec` as asked, into one Result (see the module doc for failures)."""
-    check_request(spec, measurements, source)
+    check_request(spec, measurements, source, timing)
     result = Result(spec, metrics=list(measurements))
     try:
         _measure_into(result, measurements, source, timing or TimingOptions(), max_memory_bytes,
@@ -101,11 +108,14 @@ def _measure_into(result: Result, measurements, source, timing, max_memory_bytes
 
 def time_workload(result: Result, work: Workload, options: TimingOptions, memory: bool = True,
                   bound: bool = True) -> Result:
-    """Time `work.step`, then probe its memory and bound: the latency fields of `result`."""
+    """Time `work.step` (in the timing mode asked), then probe its memory and bound: the latency
+    fields of `result`. Routing statistics are read after the timed calls (host syncs)."""
     malloc = allocator_setting(work.spec.device, options)
-    result.add_timing(time_call(work.step, work.spec.device, options))
+    stepped = time_step(work, options)
+    result.add_timing(stepped.timing)
     result.update(tokens_per_s=work.tokens / (result.timing.median_ms / 1e3), allocator=malloc,
-                  **routing_summary(work.model))
+                  **stepped.to_fields(), **routing_summary(work.model),
+                  **touched_summary(work.model))
     if memory:
         result.update(**peak_memory(work).to_fields())
     if bound:
@@ -113,6 +123,13 @@ def time_workload(result: Result, work: Workload, options: TimingOptions, memory
         if roof is not None:
             result.update(**roof.to_fields(result.timing.median_ms))
     return result
+
+
+def touched_summary(model: torch.nn.Module) -> dict[str, float]:
+    """Distinct experts each MoE layer's last forward ran, averaged over the layers ({} when
+    the model has none, or none has run on a real device)."""
+    touched = [n for n in map(experts_touched, sparse_layers(model)) if n is not None]
+    return {"experts_touched_mean": sum(touched) / len(touched)} if touched else {}
 
 
 def allocator_setting(device: str, options: TimingOptions) -> str:

@@ -103,18 +103,23 @@ class Timing:
 
 # ------------------------------------------------------------------------------ options
 AUTORANGES = ("blocked", "adaptive")
+# CUDA: replay the step from a CUDA graph (`graph`), launch it op by op (`eager`), or replay it
+# where it can be captured and launch it otherwise (`auto`); see step_timing.py.
+TIMING_MODES = ("auto", "graph", "eager")
 
 
 @dataclass(frozen=True)
 class TimingOptions:
     """How long and how carefully to time: warm-up calls, minimum measured seconds, CPU
-    autorange strategy, L2 flush between CUDA calls, the CPU allocator setting."""
+    autorange strategy, L2 flush between CUDA calls, the CPU allocator setting, and the CUDA
+    timing mode."""
 
     warmup: int = 3
     min_run_time: float = 1.0  # seconds of timed calls, at least
     autorange: str = "blocked"
     flush_l2: bool = False
     cpu_allocator: str = "retain"  # see meo_profile/allocator.py
+    timing_mode: str = "auto"  # what was asked; the record's `timing_mode` says what ran
 
     def __post_init__(self) -> None:
         if not isinstance(self.warmup, int) or self.warmup < 0:
@@ -126,6 +131,9 @@ class TimingOptions:
         if self.cpu_allocator not in CPU_ALLOCATORS:
             raise SpecError("cpu_allocator", self.cpu_allocator,
                             f"unknown; choose from {', '.join(CPU_ALLOCATORS)}")
+        if self.timing_mode not in TIMING_MODES:
+            raise SpecError("timing", self.timing_mode,
+                            f"unknown; choose from {', '.join(TIMING_MODES)}")
 
 
 def runs_for(per_call_ms: float, min_run_time_s: float) -> int:

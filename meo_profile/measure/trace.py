@@ -1,78 +1,56 @@
-"""`meo-profile trace`: one configuration under torch.profiler, summarised and written to a file.
+"""`meo-profile trace`: one configuration under torch.profiler, written to a trace file and
+summarised from that file, so a live trace and `--from FILE` give the same summary.
 
-Convention: times in the summary are milliseconds summed over the profiled steps; "self" time
-excludes the operators an operator calls. On CUDA the device's kernel time is what is summed and
-sorted (the host only launches); on CPU the host's time.
+Convention: times in the summary are milliseconds summed over the profiled steps. On CUDA the
+device's time is what is split (kernels, memcpy and memset by phase; see trace_file.py); the
+host's operators are a separate table, by self time. On CPU there is only the host's time.
 
-The profiler records CPU activity and, when the configuration runs on CUDA, CUDA activity, with
-input shapes and memory. The layers mark their phases with `record_function` (router, dispatch,
-experts, merge, combine; see models/phases.py), so the Chrome/Perfetto trace file shows each
-phase as a named range, and the summary totals time per phase.
+The profiler records CPU activity and, on CUDA, CUDA activity. The layers mark their phases with
+`record_function` (router, dispatch, compress, experts, merge, combine; models/phases.py), so the
+trace file shows each phase as a named range. One profiled warm-up step (the schedule's) comes
+before the recorded ones: the profiler's own start-up cost (CUPTI's activity buffers, ~3 ms on
+an H200) lands there, not in the first operator of the trace.
+
+`kernel_time` is the same pass, short and without shapes or memory, for the latency records: the
+device time of one step, and its split by phase.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, schedule
 
 from meo_profile.measure.process import native_stderr_silenced
+from meo_profile.measure.trace_file import TraceAnalysis, analyze_trace, per_step
 from meo_profile.measure.workload import Workload
 from models import Spec
 from models.spec import SpecError
 
-PHASES = ("router", "dispatch", "compress", "experts", "merge", "combine")
-
-
-@dataclass(frozen=True)
-class OpRow:
-    """One operator (or phase) aggregated by name over the profiled steps."""
-
-    name: str
-    calls: int
-    self_ms: float
-    total_ms: float
+KERNEL_PASS_STEPS = 3  # steps the latency records' kernel time is averaged over
 
 
 @dataclass
 class TraceSummary:
-    spec: Spec
+    """A trace file and what it holds; `spec` is None for a file summarised with `--from`."""
+
+    spec: Spec | None
     trace_path: str
-    clock: str  # "cuda" (kernel time) or "cpu" (host time)
-    steps: int
-    ops: list[OpRow] = field(default_factory=list)  # sorted by self time, descending
-    phases: list[OpRow] = field(default_factory=list)  # in PHASES order, those that ran
-    self_ms_total: float = 0.0  # all operators' self time: the denominator of shares
+    analysis: TraceAnalysis
+
+    @property
+    def clock(self) -> str:
+        """"cuda" when the trace holds device time, else "cpu" (host time only)."""
+        return "cpu" if self.analysis.kernel_ms_total is None else "cuda"
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["spec"] = self.spec.to_dict()
-        return d
-
-
-# How to read an aggregated profiler row on each clock: (self us, total us).
-CLOCK_TIMES = {
-    "cpu": lambda avg: (avg.self_cpu_time_total, avg.cpu_time_total),
-    "cuda": lambda avg: (avg.self_device_time_total, avg.device_time_total),
-}
-
-
-def to_row(avg: Any, clock: str) -> OpRow:
-    self_us, total_us = CLOCK_TIMES[clock](avg)
-    return OpRow(avg.key, int(avg.count), self_us / 1e3, total_us / 1e3)
-
-
-def summarize(averages: list[Any], spec: Spec, trace_path: str, steps: int) -> TraceSummary:
-    """Operators sorted by self time and the named phases, from `prof.key_averages()`."""
-    clock = "cuda" if spec.device == "cuda" else "cpu"
-    rows = [to_row(avg, clock) for avg in averages]
-    by_name = {r.name: r for r in rows}
-    ops = sorted((r for r in rows if r.name not in PHASES), key=lambda r: r.self_ms, reverse=True)
-    return TraceSummary(spec, trace_path, clock, steps, ops=ops,
-                        phases=[by_name[p] for p in PHASES if p in by_name],
-                        self_ms_total=sum(r.self_ms for r in ops))
+        """The analysis' fields (`kernel_ms_total`, `kernel_ms_by_phase`, tables, launch
+        statistics) with the configuration and the file beside them."""
+        return {"spec": None if self.spec is None else self.spec.to_dict(),
+                "trace_path": self.trace_path, "clock": self.clock, **self.analysis.to_dict()}
 
 
 def check_out_path(out: str | Path) -> Path:
@@ -84,23 +62,26 @@ def check_out_path(out: str | Path) -> Path:
     return path
 
 
-def profile_steps(work: Workload, steps: int):
-    """Run `steps` steps under torch.profiler (CPU, plus CUDA when on it); the profiler object."""
+def profile_to_file(work: Workload, path: Path, steps: int, details: bool = True) -> None:
+    """One profiled warm-up step, then `steps` recorded steps, exported to `path` (Chrome JSON;
+    a name ending .gz is compressed). `details`: input shapes and memory events too."""
     activities = [ProfilerActivity.CPU]
     if work.spec.device == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    with native_stderr_silenced(), profile(activities=activities, record_shapes=True,
-                                           profile_memory=True) as prof:
-        for _ in range(steps):
+    plan = schedule(wait=0, warmup=1, active=steps, repeat=1)
+    with native_stderr_silenced(), profile(
+            activities=activities, schedule=plan, record_shapes=details, profile_memory=details,
+            on_trace_ready=lambda prof: prof.export_chrome_trace(str(path))) as prof:
+        for _ in range(1 + steps):
             work.step()
-        work.sync()  # kernels still queued belong to this trace
-    return prof
+            work.sync()  # a step's kernels finish inside its own ProfilerStep range
+            prof.step()
 
 
 def trace(spec: Spec, out: str | Path = "trace.json", *, warmup: int = 2,
           steps: int = 1) -> TraceSummary:
     """Profile `steps` steps of `spec` after `warmup` unprofiled ones; write the Chrome trace to
-    `out` (Perfetto opens it; a name ending .gz is compressed) and return the summary."""
+    `out` (Perfetto opens it) and return its summary."""
     if spec.device not in ("cpu", "cuda"):
         raise SpecError("device", spec.device, "cannot be traced: use cpu or cuda")
     for name, value, least in (("warmup", warmup, 0), ("steps", steps, 1)):
@@ -111,6 +92,19 @@ def trace(spec: Spec, out: str | Path = "trace.json", *, warmup: int = 2,
     for _ in range(warmup):  # first calls pay one-time costs (allocations, kernel selection)
         work.step()
     work.sync()
-    prof = profile_steps(work, steps)
-    prof.export_chrome_trace(str(path))
-    return summarize(list(prof.key_averages()), spec, str(path), steps)
+    profile_to_file(work, path, steps)
+    return TraceSummary(spec, str(path), analyze_trace(path))
+
+
+def summarize_file(path: str | Path) -> TraceSummary:
+    """The summary of a trace file written earlier (by `trace` or any torch.profiler export)."""
+    return TraceSummary(None, str(path), analyze_trace(path))
+
+
+def kernel_time(work: Workload, steps: int = KERNEL_PASS_STEPS) -> tuple[float | None, dict[str, float]]:
+    """(device ms, device ms by phase) of one step, from a short profiled pass over `steps`
+    steps; (None, {}) where the device records no kernels (CPU)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernels.json"
+        profile_to_file(work, path, steps, details=False)
+        return per_step(analyze_trace(path))

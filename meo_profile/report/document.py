@@ -27,7 +27,7 @@ from meo_profile.core.errors import BadInput
 from meo_profile.report import figures, tables, views
 from meo_profile.report.findings import findings
 from meo_profile.report.tables import Table, as_list
-from meo_profile.results.store import load, results_path
+from meo_profile.results.store import load, load_warnings, results_path
 
 FIGURES_DIR = "figures"
 
@@ -113,6 +113,11 @@ SECTIONS: list[Section] = [
             "against vanilla MoE: what a token reads, what the MoE block computes, what it costs "
             "in time and memory, and what each method trades for it.",
             "fig8_methods", (tables.methods_tables,)),
+    Section("Where the time goes on CUDA",
+            "Eager PyTorch launches one kernel per operator; at small sizes the device waits for "
+            "the host. Each variant's eager time, its time replayed from a CUDA graph, and the "
+            "device's own kernel time, split by phase.",
+            "fig9_where_time_goes", (tables.time_tables,)),
 ]
 
 
@@ -128,12 +133,14 @@ class Report:
 
 
 def build_report(records: list[dict], command: str, source: str = "results.jsonl",
-                 skipped_lines: int = 0) -> Report:
-    """All blocks of the report from stored records. Draws figures; writes nothing."""
+                 skipped_lines: int = 0, load_warnings: list[str] | tuple = ()) -> Report:
+    """All blocks of the report from stored records (and the load guard's warnings of the
+    sweeps that produced them). Draws figures; writes nothing."""
     every = views.records_frame(records)
     ok = views.ok_rows(every)
     blocks: list[Block] = [Heading("meo-profile report", 1), Paragraph(_provenance(every, command, source)),
-                           TableBlock(tables.setup_table(every, skipped_lines, command))]
+                           TableBlock(tables.setup_table(every, skipped_lines, command,
+                                                         load_warnings))]
     for number, section in enumerate(SECTIONS, 1):  # numbered here, so a new section renumbers
         blocks += section_blocks(section, ok, number)
     blocks += [Heading(f"{len(SECTIONS) + 1}. Findings"),
@@ -284,24 +291,25 @@ def render_report(results: str | Path, out_dir: str | Path | None = None, fmt: s
         raise ReportError(f"--format {fmt!r}: unknown; choose from {', '.join(WRITERS)}")
     file, records, skipped = load_results(results)
     out = Path(out_dir) if out_dir is not None else file.parent
-    report = build_report(records, command or report_command(results, out_dir, fmt), file.name, skipped)
+    report = build_report(records, command or report_command(results, out_dir, fmt), file.name,
+                          skipped, load_warnings(file.parent))
     return write_report(report, out, fmt)
 
 
 # ------------------------------------------------------------------------------ terminal
 KEY_TABLES: tuple[tables.TableFn, ...] = (
     as_list(tables.paper_table), as_list(tables.flops_table), tables.speedup_tables,
-    tables.roofline_tables, tables.methods_tables,
+    tables.roofline_tables, tables.time_tables, tables.methods_tables,
 )
 
 
-def summary_tables(records: list[dict], skipped_lines: int = 0,
-                   command: str | None = None) -> list[Table]:
+def summary_tables(records: list[dict], skipped_lines: int = 0, command: str | None = None,
+                   load_warnings: list[str] | tuple = ()) -> list[Table]:
     """The tables the terminal shows: setup, the paper's numbers, FLOPs, speedup, roofline,
     the four methods, failures."""
     every = views.records_frame(records)
     ok = views.ok_rows(every)
-    out = [tables.setup_table(every, skipped_lines, command)]
+    out = [tables.setup_table(every, skipped_lines, command, load_warnings)]
     out += [t for fn in KEY_TABLES for t in fn(ok)]
     failed = tables.failures_table(every)
     return out + ([failed] if failed is not None else [])
@@ -320,7 +328,7 @@ def rich_table(t: Table) -> RichTable:
 def print_summary(results: str | Path, console: Console | None = None,
                   command: str | None = None) -> None:
     """Print the key tables of a results set to the terminal."""
-    _, records, skipped = load_results(results)
+    file, records, skipped = load_results(results)
     console = console or Console()
-    for t in summary_tables(records, skipped, command):
+    for t in summary_tables(records, skipped, command, load_warnings(file.parent)):
         console.print(rich_table(t))

@@ -24,7 +24,7 @@ from meo_profile.core.units import (
     missing,
 )
 from meo_profile.report import views
-from meo_profile.report.tables import paper_rows, printed_values
+from meo_profile.report.tables import marked, paper_rows, printed_values
 
 Finding = Callable[[pd.DataFrame], list[str]]
 
@@ -93,9 +93,11 @@ def latency_growth(ok: pd.DataFrame) -> list[str]:
             continue
         parts = []
         for variant in ("moe", "meo"):
-            r = sparse[sparse["variant"] == variant].set_index("top_k")["latency_ms_median"]
-            if k_lo in r and k_hi in r:
-                parts.append(f"{label(variant)} from {fmt_ms(r[k_lo])} to {fmt_ms(r[k_hi])} ms")
+            r = sparse[sparse["variant"] == variant].set_index("top_k")
+            if k_lo in r.index and k_hi in r.index:
+                lo, hi = (marked(fmt_ms(r.loc[k, "latency_ms_median"]), r.loc[k, "distrusted"])
+                          for k in (k_lo, k_hi))
+                parts.append(f"{label(variant)} from {lo} to {hi} ms")
         if parts:
             out.append(f"On {device} ({rows['setting'].iloc[0]}), going from k={int(k_lo)} to "
                        f"k={int(k_hi)} takes " + " and ".join(parts) + ".")
@@ -134,29 +136,37 @@ def speedup_shortfall(ok: pd.DataFrame) -> list[str]:
 
 
 def _speedup_sentences(device: str, rows: pd.DataFrame) -> list[str]:
-    best = rows.loc[rows["speedup"].idxmax()]
-    out = [f"On {device}, MEO's speedup over vanilla MoE spans {fmt_times(rows['speedup'].min())} "
-           f"to {fmt_times(rows['speedup'].max())} over {len(rows)} (E, k) points; the largest "
-           f"is at E={best['num_experts']}, k={best['top_k']}, where FLOPs predict "
-           f"{fmt_times(best['flops_ratio'])}."]
-    known = rows[rows["realised"].notna()]
-    short = known[known["realised"] < 1]
+    """Sentences on the trusted points; those with a time below its bound are only counted."""
+    trusted = rows[~rows["distrusted"]]
+    left_out = ([f"{len(rows) - len(trusted)} of {len(rows)} (E, k) points are left out: a "
+                 f"time there is below its roofline bound, a measurement to distrust."]
+                if len(trusted) < len(rows) else [])
+    if trusted.empty:
+        return [f"On {device}, every (E, k) point has a time below its roofline bound: MEO's "
+                f"speedup there is a measurement to distrust, not a result."]
+    best = trusted.loc[trusted["speedup"].idxmax()]
+    out = [f"On {device}, MEO's speedup over vanilla MoE spans "
+           f"{fmt_times(trusted['speedup'].min())} to {fmt_times(trusted['speedup'].max())} over "
+           f"{len(trusted)} (E, k) points; the largest is at E={best['num_experts']}, "
+           f"k={best['top_k']}, where FLOPs predict {fmt_times(best['flops_ratio'])}."]
+    known = trusted[trusted["realised"].notna()]
     if known.empty:
-        return out
+        return out + left_out
+    short = known[known["realised"] < 1]
     out.append(f"It falls short of the FLOPs ratio at {len(short)} of {len(known)} points.")
     out += _beyond_flops(known)
-    if short.empty:
-        return out
-    worst = short.loc[short["realised"].idxmin()]
-    out.append(f"The widest gap is at E={worst['num_experts']}, k={worst['top_k']}: "
-               f"{fmt_times(worst['speedup'])} measured against {fmt_times(worst['flops_ratio'])} "
-               f"by FLOPs ({fmt_pct(worst['realised'])} realised)" + _why(worst) + ".")
-    slower = rows[rows["speedup"] < 1].sort_values(["num_experts", "top_k"])
+    if not short.empty:
+        worst = short.loc[short["realised"].idxmin()]
+        out.append(f"The widest gap is at E={worst['num_experts']}, k={worst['top_k']}: "
+                   f"{fmt_times(worst['speedup'])} measured against "
+                   f"{fmt_times(worst['flops_ratio'])} by FLOPs ({fmt_pct(worst['realised'])} "
+                   f"realised)" + _why(worst) + ".")
+    slower = trusted[trusted["speedup"] < 1].sort_values(["num_experts", "top_k"])
     if not slower.empty:
         cells = ", ".join(f"E={r.num_experts} k={r.top_k} ({fmt_times(r.speedup)})"
                           for r in slower.itertuples())
         out.append(f"MEO is slower than vanilla MoE at {len(slower)} point(s): {cells}.")
-    return out
+    return out + left_out
 
 
 def _beyond_flops(known: pd.DataFrame) -> list[str]:
@@ -173,18 +183,19 @@ def _beyond_flops(known: pd.DataFrame) -> list[str]:
 
 
 def _why(r: pd.Series) -> str:
-    """The roofline's explanation of a shortfall, when the bound was recorded."""
-    reasons = []
+    """The roofline's reading of a shortfall: the speedup both variants would have at their
+    bounds (the bound ratio), and which one runs further from its bound. The measured speedup is
+    exactly the bound ratio × (vanilla / bound) ÷ (MEO / bound), so the two never contradict."""
+    if any(missing(r[c]) for c in ("bound_speedup", "meo_vs_bound", "vanilla_vs_bound")):
+        return ""
+    at_bounds = f"; at their bounds MEO would be {fmt_times(r['bound_speedup'])} faster"
     # 5% slack: a bound ratio that equals the FLOPs ratio up to rounding explains nothing
-    if not missing(r["bound_speedup"]) and r["bound_speedup"] < 0.95 * r["flops_ratio"]:
-        reasons.append(f"the roofline bound allows only {fmt_times(r['bound_speedup'])}, because "
-                       f"MEO's merge ({r['meo_impl']}) streams expert weights that FLOPs do not "
-                       f"count")
-    if not missing(r["meo_vs_bound"]) and not missing(r["vanilla_vs_bound"]):
-        further = "further from" if r["meo_vs_bound"] > r["vanilla_vs_bound"] else "closer to"
-        reasons.append(f"MEO runs {further} its bound than vanilla "
-                       f"({fmt_times(r['meo_vs_bound'])} against {fmt_times(r['vanilla_vs_bound'])})")
-    return "; " + "; and ".join(reasons) if reasons else ""
+    if r["bound_speedup"] < 0.95 * r["flops_ratio"]:
+        at_bounds += (f", not {fmt_times(r['flops_ratio'])}, because MEO's merge "
+                      f"({r['meo_impl']}) moves expert weights that FLOPs do not count")
+    further = "further from" if r["meo_vs_bound"] > r["vanilla_vs_bound"] else "closer to"
+    return (f"{at_bounds}; and MEO runs {further} its bound than vanilla "
+            f"({fmt_times(r['meo_vs_bound'])} against {fmt_times(r['vanilla_vs_bound'])})")
 
 
 def memory_cost(ok: pd.DataFrame) -> list[str]:
@@ -209,29 +220,61 @@ def memory_cost(ok: pd.DataFrame) -> list[str]:
 
 
 def roofline_distance(ok: pd.DataFrame) -> list[str]:
-    """How far each variant runs from its roofline bound (median over configurations)."""
-    view = views.roofline_view(ok)
+    """How far each variant runs from its roofline bound (median over configurations), and
+    which measurements beat their bound and are therefore distrusted."""
+    view, distrusted = views.roofline_view(ok), views.roofline_view(ok, distrusted=True)
     out = []
-    for device, rows in view.groupby("device_label", sort=True) if not view.empty else []:
+    devices = sorted(set(view.get("device_label", ())) | set(distrusted.get("device_label", ())))
+    for device in devices:
+        rows = view[view["device_label"] == device] if not view.empty else view
         ratio = (rows["latency_ms_median"] / rows["roofline_ms"]).groupby(rows["variant"]).median()
         parts = [f"{label(v)} {fmt_times(ratio[v])}" for v in ("moe", "moe-seq", "meo", "dense")
                  if v in ratio]
-        if parts:
-            out.append(f"On {device}, the median measured time over the roofline bound is "
-                       + ", ".join(parts) + "." + _below_bound(rows))
+        text = (f"On {device}, the median measured time over the roofline bound is "
+                + ", ".join(parts) + ".") if parts else f"On {device}:"
+        below = distrusted[distrusted["device_label"] == device] if not distrusted.empty else distrusted
+        out.append(text + _below_bound(below, len(rows) + len(below)))
     return out
 
 
-def _below_bound(rows: pd.DataFrame) -> str:
-    """A bound that a measurement beats is not a bound: say so rather than report a record."""
-    ratio = rows["latency_ms_median"] / rows["roofline_ms"]
-    below = ratio[ratio < 0.95]
+def _below_bound(below: pd.DataFrame, total: int) -> str:
+    """A time below its bound is a broken measurement: say so rather than report a record."""
     if below.empty:
         return ""
-    lowest = rows.loc[below.idxmin()]
-    return (f" {len(below)} of {len(rows)} configurations measure below their bound (lowest "
-            f"{fmt_times(below.min())}, {label(lowest['variant'])}): there the bound "
-            f"overestimates the work, so read their ratios as a flaw of the bound, not a speed.")
+    ratio = below["latency_ms_median"] / below["roofline_ms"]
+    lowest = below.loc[ratio.idxmin()]
+    return (f" {len(below)} of {total} configurations measure below their bound (lowest "
+            f"{fmt_times(ratio.min())}, {label(lowest['variant'])}): no implementation beats "
+            f"this machine's own peaks, so those measurements are distrusted (other processes "
+            f"slowed the peak probes or the timing): left out of the roofline figure and its "
+            f"table, and marked wherever else they appear.")
+
+
+def launch_bound(ok: pd.DataFrame) -> list[str]:
+    """On CUDA, which configurations spend most of their eager time waiting for launches."""
+    view = views.time_view(ok)
+    out = []
+    for device, rows in view.groupby("device_label", sort=True) if not view.empty else []:
+        rows = rows[rows["launch_overhead"].notna()]
+        bound = rows[rows["launch_overhead"] >= LAUNCH_BOUND].sort_values("launch_overhead",
+                                                                         ascending=False)
+        if bound.empty:
+            continue
+        worst = bound.iloc[0]
+        names = ", ".join(f"{label(r['variant'])} ({r['impl']}) {fmt_pct(r['launch_overhead'])}"
+                          for r in bound.to_dict("records"))
+        graph = ("" if missing(worst["graph_ms"]) else
+                 f"; replayed from a CUDA graph it takes {fmt_ms(worst['graph_ms'])} ms against "
+                 f"{fmt_ms(worst['eager_ms_median'])} ms eager")
+        out.append(f"On {device}, at this size ({rows['setting'].iloc[0]}), "
+                   f"{fmt_pct(worst['launch_overhead'])} of {label(worst['variant'])} "
+                   f"({worst['impl']})'s eager time is launch overhead: the device waits for the "
+                   f"host{graph}. Launch-bound (half or more of the eager time): {names}. Compare "
+                   f"methods there on graph or kernel times, not eager ones.")
+    return out
+
+
+LAUNCH_BOUND = 0.5  # share of the eager time spent waiting for launches
 
 
 def methods_compared(ok: pd.DataFrame) -> list[str]:
@@ -243,7 +286,7 @@ def methods_compared(ok: pd.DataFrame) -> list[str]:
         by = rows.set_index("variant")
         parts = [METHOD_SENTENCES[v](by.loc[v], by.loc["moe"]) for v in METHOD_SENTENCES
                  if v in by.index]
-        timed = [f"{label(v)} {fmt_times(by.loc[v, 'latency_rel'])}"
+        timed = [f"{label(v)} " + marked(fmt_times(by.loc[v, "latency_rel"]), by.loc[v, "distrusted"])
                  for v in ("meo", "ce", "xmoe")
                  if v in by.index and not missing(by.loc[v, "latency_rel"])]
         latency = f" Measured latency against vanilla MoE's: {', '.join(timed)}." if timed else ""
@@ -277,7 +320,7 @@ METHOD_SENTENCES = {"ce": _ce_sentence, "xmoe": _xmoe_sentence}
 
 FINDINGS: tuple[Finding, ...] = (paper_flops, flops_ratio, latency_growth, latency_noise,
                                   speedup_shortfall, memory_cost, roofline_distance,
-                                  methods_compared)
+                                  launch_bound, methods_compared)
 
 
 def findings(ok: pd.DataFrame) -> list[str]:

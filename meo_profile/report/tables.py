@@ -28,7 +28,9 @@ from meo_profile.core.units import (
     fmt_times,
     missing,
 )
+from meo_profile.measure.trace_file import OTHER
 from meo_profile.report import views
+from models.phases import PHASES
 
 
 @dataclass
@@ -59,13 +61,15 @@ def _unique(df: pd.DataFrame, col: str) -> str:
 SETUP_FIELDS = (("device", "device"), ("machine", "device_name"), ("dtype", "dtype"),
                 ("torch", "torch_version"), ("fvcore", "fvcore_version"),
                 ("transformers", "transformers_version"), ("python", "python_version"),
-                ("threads", "num_threads"), ("timer", "timer"), ("allocator", "allocator"),
-                ("memory method", "mem_method"),
+                ("threads", "num_threads"), ("timer", "timer"), ("timing mode", "timing_mode"),
+                ("allocator", "allocator"), ("memory method", "mem_method"),
                 ("git commit", "git_commit"))
 
 
-def setup_table(all_rows: pd.DataFrame, skipped_lines: int = 0, command: str | None = None) -> Table:
-    """What produced the results: the command, machines, numerics, library versions, counts."""
+def setup_table(all_rows: pd.DataFrame, skipped_lines: int = 0, command: str | None = None,
+                load_warnings: Iterable[str] = ()) -> Table:
+    """What produced the results: the command, machines, numerics, library versions, counts,
+    and the load the sweep ran under when its guard saw contention."""
     rows = [["command", command]] if command else []
     rows += [[name, _unique(all_rows, col)] for name, col in SETUP_FIELDS]
     counts = all_rows["status"].value_counts()
@@ -73,6 +77,7 @@ def setup_table(all_rows: pd.DataFrame, skipped_lines: int = 0, command: str | N
                                       ("ok", "oom", "error"))])
     if skipped_lines:
         rows.append(["unreadable lines", str(skipped_lines)])
+    rows += [["load warning", w] for w in load_warnings]
     return table("Setup", [("field", False), ("value", False)], rows)
 
 
@@ -174,7 +179,9 @@ def latency_tables(ok: pd.DataFrame) -> list[Table]:
         header = [("variant", False), *((f"k={int(k)}", True) for k in ks)]
         out.append(table(f"Latency (ms), {device}; {rows['setting'].iloc[0]}", header, body,
                          "Median ms per forward (20th–80th percentile); the fastest "
-                         "implementation at each point. Dense has no k: its one value repeats."))
+                         "implementation at each point. Dense has no k: its one value repeats. "
+                         "(below bound): faster than its roofline bound allows, a measurement "
+                         "to distrust."))
     return out
 
 
@@ -183,7 +190,15 @@ def _latency_cell(rows: pd.DataFrame, variant: str, k: int) -> str:
     if match.empty:
         return NA
     r = match.iloc[0]
-    return f"{fmt_ms(r['latency_ms_median'])} ({fmt_ms(r['latency_ms_p20'])}–{fmt_ms(r['latency_ms_p80'])})"
+    return marked(f"{fmt_ms(r['latency_ms_median'])} ({fmt_ms(r['latency_ms_p20'])}–"
+                  f"{fmt_ms(r['latency_ms_p80'])})", r["distrusted"])
+
+
+BELOW_BOUND = " (below bound)"  # a time below its roofline bound: shown, marked, never a result
+
+
+def marked(text: str, distrusted: Any) -> str:
+    return text + BELOW_BOUND if not missing(distrusted) and bool(distrusted) else text
 
 
 def _variant_order(variants: pd.Series) -> list[str]:
@@ -196,7 +211,8 @@ def speedup_tables(ok: pd.DataFrame) -> list[Table]:
     out = []
     for device, rows in view.groupby("device_label", sort=True) if not view.empty else []:
         body = [[fmt_int(r.num_experts), fmt_int(r.top_k), f"{fmt_ms(r.vanilla_ms)} ({r.vanilla_impl})",
-                 f"{fmt_ms(r.meo_ms)} ({r.meo_impl})", fmt_times(r.speedup),
+                 f"{fmt_ms(r.meo_ms)} ({r.meo_impl})",
+                 marked(fmt_times(r.speedup), r.distrusted),
                  fmt_times(r.flops_ratio), fmt_pct(r.realised), fmt_times(r.bound_speedup),
                  fmt_times(r.meo_vs_bound), fmt_times(r.vanilla_vs_bound)]
                 for r in rows.sort_values(["num_experts", "top_k"]).itertuples()]
@@ -207,8 +223,12 @@ def speedup_tables(ok: pd.DataFrame) -> list[Table]:
                          header, body,
                          "speedup: vanilla / MEO median latency; FLOPs ratio: vanilla / MEO "
                          "FLOPs, the speedup FLOPs predict; realised: speedup / FLOPs ratio; "
-                         "bound ratio: vanilla / MEO roofline bound, the speedup the hardware "
-                         "allows once bytes count; X / bound: measured / roofline bound."))
+                         "bound ratio: vanilla / MEO phase-wise roofline bound, the speedup the "
+                         "hardware allows when both run at their bound (bytes count there); "
+                         "X / bound: measured / roofline bound. speedup = bound ratio × "
+                         "(vanilla / bound) ÷ (MEO / bound): the bound ratio is no cap on the "
+                         "measured speedup. (below bound): one side measured faster than its "
+                         "bound allows, a measurement to distrust."))
     return out
 
 
@@ -248,8 +268,55 @@ def roofline_tables(ok: pd.DataFrame) -> list[Table]:
         header = [("variant", False), ("configurations", True), ("best", True),
                   ("median", True), ("worst", True)]
         out.append(table(f"Measured time / roofline bound, {device}", header, body,
-                         "1.00× means a configuration runs at its bound."))
+                         "1.00× means a configuration runs at its bound; the bound sums each "
+                         "phase's max(compute, bytes), the phases running one after another."))
+    distrusted = distrusted_table(ok)
+    return out + ([distrusted] if distrusted is not None else [])
+
+
+def distrusted_table(ok: pd.DataFrame) -> Table | None:
+    """Measurements below their bound: listed, never drawn or counted as results."""
+    view = views.roofline_view(ok, distrusted=True)
+    if view.empty:
+        return None
+    rows = [[r["device_label"], config_title(r), fmt_ms(r["latency_ms_median"]),
+             fmt_ms(r["roofline_ms"]), fmt_times(r["latency_ms_median"] / r["roofline_ms"])]
+            for r in view.to_dict("records")]
+    header = [("device", False), ("configuration", False), ("measured ms", True),
+              ("bound ms", True), ("measured / bound", True)]
+    return table("Measurements below their bound (distrusted)", header, rows,
+                 "No implementation beats the machine's own matmul and copy peaks: a time below "
+                 "its bound means the measurement is wrong (other processes slowed the peak "
+                 "probes, or the timing). These points are left out of the figure and the table "
+                 "above.")
+
+
+# ------------------------------------------------------------------------------ where time goes
+def time_tables(ok: pd.DataFrame) -> list[Table]:
+    """Per device (CUDA records with kernel times): eager, graph-replay and kernel time of each
+    variant and implementation, the launch overhead, and the kernel time by phase."""
+    view = views.time_view(ok)
+    out = []
+    for device, rows in view.groupby("device_label", sort=True) if not view.empty else []:
+        phases = [p for p in TIME_PHASES if rows["kernel_ms_by_phase"].map(
+            lambda d, p=p: isinstance(d, dict) and p in d).any()]
+        body = [[f"{label(r['variant'])} ({r['impl']})", fmt_ms(r["eager_ms_median"]),
+                 fmt_ms(r["graph_ms"]), fmt_ms(r["kernel_ms"]), fmt_pct(r["launch_overhead"]),
+                 *(fmt_ms((r["kernel_ms_by_phase"] or {}).get(p)) for p in phases)]
+                for r in rows.to_dict("records")]
+        header = [("variant (impl)", False), ("eager ms", True), ("graph ms", True),
+                  ("kernel ms", True), ("launch overhead", True),
+                  *((f"{p} kernel ms", True) for p in phases)]
+        out.append(table(f"Where the time goes, {device}; {rows['setting'].iloc[0]}", header, body,
+                         "eager: the step launched op by op, as eager PyTorch runs it; graph: "
+                         "replayed from a CUDA graph (– where it could not be captured); kernel: "
+                         "the device's own time (kernels, copies) from a profiled pass; launch "
+                         "overhead: 1 − kernel / eager, the share of the eager time the device "
+                         "waits for the host; other: kernels outside every MoE phase."))
     return out
+
+
+TIME_PHASES = (*PHASES, OTHER)
 
 
 # ------------------------------------------------------------------------------ methods
@@ -312,7 +379,8 @@ def method_tradeoff(r) -> str:
 def _latency_text(r) -> str:
     if missing(r.latency_ms_median):
         return NA
-    return f"{fmt_ms(r.latency_ms_median)} ({fmt_ms(r.latency_ms_p20)}–{fmt_ms(r.latency_ms_p80)})"
+    return marked(f"{fmt_ms(r.latency_ms_median)} ({fmt_ms(r.latency_ms_p20)}–"
+                  f"{fmt_ms(r.latency_ms_p80)})", r.distrusted)
 
 
 def _with_ratio(text: str, ratio: float) -> str:

@@ -30,6 +30,8 @@ from models.variants import VARIANTS
 COLUMNS = IDENTITY_FIELDS + SPEC_FIELDS + Result.measured_fields() + ENV_FIELDS
 NUMERIC = ("macs", "flops", "params_total", "params_active", "latency_ms_median", "latency_ms_p20",
            "latency_ms_p80", "latency_runs", "tokens_per_s", "roofline_ms", "roofline_ratio",
+           "roofline_overlap_ms", "eager_ms_median", "kernel_ms", "launch_overhead",
+           "experts_touched_mean",
            "peak_mem_bytes", "peak_mem_above_weights_bytes", "weights_bytes",
            "experts_per_token_mean", "experts_per_token_p90", "experts_per_token_max",
            "dropped_pairs", "rel_l2_error", "num_experts", "top_k", "seq_len", "batch_size",
@@ -57,7 +59,7 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     for col in NUMERIC:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["status"] = df["status"].fillna("ok")
-    return df
+    return df.assign(distrusted=below_bound(df))
 
 
 SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Spec)
@@ -250,6 +252,8 @@ def speedup_view(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _speedup_columns(pair: pd.DataFrame) -> pd.DataFrame:
+    """`bound_speedup`: vanilla / MEO phase-wise bound, the speedup the hardware allows when both
+    run at their bound. speedup = bound_speedup × vanilla_vs_bound / meo_vs_bound, exactly."""
     return pd.DataFrame({
         "num_experts": pair["num_experts"].astype(int), "top_k": pair["top_k"].astype(int),
         "vanilla": pair["variant_vanilla"], "vanilla_impl": pair["impl_vanilla"],
@@ -258,7 +262,9 @@ def _speedup_columns(pair: pd.DataFrame) -> pd.DataFrame:
         "speedup": pair["latency_ms_median_vanilla"] / pair["latency_ms_median"],
         "flops_ratio": pair["flops_vanilla"] / pair["flops"],
         "bound_speedup": pair["roofline_ms_vanilla"] / pair["roofline_ms"],
-        "meo_vs_bound": pair["roofline_ratio"], "vanilla_vs_bound": pair["roofline_ratio_vanilla"],
+        "meo_vs_bound": pair["latency_ms_median"] / pair["roofline_ms"],
+        "vanilla_vs_bound": pair["latency_ms_median_vanilla"] / pair["roofline_ms_vanilla"],
+        "distrusted": pair["distrusted"] | pair["distrusted_vanilla"],
     }).assign(realised=lambda t: t["speedup"] / t["flops_ratio"])
 
 
@@ -280,10 +286,38 @@ def memory_view(df: pd.DataFrame) -> pd.DataFrame:
     return _concat(parts)
 
 
-def roofline_view(df: pd.DataFrame) -> pd.DataFrame:
-    """Every configuration with both a measured median and a roofline bound."""
-    return df[df["latency_ms_median"].notna() & df["roofline_ms"].notna()
-              & (df["roofline_ms"] > 0)].reset_index(drop=True)
+def roofline_view(df: pd.DataFrame, distrusted: bool = False) -> pd.DataFrame:
+    """Every configuration with both a measured median and a roofline bound: those measured at
+    or above their bound (results), or, with `distrusted`, those below it (broken measurements,
+    never drawn as results)."""
+    bounded = df[df["latency_ms_median"].notna() & df["roofline_ms"].notna()
+                 & (df["roofline_ms"] > 0)]
+    return bounded[bounded["distrusted"] == distrusted].reset_index(drop=True)
+
+
+def below_bound(df: pd.DataFrame) -> pd.Series:
+    """A measured time below its roofline bound: as recorded, or (older records) as their
+    numbers say. Physics forbids it; the measurement is to distrust."""
+    recorded = df["below_bound"].map(lambda v: v if isinstance(v, (bool, np.bool_)) else None)
+    derived = df["latency_ms_median"] < df["roofline_ms"]
+    return recorded.where(recorded.notna(), derived).astype(bool)
+
+
+TIME_PREFER = {**LATENCY_PREFER, "num_experts": 16, "top_k": 4}
+
+
+def time_view(df: pd.DataFrame) -> pd.DataFrame:
+    """Where a step's time goes, per device: each (variant, implementation) at one held setting,
+    with its eager, graph-replay and kernel times (CUDA records that carry a kernel time)."""
+    parts = []
+    for label, dev in _by_device(df, "kernel_ms"):
+        sparse, chosen = fix_axes(dev[dev["variant"] != "dense"], TIME_PREFER)
+        dense = match(dev[dev["variant"] == "dense"], _without(chosen, "num_experts", "top_k"))
+        rows = in_variant_order(pd.concat([dense, sparse]))
+        graph = rows["latency_ms_median"].where(rows["timing_mode"] == "graph")
+        parts.append(rows.assign(device_label=label, setting=describe_setting(chosen),
+                                 graph_ms=graph))
+    return _concat(parts)
 
 
 # ------------------------------------------------------------------ the four methods

@@ -52,10 +52,19 @@ class Result:
     latency_runs: int | None = None
     latency_samples_ms: list[float] = field(default_factory=list)
     timer: str | None = None  # "cuda_events" or "torch_benchmark"
+    timing_mode: str | None = None  # "graph" (CUDA-graph replays) or "eager" (CPU: always)
+    timing_note: str | None = None  # why `--timing auto` timed a CUDA step eagerly
+    eager_ms_median: float | None = None  # CUDA: the step launched op by op, as eager PyTorch runs
+    kernel_ms: float | None = None  # CUDA: device time of one step (kernels, memcpy, memset)
+    kernel_ms_by_phase: dict[str, float] | None = None  # CUDA: kernel_ms split by phase
+    launch_overhead: float | None = None  # CUDA: 1 - kernel_ms / eager_ms_median
     allocator: str | None = None  # "cuda_caching", "glibc-retain" or "system" (CPU malloc)
     tokens_per_s: float | None = None
-    roofline_ms: float | None = None
-    roofline_ratio: float | None = None  # measured / bound (>= 1 for an honest bound)
+    roofline_ms: float | None = None  # the phase-wise bound: the sum of roofline_by_phase
+    roofline_by_phase: dict[str, float] | None = None  # phase -> bound ms
+    roofline_overlap_ms: float | None = None  # whole-call max(compute, memory): phases overlapped
+    roofline_ratio: float | None = None  # measured / bound (>= 1 for an honest measurement)
+    below_bound: bool | None = None  # measured < bound: a measurement to distrust, not a result
     # memory
     peak_mem_bytes: int | None = None
     peak_mem_above_weights_bytes: int | None = None
@@ -66,6 +75,7 @@ class Result:
     experts_per_token_p90: float | None = None
     experts_per_token_max: int | None = None
     dropped_pairs: int | None = None
+    experts_touched_mean: float | None = None  # distinct experts a MoE layer ran, mean over layers
     # fidelity (compressed experts): ||y - y_full|| / ||y_full||
     rel_l2_error: float | None = None
     # identity and environment

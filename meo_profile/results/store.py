@@ -20,6 +20,7 @@ from meo_profile.results.record import Result, to_json_line
 
 RESULTS_FILE = "results.jsonl"
 CSV_FILE = "results.csv"
+ENVIRONMENT_FILE = "environment.json"
 
 
 @dataclass
@@ -53,6 +54,22 @@ def load(path: str | Path) -> Loaded:
                 continue
             loaded.records.append(record)
     return loaded
+
+
+def read_environment(directory: str | Path) -> dict[str, Any]:
+    """`environment.json` of a results directory; {} when absent or unreadable (it describes the
+    results, it never holds them)."""
+    try:
+        env = json.loads((Path(directory) / ENVIRONMENT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return env if isinstance(env, dict) else {}
+
+
+def load_warnings(directory: str | Path) -> list[str]:
+    """The load guard's warnings of every sweep run stored in `directory` (see load_guard.py)."""
+    runs = read_environment(directory).get("load_guard") or []
+    return [w for run in runs if isinstance(run, dict) for w in run.get("warnings") or []]
 
 
 def frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:

@@ -59,7 +59,7 @@ def plan_sweep(preset: str | None, config: Path | None, axes: dict[str, list[Any
     grid, name = plan_grid(preset, config, axes, parse_metrics(metrics.split(",")) if metrics else None)
     jobs, impossible = grid.expand()
     for spec, measurements in jobs:
-        check_request(spec, measurements)
+        check_request(spec, measurements, timing=timing)
     try:
         limit = parse_bytes(max_memory) if max_memory else None
     except ValueError as e:

@@ -26,10 +26,11 @@ from typing import Any
 
 from meo_profile.core.errors import BadInput
 from meo_profile.core.identity import MACHINE_FIELD, config_key
+from meo_profile.measure.load_guard import LoadGuard
 from meo_profile.measure.run import measure
 from meo_profile.measure.timing import TimingOptions
 from meo_profile.results.record import Result, device_name, environment
-from meo_profile.results.store import Store, load
+from meo_profile.results.store import ENVIRONMENT_FILE, Store, load, read_environment
 from models import Spec
 from models.spec import SpecError
 
@@ -57,6 +58,7 @@ class SweepSummary:
     wall_s: float = 0.0
     interrupted: bool = False
     set_aside: Path | None = None  # --fresh: where the previous results were moved
+    load_warnings: list[str] = field(default_factory=list)  # contention seen around the sweep
 
     @property
     def measured(self) -> int:
@@ -153,8 +155,9 @@ def run_sweep(jobs: list[tuple[Spec, tuple[str, ...]]], options: SweepOptions,
             summary.set_aside = start_over(options.out)
         store = Store(options.out)
         done = stored_keys(store.records()) if options.resume else set()
+        guard = with_time(summary, "load guard", LoadGuard(timed_targets(jobs, done)).start)
         for spec, metrics in jobs:
-            if job_key({**spec.to_dict(), MACHINE_FIELD: device_name(spec.device)}, metrics) in done:
+            if _key(spec, metrics) in done:
                 summary.already_stored += 1
                 progress("skip", spec, None)
                 continue
@@ -172,17 +175,44 @@ def run_sweep(jobs: list[tuple[Spec, tuple[str, ...]]], options: SweepOptions,
             if stop.requested:
                 summary.interrupted = True
                 break
+        summary.load_warnings = with_time(summary, "load guard", guard.finish).warnings
         t = time.perf_counter()
         store.write_csv()
-        write_environment(options.out, {spec.device for spec, _ in jobs})
+        write_environment(options.out, {spec.device for spec, _ in jobs}, guard,
+                          keep_old=summary.set_aside is None)
         summary.phases_s["writing"] += time.perf_counter() - t
     summary.wall_s = time.perf_counter() - start
     return summary
 
 
-def write_environment(out: Path, devices: set[str]) -> Path:
-    path = out / "environment.json"
-    path.write_text(json.dumps({d: environment(d) for d in sorted(devices)}, indent=2) + "\n")
+def _key(spec: Spec, metrics) -> tuple:
+    return job_key({**spec.to_dict(), MACHINE_FIELD: device_name(spec.device)}, metrics)
+
+
+def timed_targets(jobs: list[tuple[Spec, tuple[str, ...]]], done: set[tuple]) -> list[tuple[str, str]]:
+    """(device, dtype) pairs this run will time: the load guard probes their peaks."""
+    return sorted({(spec.device, spec.dtype) for spec, metrics in jobs
+                   if "latency" in metrics and _key(spec, metrics) not in done})
+
+
+def with_time(summary: SweepSummary, phase: str, fn: Callable[[], Any]) -> Any:
+    t = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        summary.phases_s[phase] += time.perf_counter() - t
+
+
+def write_environment(out: Path, devices: set[str], guard: LoadGuard | None = None,
+                      keep_old: bool = True) -> Path:
+    """What the machine was, and the load guard of every run that timed into this directory
+    (a resumed sweep adds its run; `--fresh` starts the list over)."""
+    path = out / ENVIRONMENT_FILE
+    runs = (read_environment(out).get("load_guard") or []) if keep_old else []
+    if guard is not None and guard.before is not None:
+        runs.append(guard.to_dict())
+    env = {d: environment(d) for d in sorted(devices)}
+    path.write_text(json.dumps({**env, "load_guard": runs}, indent=2) + "\n")
     return path
 
 

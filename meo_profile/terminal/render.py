@@ -128,6 +128,8 @@ def print_sweep_summary(summary, out, skipped: list[str]) -> None:
     wall = max(summary.wall_s, 1e-9)
     phases = ", ".join(f"{name} {s:.1f} s ({s / wall:.0%})" for name, s in summary.phases_s.most_common())
     console.print(f"wall {summary.wall_s:.1f} s: {phases or 'no work'}")
+    for line in summary.load_warnings:
+        console.print(f"[yellow]warning:[/] {line}")
     for line in skipped:
         console.print(f"[yellow]skipped unreadable line[/] {line}")
 

@@ -15,6 +15,7 @@ from meo_profile.report.figures.memory import draw_memory_vs_experts
 from meo_profile.report.figures.methods import draw_methods
 from meo_profile.report.figures.roofline import draw_roofline
 from meo_profile.report.figures.style import VARIANT_COLOURS, Drawn, FigureEntry, Missing, save
+from meo_profile.report.figures.timing import draw_where_time_goes
 
 # The report draws these in order.
 FIGURES: dict[str, FigureEntry] = {e.name: e for e in (
@@ -26,6 +27,7 @@ FIGURES: dict[str, FigureEntry] = {e.name: e for e in (
     FigureEntry("fig6_memory_vs_experts", "Peak memory against experts", draw_memory_vs_experts),
     FigureEntry("fig7_roofline", "Measured time against the roofline bound", draw_roofline),
     FigureEntry("fig8_methods", "Four methods at one expert budget", draw_methods),
+    FigureEntry("fig9_where_time_goes", "Where the time goes on CUDA", draw_where_time_goes),
 )}
 
 __all__ = ["FIGURES", "VARIANT_COLOURS", "Drawn", "FigureEntry", "Missing", "save"]

@@ -40,7 +40,8 @@ def draw_latency_vs_k(df: pd.DataFrame) -> Drawn:
     legend(fig, axes)
     return Drawn(fig, "Median latency per forward; the band spans the 20th to 80th percentile of "
                       "the timed calls. Each point is the variant's fastest implementation; the "
-                      "dense FFN is drawn flat, as it has no k.")
+                      "dense FFN is drawn flat, as it has no k. A red × marks a time below its "
+                      "roofline bound: a measurement to distrust, not a result.")
 
 
 def _latency_panel(ax, rows: pd.DataFrame) -> None:
@@ -55,6 +56,11 @@ def _latency_panel(ax, rows: pd.DataFrame) -> None:
         ax.plot(r["top_k"], r["latency_ms_median"], color=c, label=label(variant), **marker(variant))
         ax.fill_between(r["top_k"], r["latency_ms_p20"], r["latency_ms_p80"], color=c, alpha=0.2,
                         linewidth=0)
+    below = rows[rows["distrusted"].astype(bool)]
+    if not below.empty:  # shown, crossed out: not a result
+        ax.scatter(below["top_k"].where(below["variant"] != "dense", sparse["top_k"].min()),
+                   below["latency_ms_median"], marker="x", s=70, color="#CC0000", zorder=4,
+                   label="below its bound: distrust")
     log2_axis(ax, sparse["top_k"])
     ax.set_ylim(bottom=0)
     ax.set_xlabel("selected experts k (log scale)")
@@ -82,7 +88,9 @@ def draw_speedup_heatmap(df: pd.DataFrame) -> Drawn:
     bar.ax.yaxis.set_minor_locator(NullLocator())
     return Drawn(fig, "Each cell: MEO's measured speedup over vanilla MoE (vanilla / MEO median "
                       "latency, both at their fastest implementation; blue: MEO faster, red: "
-                      "slower), and below it the speedup FLOPs predict (vanilla / MEO FLOPs).")
+                      "slower), and below it the speedup FLOPs predict (vanilla / MEO FLOPs). "
+                      "Grey cells marked 'below bound' hold a time faster than its roofline "
+                      "bound allows: a measurement to distrust, left uncoloured.")
 
 
 def speedup_tick(value: float) -> str:
@@ -94,7 +102,7 @@ def _heatmap_panel(ax, rows: pd.DataFrame, norm):
     experts = sorted(rows["num_experts"].unique())
     ks = sorted(rows["top_k"].unique())
     grid = np.full((len(experts), len(ks)), np.nan)
-    for _, r in rows.iterrows():
+    for _, r in rows[~rows["distrusted"].astype(bool)].iterrows():  # a broken time: no colour
         grid[experts.index(r["num_experts"]), ks.index(r["top_k"])] = r["speedup"]
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", norm=norm, origin="lower",
                       aspect="auto")
@@ -103,14 +111,20 @@ def _heatmap_panel(ax, rows: pd.DataFrame, norm):
     for _, r in rows.iterrows():
         i, j = experts.index(r["num_experts"]), ks.index(r["top_k"])
         flops = f"FLOPs {fmt_times(r['flops_ratio'])}"
+        if r["distrusted"]:
+            ax.text(j, i, f"{fmt_times(r['speedup'])}?\nbelow bound", ha="center", va="center",
+                    fontsize=7.5, color="#777777")
+            continue
         # white ink only where the cell is dark enough for it (far from 1 on the colour scale)
         ink = "white" if abs(norm(r["speedup"]) - 0.5) > 0.3 else "black"
         # origin="lower": +y is up, so the speedup sits above the FLOPs ratio
         ax.text(j, i + 0.1, fmt_times(r["speedup"]), ha="center", va="center", fontsize=9.5,
                 fontweight="bold", color=ink)
         ax.text(j, i - 0.22, flops, ha="center", va="center", fontsize=7.5, color=ink)
+    measured = {(experts.index(e), ks.index(k)) for e, k in zip(rows["num_experts"], rows["top_k"])}
     for i, j in zip(*np.nonzero(np.isnan(grid)), strict=True):
-        ax.text(j, i, "not measured", ha="center", va="center", fontsize=7.5, color="#777777")
+        if (i, j) not in measured:
+            ax.text(j, i, "not measured", ha="center", va="center", fontsize=7.5, color="#777777")
     ax.set_xticks(range(len(ks)), [str(k) for k in ks])
     ax.set_yticks(range(len(experts)), [str(e) for e in experts])
     ax.set_xlabel("selected experts k")

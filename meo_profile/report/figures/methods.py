@@ -76,14 +76,17 @@ def _method_panel(ax, rows: pd.DataFrame, panel: MethodPanel) -> None:
             ax.text(i, 0.04, "not\nmeasured", ha="center", va="bottom", fontsize=8,
                     color="#777777")
             continue
-        ax.bar(i, ratio, width=0.62, color=colour(r["variant"]), label=label(r["variant"]))
+        distrusted = panel.value == "latency_ms_median" and bool(r["distrusted"])
+        ax.bar(i, ratio, width=0.62, color=colour(r["variant"]), label=label(r["variant"]),
+               **({"alpha": 0.35, "hatch": "///"} if distrusted else {}))  # below its bound
         top = ratio
         if panel.value == "latency_ms_median" and not missing(r["latency_ms_p20"]):
             vanilla = r["latency_ms_median"] / ratio
             top = r["latency_ms_p80"] / vanilla
             ax.errorbar(i, ratio, yerr=[[ratio - r["latency_ms_p20"] / vanilla], [top - ratio]],
                         color="black", linewidth=1, capsize=3)
-        ax.annotate(f"{fmt_times(ratio)}\n{panel.text(r[panel.value])}", (i, top),
+        note = "\nbelow bound" if distrusted else ""
+        ax.annotate(f"{fmt_times(ratio)}\n{panel.text(r[panel.value])}{note}", (i, top),
                     xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
                     fontsize=9)
     ax.axhline(1, color="black", linewidth=0.8, linestyle="--", zorder=0)
@@ -102,7 +105,8 @@ def _methods_caption(view: pd.DataFrame) -> str:
             "budget (dashed line: vanilla = 1×); above it the ratio and the value. Equal expert "
             "budget: E experts of width d_ff, XMoE E·g experts of width d_ff/g. MoE-block GFLOPs "
             f"count experts, merge, routers and compressed vectors ({FLOPS_CONVENTION}); "
-            "latency whiskers span the 20th to 80th percentile.")
+            "latency whiskers span the 20th to 80th percentile; a hatched latency bar is a time "
+            "below its roofline bound, a measurement to distrust.")
     if (view["variant"] == "meo").any():
         text += (" MEO's active parameters are the k experts it merges once per sequence; its "
                  "saving is in arithmetic.")

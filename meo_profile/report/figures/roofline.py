@@ -24,7 +24,8 @@ from meo_profile.report.figures.style import (
 @styled
 def draw_roofline(df: pd.DataFrame) -> Drawn:
     view = views.roofline_view(df)
-    require(not view.empty, "no configuration has both a measured latency and a roofline bound")
+    require(not view.empty, "no configuration has both a measured latency and a roofline bound "
+                            "it does not beat")
     devices = list(view.groupby("device_label", sort=True))
     fig, axes = new_panels(len(devices))
     for ax, (device, rows) in zip(axes, devices, strict=True):
@@ -32,9 +33,11 @@ def draw_roofline(df: pd.DataFrame) -> Drawn:
         panel_title(ax, device, f"{len(rows)} configurations")
     legend(fig, axes)
     return Drawn(fig, "Each point is one configuration: its measured median latency against its "
-                      "roofline bound (the larger of its FLOPs at the measured matmul throughput "
-                      "and its bytes at the measured memory bandwidth). On the solid line a "
-                      "configuration runs at its bound; dashed lines mark 2× and 10× above it.")
+                      "roofline bound (per phase, the larger of its FLOPs at the measured matmul "
+                      "throughput and its bytes at the measured memory bandwidth, summed over the "
+                      "phases, which run one after another). On the solid line a configuration "
+                      "runs at its bound; dashed lines mark 2× and 10× above it. Measurements "
+                      "below their bound are distrusted and left out (listed in a table).")
 
 
 def _roofline_panel(ax, rows: pd.DataFrame) -> None:

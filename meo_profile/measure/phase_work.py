@@ -1,0 +1,167 @@
+"""What each phase of one forward must compute and move at least: the roofline's inputs.
+
+Convention: `macs` are multiply-adds, `bytes` what a phase must read and write at least once,
+summed over the model's MoE layers; a phase is one of the layers' ranges (models/phases.py) or
+`host`, everything outside the MoE layers (attention, embeddings, norms, heads, the dense FFN,
+MEO's token block).
+
+MACs come from the closed form (analytic.py), its parts mapped to phases (`PART_PHASE`). Bytes,
+counted from the model's structure, for each MoE layer over N tokens of B sequences:
+- router: its input rows read (the sequence router's mean reads every token too), its weights
+  read, the chosen experts and gates written;
+- experts: the weights of the distinct experts the routing touched, read once (at most
+  min(N·k, E) for token routing, min(B·k, E) for sequence routing), plus every expert linear
+  reading its input rows and writing its output rows; MEO's experts read the B merged matrices
+  instead;
+- merge (MEO): the experts it reads (distinct touched for `gather`, all E for the `dense`
+  gate-matrix merge), and the B merged matrices written;
+- compress (compressed experts): the distinct auxiliary experts' vectors read, the per-token
+  scales written;
+- dispatch and combine: nothing. A fused kernel gathers rows and sums the k outputs of a token
+  inside the expert matmuls, so neither must move anything the experts phase does not count.
+The distinct experts are those the layer's last forward touched (`SparseLayer.last_top_k_index`)
+when a forward ran on a real device, else the expected number when n routed inputs each pick k
+of E uniformly: E·(1 - (1 - k/E)^n).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from torch import nn
+
+from meo_profile.measure.analytic import count
+from models import VARIANTS, Spec, sparse_layers, torch_dtype
+from models.compressed import CompressedExperts
+from models.layers import MergedExperts, SparseLayer, experts_touched
+from models.phases import PHASES
+
+HOST = "host"  # the host model's own work: everything outside the MoE layers' phases
+BOUND_PHASES = (*PHASES, HOST)
+# The closed form's parts by phase; every other part (attention, head, norm, ffn, token_block)
+# is the host's own work.
+PART_PHASE = {"router": "router", "experts": "experts", "merge": "merge", "compress": "compress"}
+INDEX_BYTES = 8  # an expert index is int64
+
+
+@dataclass(frozen=True)
+class Work:
+    macs: float = 0.0
+    bytes: float = 0.0
+
+
+def phase_work(spec: Spec, model: nn.Module) -> dict[str, Work]:
+    """MACs and bytes per phase of one forward of `spec`'s model, in BOUND_PHASES order; phases
+    with nothing to do are left out. A SpecError where no closed form exists (XMoE, MoE hosts)."""
+    macs, moved = phase_macs(spec), phase_bytes(spec, model)
+    return {p: Work(macs.get(p, 0.0), moved.get(p, 0.0)) for p in BOUND_PHASES
+            if macs.get(p) or moved.get(p)}
+
+
+def phase_macs(spec: Spec) -> Counter:
+    out = Counter()
+    for part, macs in count(spec).macs_by_part.items():
+        out[PART_PHASE.get(part, HOST)] += macs
+    return out
+
+
+def phase_bytes(spec: Spec, model: nn.Module) -> Counter:
+    itemsize = torch_dtype(spec).itemsize
+    layers = sparse_layers(model)
+    out = Counter({HOST: host_bytes(model, layers, spec, itemsize)})
+    for layer in layers:
+        out.update(layer_bytes(layer, spec, itemsize))
+    return out
+
+
+# ---------------------------------------------------------------------------- one MoE layer
+def expected_distinct(num_experts: int, picks: int, inputs: int) -> float:
+    """Distinct experts touched when `inputs` inputs each pick `picks` of E uniformly."""
+    return num_experts * (1.0 - (1.0 - min(picks, num_experts) / num_experts) ** inputs)
+
+
+def routed(spec: Spec) -> tuple[int, int]:
+    """(inputs one MoE layer routes, experts each runs in full): tokens or sequences by the
+    variant's router; compressed experts run k - n_ce experts in full."""
+    by_sequence = VARIANTS[spec.variant].routes == "sequence"
+    inputs = spec.batch_size if by_sequence else spec.batch_size * spec.seq_len
+    return inputs, spec.top_k - (spec.n_ce or 0)
+
+
+def distinct_experts(layer: SparseLayer, spec: Spec) -> float:
+    """Distinct experts the layer runs in full: as its last forward touched them, else expected."""
+    touched = experts_touched(layer)
+    if touched is not None:
+        return touched
+    inputs, picks = routed(spec)
+    return expected_distinct(layer.experts.num_experts, picks, inputs)
+
+
+def _numel_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def expert_bytes(layer: SparseLayer) -> int:
+    """One expert's weights and biases."""
+    return _numel_bytes(layer.experts) // layer.experts.num_experts
+
+
+def layer_bytes(layer: SparseLayer, spec: Spec, itemsize: int) -> Counter:
+    """Bytes per phase of one MoE layer (see the module doc)."""
+    tokens, B = spec.batch_size * spec.seq_len, spec.batch_size
+    per_expert, touched = expert_bytes(layer), distinct_experts(layer, spec)
+    rows_io = tokens * sum(linear_widths(layer)) * itemsize
+    out = Counter(router=router_bytes(layer, spec, itemsize))
+    if isinstance(layer, MergedExperts):
+        read = layer.experts.num_experts if layer.impl == "dense" else touched
+        out["merge"] = (read + B) * per_expert  # read the experts, write one merged per sequence
+        out["experts"] = B * per_expert + rows_io  # read the merged matrices
+        if layer.token_block is not None:
+            out[HOST] += _numel_bytes(layer.token_block) + tokens * itemsize * sum(
+                sum(linear_widths(m)) for m in (layer.token_block.down, layer.token_block.up))
+    else:
+        out["experts"] = touched * per_expert + rows_io
+    if isinstance(layer, CompressedExperts):
+        out["compress"] = compress_bytes(layer, spec, itemsize)
+    return out
+
+
+def router_bytes(layer: SparseLayer, spec: Spec, itemsize: int) -> float:
+    tokens = spec.batch_size * spec.seq_len
+    inputs, _ = routed(spec)
+    chosen = inputs * layer.router.top_k * (itemsize + INDEX_BYTES)  # gates and indices written
+    return tokens * layer.experts.d_in * itemsize + _numel_bytes(layer.router) + chosen
+
+
+def compress_bytes(layer: CompressedExperts, spec: Spec, itemsize: int) -> float:
+    """Vectors of the distinct auxiliary experts read; one scale per token and input written."""
+    tokens, width = spec.batch_size * spec.seq_len, layer.vectors.weight.shape[1]
+    aux = expected_distinct(layer.experts.num_experts, layer.n_ce, tokens)
+    return (aux + tokens) * width * itemsize
+
+
+def linear_widths(module: nn.Module) -> list[int] | None:
+    """Feature widths a row passes through in this module, if it is a linear site."""
+    if isinstance(module, SparseLayer):
+        dims = module.experts.dims  # inner widths of an FFN expert are written, then read
+        return [dims[0], *[d for d in dims[1:-1] for _ in range(2)], dims[-1]]
+    if isinstance(module, nn.Linear):
+        return [module.in_features, module.out_features]
+    if type(module).__name__ == "Conv1D":  # GPT-2's linear: weight (in, out), `nf` outputs
+        return [module.weight.shape[0], module.nf]
+    return None
+
+
+# ---------------------------------------------------------------------------- the host
+def host_bytes(model: nn.Module, layers: list[SparseLayer], spec: Spec, itemsize: int) -> int:
+    """The host's own parameters read once, and every linear outside the MoE layers reading
+    its input rows and writing its output rows."""
+    inside = {id(p) for layer in layers for p in layer.parameters()}
+    params = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in inside)
+    sparse = tuple(name + "." for name, m in model.named_modules() if isinstance(m, SparseLayer))
+    rows = spec.batch_size * spec.seq_len
+    activations = sum(rows * sum(widths) * itemsize for name, m in model.named_modules()
+                      if not isinstance(m, SparseLayer) and not name.startswith(sparse)
+                      and (widths := linear_widths(m)) is not None)
+    return params + activations
