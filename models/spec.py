@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from models.errors import FLAG_OF, SpecError, flag_of  # noqa: F401 (their home was here)
 from models.hosts import HOSTS
 from models.variants import VARIANTS
 
@@ -21,21 +22,6 @@ EXPERT_UNITS = ("linear", "ffn")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "meta")
 MODES = ("inference", "train")
-
-# Spec field -> command-line flag, so that an error names what the user typed.
-FLAG_OF = {"num_experts": "--experts", "top_k": "--top-k"}
-
-
-class SpecError(ValueError):
-    """A configuration that cannot be built; `str()` is one line naming the flag and the value."""
-
-    def __init__(self, field_name: str, value: Any, reason: str):
-        self.field_name, self.value, self.reason = field_name, value, reason
-        super().__init__(f"{flag_of(field_name)} {value!r}: {reason}")
-
-
-def flag_of(field_name: str) -> str:
-    return FLAG_OF.get(field_name, "--" + field_name.replace("_", "-"))
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
