@@ -31,6 +31,7 @@ from meo_profile.measure.timing import TimingOptions, time_call
 from models import VARIANTS, Spec, build_model, sparse_layers, torch_dtype
 from models.build import TORCH_DTYPES
 from models.layers import MergedExperts, SparseLayer
+from models.native import NativeMoE
 from models.spec import SpecError
 
 # Sizes for the peak probes: large enough to reach the device's steady state (on a quiet
@@ -145,11 +146,20 @@ def sparse_layer_bytes(layer: SparseLayer, spec: Spec) -> float:
     return read + merged
 
 
+def native_block_bytes(block: NativeMoE, spec: Spec) -> float:
+    """A native host's own block (`moe`): the experts its tokens touch, read once."""
+    per_expert = _numel_bytes(list(block.experts.parameters())) / block.num_experts
+    return expected_distinct(block.num_experts, block.top_k, spec.batch_size * spec.seq_len) * per_expert
+
+
 def linear_widths(module: nn.Module) -> list[int] | None:
     """Feature widths a row passes through in this module, if it is a linear site."""
     if isinstance(module, SparseLayer):
         dims = module.experts.dims  # inner widths of an FFN expert are written, then read
         return [dims[0], *[d for d in dims[1:-1] for _ in range(2)], dims[-1]]
+    if isinstance(module, NativeMoE):  # the model's own experts: H -> I -> H per row
+        d, d_ff = module.hidden, module.expert_width
+        return [d, d_ff, d_ff, d]
     if isinstance(module, nn.Linear):
         return [module.in_features, module.out_features]
     if type(module).__name__ == "Conv1D":  # GPT-2's linear: weight (in, out), `nf` outputs
@@ -158,7 +168,8 @@ def linear_widths(module: nn.Module) -> list[int] | None:
 
 
 def _outside_sparse(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    sparse = [name + "." for name, m in model.named_modules() if isinstance(m, SparseLayer)]
+    sparse = [name + "." for name, m in model.named_modules()
+              if isinstance(m, (SparseLayer, NativeMoE))]
     return [(name, m) for name, m in model.named_modules()
             if not any(name.startswith(prefix) for prefix in sparse)]
 
@@ -169,9 +180,11 @@ def bytes_moved(spec: Spec, model: nn.Module | None = None) -> int:
     itemsize = torch_dtype(spec).itemsize
     rows = spec.batch_size * spec.seq_len
     layers = sparse_layers(model)
-    expert_params = {id(p) for layer in layers for p in layer.experts.parameters()}
+    native = [m for m in model.modules() if isinstance(m, NativeMoE)]
+    expert_params = {id(p) for layer in [*layers, *native] for p in layer.experts.parameters()}
     dense = [p for p in model.parameters() if id(p) not in expert_params]
-    total = _numel_bytes(dense) + sum(sparse_layer_bytes(layer, spec) for layer in layers)
+    total = (_numel_bytes(dense) + sum(sparse_layer_bytes(layer, spec) for layer in layers)
+             + sum(native_block_bytes(block, spec) for block in native))
     for _, module in _outside_sparse(model):
         widths = linear_widths(module)
         total += 0 if widths is None else rows * sum(widths) * itemsize
