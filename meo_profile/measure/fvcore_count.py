@@ -147,8 +147,9 @@ def count_fvcore(spec: Spec) -> Counts:
     """Trace one forward of the spec's model with fvcore; meta device where shapes allow."""
     try:
         return _count_on(spec, "meta")
-    except (RuntimeError, NotImplementedError):
-        # data-dependent shapes (the per-expert loops, threshold routing) need real tensors
+    except (RuntimeError, NotImplementedError, TypeError):
+        # data-dependent shapes (the per-expert loops, threshold routing) need real tensors;
+        # so do some meta kernels under tracing (a conv1d shape check raises TypeError there)
         real = "cpu" if spec.device == "meta" else spec.device
         check_fits(spec.replace(device=real))
         return _count_on(spec, real)
