@@ -216,8 +216,8 @@ def own_sizes(host: str) -> OwnSizes:
              "d_ff": expert_width_field(fields)}
     missing = [k for k, name in named.items() if name is None]
     if missing or value(fields, "hidden_size") is None:
-        raise SpecError("host", host, f"no MoE fields ({', '.join(missing) or 'hidden_size'}) "
-                        "in this config: not a mixture-of-experts model")
+        raise SpecError("host", host, f"no MoE fields ({', '.join(missing) or 'hidden_size'}) at "
+                        "the config's top level: a dense model, or one that nests them (DBRX)")
     heads = value(fields, "num_attention_heads") or 1
     explicit = any(value(fields, f) for f in ("head_dim", "qk_nope_head_dim"))
     return OwnSizes(d_model=value(fields, "hidden_size"), d_ff=value(fields, named["d_ff"]),

@@ -103,7 +103,7 @@ def layouts_refused(tmp_path):
         "missing": (f"hf:{tmp_path / 'nowhere'}", "no config file"),
         "unreadable JSON": (f"hf:{bad}", "unreadable JSON"),
         "dense model": (save(tmp_path, LlamaConfig(**TINY, intermediate_size=96), "llama"),
-                        "not a mixture-of-experts"),
+                        "a dense model"),
         "two stacked children (JetMoE)": (save(tmp_path, JetMoeConfig(
             **{**TINY, "num_key_value_heads": 2}, kv_channels=16, intermediate_size=96,
             num_local_experts=4, num_experts_per_tok=2), "jetmoe"), "2 stacked-expert children"),

@@ -42,7 +42,7 @@ SPEC_OPTIONS: list[tuple[str, Any, Any, Any]] = [
     ("num_experts", int | None, None, _opt("--experts", "Experts per MoE layer (E); default: 16, or a MoE host's own.")),
     ("top_k", int | None, None, _opt("--top-k", "Experts selected per token or sequence (k); default: 4, or a MoE host's own.")),
     ("d_model", int | None, None, _opt("--d-model", "Model width; default: the host's.")),
-    ("d_ff", int | None, None, _opt("--d-ff", "FFN width; default: the host's.")),
+    ("d_ff", int | None, None, _opt("--d-ff", "FFN width (a MoE host: one routed expert's); default: the host's.")),
     ("layers", int | None, None, _opt("--layers", "Blocks with an FFN; default: the host's.")),
     ("seq_len", int, 128, _opt("--seq-len", "Tokens per sequence (L).")),
     ("batch_size", int, 8, _opt("--batch-size", "Sequences per batch (B).")),
