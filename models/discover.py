@@ -216,8 +216,9 @@ def _parents(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
             for attr, child in parent.named_children()}
 
 
-def _block_at(name: str, block: nn.Module, parents, probed: dict) -> MoEBlock:
-    """Read one candidate block (it holds stacked experts), or MoELayoutError."""
+def _block_at(name: str, block: nn.Module, parents, probed: dict, config_k: int | None) -> MoEBlock:
+    """Read one candidate block (it holds stacked experts), or MoELayoutError. k is the
+    router's own, as probed, else what the router, the block or the config says."""
     cls = type(block).__name__
     stacked = [(a, c) for a, c in block.named_children() if holds_stacked_experts(c)]
     if len(stacked) > 1:
@@ -235,7 +236,7 @@ def _block_at(name: str, block: nn.Module, parents, probed: dict) -> MoEBlock:
     if type(router) not in probed:  # one probe per router class: the convention is the class's
         probed[type(router)] = router_gates(router, H)
     gates, k = probed[type(router)]
-    k = k or getattr(router, "top_k", None) or getattr(block, "top_k", None)
+    k = k or getattr(router, "top_k", None) or getattr(block, "top_k", None) or config_k
     shared = {a: _shared_width(c, H) for a, c in block.named_children()
               if a not in (experts_attr, router_attr)}
     gate = next((a for a, c in block.named_children() if _is_gate(c, H)), None)
@@ -281,12 +282,15 @@ def _refuse_unswappable(info: MoEBlock, probed: dict) -> None:
 def find_moe_blocks(model: nn.Module) -> list[MoEBlock]:
     """Every sparse MoE block of `model`, in module order (see the module doc)."""
     parents, probed = _parents(model), {}
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    config_k = getattr(text, "num_experts_per_tok", None)
     found, first_problem = [], None
     for name, module in model.named_modules():
         if not any(holds_stacked_experts(c) for c in module.children()):
             continue
         try:
-            found.append(_block_at(name, module, parents, probed))
+            found.append(_block_at(name, module, parents, probed, config_k))
         except MoELayoutError as e:
             if found or "cannot swap" in str(e):
                 raise
