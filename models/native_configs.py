@@ -256,13 +256,21 @@ def sized_fields(host: str, spec: Any) -> dict[str, Any]:
         out[width] = spec.d_ff
     if spec.layers != own.layers:
         _set_depth(out, fields, own.layers, spec.layers)
-    out[first_field(fields, EXPERTS_FIELDS)] = spec.num_experts
-    out[first_field(fields, TOP_K_FIELDS)] = spec.top_k
+    _set_all(out, fields, EXPERTS_FIELDS, spec.num_experts)
+    _set_all(out, fields, TOP_K_FIELDS, spec.top_k)
     _regroup(out, fields, spec.num_experts, spec.top_k)
     positions = value(fields, "max_position_embeddings")
     if positions is not None:
         out["max_position_embeddings"] = max(positions, spec.seq_len)
     return out
+
+
+def _set_all(out: dict, fields: dict, names: tuple[str, ...], number: int) -> None:
+    """Every name the file gives the quantity (a file may hold an alias beside its field; which
+    one the class reads last is its business), else the one its class has."""
+    stated = [n for n in names if fields.get(n) is not None]
+    for name in stated or [first_field(fields, names)]:
+        out[name] = number
 
 
 def _scale(out: dict, fields: dict, names: tuple[str, ...], factor: float) -> None:
@@ -309,8 +317,11 @@ def derived_fields(model_type: str) -> set[str]:
     if not dataclasses.is_dataclass(cls):
         return set()
     own = {f.name for f in dataclasses.fields(cls)}
+    # an alias and its attribute (Qwen3-MoE writes num_experts out as num_local_experts) hold
+    # the file's own value, not a derived one
+    aliases = {*cls.attribute_map, *cls.attribute_map.values()}
     keep = {"model_type", "_name_or_path", "output_attentions"}
-    return set(class_defaults(model_type)) - own - keep
+    return set(class_defaults(model_type)) - own - keep - aliases
 
 
 def make_config(host: str, spec: Any):

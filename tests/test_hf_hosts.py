@@ -78,9 +78,29 @@ def test_a_named_familys_config_with_its_own_layout_counts_as_the_closed_form(fa
     host = save(tmp_path, CONFIG_MAPPING[family](**{**TINY, **layouts[family]}))
     for variant in ("moe", "meo"):
         spec = Spec(host=host, variant=variant, seq_len=8, batch_size=2)
+        assert (spec.num_experts, spec.top_k) == (8, 2)  # the file's, however it names them
         counts = count_fvcore(spec)
         assert disagreements(counts, analytic.count(spec)) == []
         assert counts.macs_by_part.get("dense_ffn", 0) > 0
+
+
+@pytest.mark.parametrize("host", ["mixtral", "qwen2-moe", "qwen3-moe", "deepseek-v3", "olmoe", "phimoe"])
+def test_each_familys_config_saved_by_transformers_counts_and_rescales(host, tmp_path):
+    """save_pretrained also writes fields the class derives (Qwen3-MoE's num_local_experts at
+    the class default, DeepSeek-V3's qk_head_dim): read back, and rescaled, they must not
+    override the file's own values or what the new sizes derive."""
+    from models.native import host_config
+
+    width = {"qwen2-moe": 56, "olmoe": 32}.get(host, 64)
+    named = Spec(host=host, variant="moe", d_model=width, d_ff=32, layers=2, num_experts=8,
+                 top_k=2, seq_len=8, batch_size=2)
+    saved = save(tmp_path, host_config(named))
+    user = Spec(host=saved, variant="moe", seq_len=8, batch_size=2)
+    assert (user.d_model, user.d_ff, user.layers, user.num_experts, user.top_k) == (
+        named.d_model, named.d_ff, named.layers, named.num_experts, named.top_k)
+    assert disagreements(analytic.count(user), analytic.count(named)) == []
+    wider = user.replace(d_model=2 * width, d_ff=48, layers=3)
+    assert disagreements(count_fvcore(wider), analytic.count(wider)) == []
 
 
 def test_the_published_mixtral_as_a_users_file_counts_as_the_named_host(tmp_path):
