@@ -9,7 +9,8 @@ from typing import Any
 from models.errors import SpecError
 from models.hosts import HOSTS, HostShape
 from models.native import NATIVE_MOE_IMPLS, native_shape
-from models.native_configs import HF_PREFIX, PUBLISHED, is_hf
+from models.native_configs import HF_PREFIX, PUBLISHED
+from models.variants import VARIANTS
 
 HOST_NAMES = (*HOSTS, *PUBLISHED)
 HF_HOST_HELP = f"{HF_PREFIX}PATH (a transformers MoE config.json, or a folder holding one)"
@@ -24,16 +25,10 @@ def host_shape(host: str) -> HostShape:
     return shape
 
 
-def is_native(host: str) -> bool:
-    return host in PUBLISHED or (isinstance(host, str) and is_hf(host))
-
-
 def router_gates(spec: Any) -> dict[str, str | None]:
     """The gate convention the spec's variant routes with, and the host model's own (native
     hosts): `moe` on a native host runs the model's router; the other variants bring their own
     (models/routing.py, models/variants.py); XMoE's is a threshold."""
-    from models.variants import VARIANTS
-
     shape = host_shape(spec.host)
     variant = VARIANTS[spec.variant]
     if variant.routes is None:
@@ -45,4 +40,4 @@ def router_gates(spec: Any) -> dict[str, str | None]:
     return {"router_gates": used, "host_router_gates": shape.router_gates}
 
 
-__all__ = ["HOST_NAMES", "NATIVE_MOE_IMPLS", "host_shape", "is_native", "router_gates"]
+__all__ = ["HOST_NAMES", "NATIVE_MOE_IMPLS", "host_shape", "router_gates"]

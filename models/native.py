@@ -213,8 +213,8 @@ class _NoExperts(nn.Module):
 @torch.no_grad()
 def check_shared_combine(host: str, blocks: list[MoEBlock]) -> None:
     """Hold `WithSharedExperts` to the model's own arithmetic: with its routed experts at zero,
-    a copy of the first block of each class must equal the shared path alone. Raises
-    MoELayoutError (as SpecError) for a block that combines its shared experts otherwise."""
+    a copy of the first block of each class must equal the shared path alone; SpecError for
+    a block that combines its shared experts otherwise. Scaled-down blocks only (a copy)."""
     seen = set()
     for info in blocks:
         n_params = sum(p.numel() for p in info.block.parameters())
