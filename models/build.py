@@ -8,8 +8,9 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from models.catalog import host_shape
 from models.experts import ExpertBank
-from models.hosts import HOSTS, Site, SwiGLU
+from models.hosts import Site, SwiGLU
 from models.layers import SparseLayer
 from models.routing import Router
 from models.spec import Spec
@@ -71,7 +72,7 @@ def build_model(spec: Spec, device: str | None = None) -> nn.Module:
     """The host of `spec` with its FFN sites swapped, in the spec's dtype, on `device`
     (default the spec's; "meta" builds shapes without memory, for counting)."""
     torch.manual_seed(spec.seed)
-    shape = HOSTS[spec.host]
+    shape = host_shape(spec.host)
     with torch.device(device or spec.device):
         model, sites = shape.build(spec)
         if spec.variant == "dense":
@@ -89,7 +90,7 @@ def make_inputs(spec: Spec, device: str | None = None) -> tuple[torch.Tensor, ..
     """A seeded random batch: hidden states (B, T, d) for `layer`, token ids (B, T) otherwise."""
     gen = torch.Generator().manual_seed(spec.seed + 1)
     B, T = spec.batch_size, spec.seq_len
-    shape = HOSTS[spec.host]
+    shape = host_shape(spec.host)
     if shape.inputs == "hidden":
         x = torch.randn(B, T, spec.d_model, generator=gen).to(torch_dtype(spec))
     else:

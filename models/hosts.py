@@ -5,17 +5,16 @@ downloaded), and exposes its FFN "sites": the (up, activation, down) triple of e
 places the MEO code swaps for MoE layers (BERT `intermediate.dense`/`output.dense`, GPT-2
 `c_fc`/`c_proj`, T5 `wi`/`wo`, BART `fc1`/`fc2`). `layer` is a bare FFN block of that shape.
 
-Native MoE hosts (`olmoe`, `phimoe`: the compressed-experts paper's models) have a sparse MoE
-block where the others have an FFN. Each block becomes a SwiGLU FFN of one expert's width
-(`d_ff`): that FFN is `--variant dense` (the single-expert baseline), and for every other variant
-its site is swapped like any FFN, its experts becoming SwiGLU experts of that width.
+Native MoE hosts (Mixtral, Qwen-MoE, DeepSeek-V3, OLMoE, Phi-3.5-MoE, a user's `hf:PATH`) have
+a sparse MoE block where these have an FFN: they live in `models/native.py` and share the
+`HostShape` below; `models/catalog.py` looks any host up by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -44,6 +43,12 @@ class HostShape:
     top_k: int = 4
     expert_unit: str = "linear"  # default --expert-unit (the MEO paper's; whole FFNs for MoE hosts)
     rope: bool = False  # rotary attention: d_model / heads must be even
+    # native MoE hosts
+    native: bool = False  # a transformers MoE model: its own block for `moe`, routed experts swapped otherwise
+    gated: bool = False  # SwiGLU experts (a fused gate | up matrix of 2 * d_ff rows)
+    router_gates: str | None = None  # the model's own router convention (models/discover.py)
+    impls: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # --impl per variant, where the host's own
+    check: Callable[[Any], None] | None = None  # validates a spec's sizes against the host's config
 
 
 class FFNBlock(nn.Module):
@@ -155,51 +160,6 @@ def _build_bart(spec):
     return LogitsOnly(model, seq2seq=True), sites
 
 
-# The native sparse blocks are replaced right after construction; building them with one expert
-# spares allocating and initialising a whole bank (27 GB for OLMoE in float32) only to drop it.
-NATIVE_STUB = dict(num_experts_per_tok=1)
-
-
-def _swap_native_blocks(model: nn.Module, spec) -> list[Site]:
-    """Every decoder layer's sparse MoE block (`mlp`) -> a SwiGLU FFN of one expert's width."""
-    sites = []
-    for layer in model.model.layers:
-        ffn = FFNBlock(nn.Linear(spec.d_model, 2 * spec.d_ff, bias=False), SwiGLU(nn.SiLU()),
-                       nn.Linear(spec.d_ff, spec.d_model, bias=False))
-        layer.mlp = ffn
-        sites.append(Site((ffn, "up"), (ffn, "act"), (ffn, "down")))
-    return sites
-
-
-def _build_olmoe(spec):
-    from transformers import OlmoeConfig, OlmoeForCausalLM
-
-    shape = HOSTS["olmoe"]
-    # OLMoE-1B-7B-0924: the config class's default width (2048) is not the checkpoint's (1024);
-    # d_ff carries the expert width.
-    config = OlmoeConfig(vocab_size=shape.vocab, hidden_size=spec.d_model,
-                         intermediate_size=spec.d_ff, num_hidden_layers=spec.layers,
-                         num_attention_heads=shape.heads, num_experts=1,
-                         max_position_embeddings=max(4096, spec.seq_len), **NATIVE_STUB)
-    model = OlmoeForCausalLM(config)
-    return LogitsOnly(model, seq2seq=False), _swap_native_blocks(model, spec)
-
-
-def _build_phimoe(spec):
-    from transformers import PhimoeConfig, PhimoeForCausalLM
-
-    shape = HOSTS["phimoe"]
-    # Phi-3.5-MoE-instruct: 8 key/value heads, biased attention projections and LM head (its
-    # released config); the long-context RoPE scaling has no parameters and is left out.
-    config = PhimoeConfig(vocab_size=shape.vocab, hidden_size=spec.d_model,
-                          intermediate_size=spec.d_ff, num_hidden_layers=spec.layers,
-                          num_attention_heads=shape.heads, num_key_value_heads=8,
-                          attention_bias=True, lm_head_bias=True, num_local_experts=1,
-                          **NATIVE_STUB)
-    model = PhimoeForCausalLM(config)
-    return LogitsOnly(model, seq2seq=False), _swap_native_blocks(model, spec)
-
-
 HOSTS: dict[str, HostShape] = {
     "layer": HostShape(768, 3072, 1, 1, build=_build_layer),
     # BERT-Small as in Turc et al. 2019 (4 layers, 512 wide), the smallest of the paper's figure.
@@ -212,9 +172,4 @@ HOSTS: dict[str, HostShape] = {
                          seq2seq=True),
     "bart-base": HostShape(768, 3072, 12, 12, vocab=50265, build=_build_bart, inputs="ids",
                           seq2seq=True),
-    # native MoE hosts: d_ff is one expert's width; experts and top-k default to the model's
-    "olmoe": HostShape(2048, 1024, 16, 16, vocab=50304, build=_build_olmoe, inputs="ids",
-                       bias=False, experts=64, top_k=8, expert_unit="ffn", rope=True),
-    "phimoe": HostShape(4096, 6400, 32, 32, vocab=32064, build=_build_phimoe, inputs="ids",
-                        bias=False, experts=16, top_k=2, expert_unit="ffn", rope=True),
 }

@@ -14,28 +14,14 @@ from typing import Any
 
 import torch
 
-from models.hosts import HOSTS
+from models.catalog import host_shape
+from models.errors import FLAG_OF, SpecError, flag_of  # noqa: F401 (their home was here)
 from models.variants import VARIANTS
 
 EXPERT_UNITS = ("linear", "ffn")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "meta")
 MODES = ("inference", "train")
-
-# Spec field -> command-line flag, so that an error names what the user typed.
-FLAG_OF = {"num_experts": "--experts", "top_k": "--top-k"}
-
-
-class SpecError(ValueError):
-    """A configuration that cannot be built; `str()` is one line naming the flag and the value."""
-
-    def __init__(self, field_name: str, value: Any, reason: str):
-        self.field_name, self.value, self.reason = field_name, value, reason
-        super().__init__(f"{flag_of(field_name)} {value!r}: {reason}")
-
-
-def flag_of(field_name: str) -> str:
-    return FLAG_OF.get(field_name, "--" + field_name.replace("_", "-"))
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -72,11 +58,10 @@ class Spec:
     router_scale: float = 1.0  # multiplies router logits; >1 sharpens a random router
 
     def __post_init__(self) -> None:
-        _choice("host", self.host, tuple(HOSTS))
+        shape = host_shape(self.host)  # SpecError for an unknown name or an unusable hf: config
         _choice("variant", self.variant, tuple(VARIANTS))
         _choice("dtype", self.dtype, DTYPES)
         _choice("device", self.device, DEVICES)
-        shape = HOSTS[self.host]
         self._set("num_experts", shape.experts if self.num_experts is None else self.num_experts)
         self._set("top_k", shape.top_k if self.top_k is None else self.top_k)
         self._set("expert_unit", self.expert_unit or ("ffn" if self.variant == "xmoe" else shape.expert_unit))
@@ -104,7 +89,9 @@ class Spec:
         if not _positive_number(self.router_scale):
             raise SpecError("router_scale", self.router_scale, "must be a finite number > 0")
         self._validate_variant()
-        self._set("impl", self._resolve_impl())
+        if shape.check is not None:  # a native host holds the sizes to its config
+            shape.check(self)
+        self._set("impl", self._resolve_impl(shape.impls.get(self.variant)))
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -145,8 +132,17 @@ class Spec:
             self._set("num_experts", 1)
             self._set("top_k", 1)
 
-    def _resolve_impl(self) -> str:
+    def _resolve_impl(self, host_impls: tuple[str, ...] | None = None) -> str:
+        """`host_impls`: the host runs this variant itself (a native host's own MoE block),
+        with these implementations; the variant's own do not apply there."""
         variant = VARIANTS[self.variant]
+        if host_impls:
+            if self.impl == "auto":
+                return host_impls[0]
+            if self.impl not in host_impls:
+                raise SpecError("impl", self.impl, f"{self.variant} on {self.host} runs the model's "
+                                f"own block: choose {', '.join(host_impls)}")
+            return self.impl
         if self.impl == "auto":
             return variant.default_impl(self)
         _choice("impl", self.impl, variant.impls + ("auto",))

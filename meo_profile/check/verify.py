@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from models import Spec, build_model, make_inputs, sparse_layers
+from models.catalog import host_shape
 from models.layers import MergedExperts, SparseLayer
+from models.native import NativeMoE
 from models.spec import SpecError
 from models.variants import VARIANTS
 
@@ -86,6 +88,8 @@ def verify(spec: Spec) -> list[Check]:
     for variant in ("moe", "moe-seq", "meo"):
         checks += implementations_agree(captured, variant, tol)
     checks.append(check_single_expert(spec, tol))
+    if host_shape(spec.host).native:
+        checks += native_implementations_agree(spec, tol)
     if VARIANTS[spec.variant].knobs:  # its layers carry their own knobs or vectors
         own = spec.replace(mode="inference")
         checks += implementations_agree(captured_inputs(build_model(own), make_inputs(own)),
@@ -114,3 +118,29 @@ def check_single_expert(spec: Spec, tol: float) -> Check:
     chosen = layer.router(x.mean(dim=1)).top_k_index[:, 0]  # (B,)
     want = torch.stack([layer.experts.forward_expert(int(e), x[b]) for b, e in enumerate(chosen)])
     return compare_outputs("meo k=1 == selected expert", layer(x), want, tol)
+
+
+@torch.no_grad()
+def native_implementations_agree(spec: Spec, tol: float) -> list[Check]:
+    """A native host's own MoE blocks (`moe`, the model's E and k) under every transformers
+    experts implementation against `hf-eager`, the plain per-expert loop, block by block on
+    the inputs each block saw."""
+    impls = host_shape(spec.host).impls["moe"]
+    moe = spec.replace(variant="moe", impl=impls[0], num_experts=None, top_k=None, mode="inference")
+    model = build_model(moe)
+    seen: list[tuple[NativeMoE, torch.Tensor]] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append((m, args[0])))
+             for m in model.modules() if isinstance(m, NativeMoE)]
+    try:
+        model(*make_inputs(moe))
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    def outputs(impl: str) -> torch.Tensor:
+        model.model.set_experts_implementation(impl.removeprefix("hf-"))
+        return torch.cat([block(x).flatten() for block, x in seen])
+
+    reference = outputs("hf-eager")
+    return [compare_outputs(f"own block: {impl} == hf-eager", outputs(impl), reference, tol)
+            for impl in impls if impl != "hf-eager"]

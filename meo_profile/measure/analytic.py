@@ -12,6 +12,11 @@ reading d_0 features (the MEO paper, Sec. 3, per MoE linear):
                                                                   merge B*E*(P + b)  [dense]
     router: token level N*d_0*E; sequence level B*d_0*E (on the mean token)
 so MEO / vanilla for one linear = (N*P + B*k*P) / (N*k*P) = 1/k + 1/T.
+
+Native MoE hosts (meo_profile/measure/analytic_native.py has the rest of the model per family)
+have SwiGLU experts, P = 3*d*f (gate and up, then down), and an MoE site only where the model
+has a sparse layer. `moe` there is the model's own block: its router and its k experts per
+token cost what the vanilla line says, whatever its gate convention.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+from meo_profile.measure import analytic_native
 from meo_profile.measure.fvcore_count import Counts
+from models.catalog import host_shape
 from models.hosts import HOSTS
 from models.spec import Spec, SpecError
 
@@ -27,28 +34,40 @@ LAYER_NORM_MACS_PER_ELEMENT = 5  # fvcore's rule for an affine layer_norm
 
 
 def expert_dims(spec: Spec) -> list[list[int]]:
-    """The expert shapes of one FFN site: two MoE linears (`linear`) or one FFN (`ffn`)."""
+    """The expert shapes of one FFN site: two MoE linears (`linear`) or one FFN (`ffn`). A
+    SwiGLU host's fused (gate | up) projection is 2 * d_ff wide as a linear expert."""
     d, f = spec.d_model, spec.d_ff // (spec.granularity or 1)
-    return [[d, spec.d_ff], [spec.d_ff, d]] if spec.expert_unit == "linear" else [[d, f, d]]
+    up = 2 * spec.d_ff if _gated(spec) else spec.d_ff
+    return [[d, up], [spec.d_ff, d]] if spec.expert_unit == "linear" else [[d, f, d]]
 
 
-def _matrix_sizes(dims: list[int]) -> tuple[int, int]:
-    """(P, b): weight elements and bias elements of one expert."""
-    return (sum(a * b for a, b in zip(dims, dims[1:])), sum(dims[1:]))
+def _gated(spec: Spec, dims: list[int] | None = None) -> bool:
+    """SwiGLU experts: a whole-FFN expert of a gated host has its first matrix twice as wide."""
+    return host_shape(spec.host).gated and (dims is None or len(dims) > 2)
+
+
+def _matrix_sizes(dims: list[int], gated: bool = False) -> tuple[int, int]:
+    """(P, b): weight elements and bias elements of one expert (gated: gate and up matrices)."""
+    first = dims[0] * dims[1] if gated else 0
+    return (first + sum(a * b for a, b in zip(dims, dims[1:])), (dims[1] if gated else 0) + sum(dims[1:]))
+
+
+def _sizes(spec: Spec, dims: list[int]) -> tuple[int, int]:
+    return _matrix_sizes(dims, _gated(spec, dims))
 
 
 # ------------------------------------------------------------------- one MoE layer's MACs
 def _vanilla(spec: Spec, dims: list[int], token_router: bool) -> Counter:
     N, B, E, k = spec.batch_size * spec.seq_len, spec.batch_size, spec.experts_total, spec.top_k
-    P, _ = _matrix_sizes(dims)
+    P, _ = _sizes(spec, dims)
     routed = N if token_router else B
     return Counter(experts=N * k * P, router=routed * dims[0] * E)
 
 
 def _meo(spec: Spec, dims: list[int], token_block: bool = False) -> Counter:
     N, B, E, k = spec.batch_size * spec.seq_len, spec.batch_size, spec.experts_total, spec.top_k
-    P, b = _matrix_sizes(dims)
-    bias = b if HOSTS[spec.host].bias else 0
+    P, b = _sizes(spec, dims)
+    bias = b if host_shape(spec.host).bias else 0
     merged_from = k if spec.impl == "gather" else E
     macs = Counter(experts=N * P, router=B * dims[0] * E, merge=B * merged_from * (P + bias))
     if token_block:
@@ -61,13 +80,18 @@ def _compressed(spec: Spec, dims: list[int]) -> Counter:
     """Compressed experts: m = k - n_ce experts in full; the n_ce vectors of width
     V = sum of the expert's matrix input widths are averaged per token (one bmm)."""
     N, E, k, n_ce = spec.batch_size * spec.seq_len, spec.experts_total, spec.top_k, spec.n_ce
-    P, _ = _matrix_sizes(dims)
-    return Counter(experts=N * (k - n_ce) * P, compress=N * n_ce * sum(dims[:-1]),
+    P, _ = _sizes(spec, dims)
+    return Counter(experts=N * (k - n_ce) * P, compress=N * n_ce * _vector_width(spec, dims),
                    router=N * dims[0] * E)
 
 
+def _vector_width(spec: Spec, dims: list[int]) -> int:
+    """A compressed expert's vector: one scale per matrix input (SwiGLU: gate and up apart)."""
+    return sum(dims[:-1]) + (dims[0] if _gated(spec, dims) else 0)
+
+
 def _dense(spec: Spec, dims: list[int]) -> Counter:
-    return Counter(ffn=spec.batch_size * spec.seq_len * _matrix_sizes(dims)[0])
+    return Counter(ffn=spec.batch_size * spec.seq_len * _sizes(spec, dims)[0])
 
 
 LAYER_MACS: dict[str, Callable[[Spec, list[int]], Counter]] = {
@@ -82,8 +106,8 @@ LAYER_MACS: dict[str, Callable[[Spec, list[int]], Counter]] = {
 
 def _layer_params(spec: Spec, dims: list[int]) -> tuple[int, int]:
     """(total, inactive-per-token) parameters of the MoE layer (or dense linear) over `dims`."""
-    P, b = _matrix_sizes(dims)
-    per_expert = P + (b if HOSTS[spec.host].bias else 0)
+    P, b = _sizes(spec, dims)
+    per_expert = P + (b if host_shape(spec.host).bias else 0)
     if spec.variant == "dense":
         return per_expert, 0
     E, k = spec.experts_total, spec.top_k
@@ -92,7 +116,7 @@ def _layer_params(spec: Spec, dims: list[int]) -> tuple[int, int]:
         r = max(1, dims[0] // 64)
         total += dims[0] * r + r + r * dims[0] + dims[0]  # the token block: down, up
     if spec.variant == "ce":  # one vector per expert; a token reads m experts and n_ce vectors
-        V, n_ce = sum(dims[:-1]), spec.n_ce
+        V, n_ce = _vector_width(spec, dims), spec.n_ce
         return total + E * V, (E - k + n_ce) * per_expert + (E - n_ce) * V
     return total, (E - k) * per_expert
 
@@ -165,18 +189,21 @@ HOST_PARTS: dict[str, Callable[[Spec], tuple[Counter, int]]] = {
 # ------------------------------------------------------------------------------- the model
 def count(spec: Spec) -> Counts:
     """MACs by part and parameters of the spec's model, in closed form."""
-    if spec.host not in HOST_PARTS:
+    if spec.host not in HOST_PARTS and not host_shape(spec.host).native:
         raise SpecError("host", spec.host, "has no closed form here; count it with --source fvcore")
     if spec.variant not in LAYER_MACS:  # XMoE's cost depends on where the router sends tokens
         raise SpecError("variant", spec.variant, "has a data-dependent cost and no closed form; "
                         "count it with --source fvcore")
-    macs, params_total = HOST_PARTS[spec.host](spec)
+    if host_shape(spec.host).native:  # the MoE sites are the sparse layers only
+        macs, params_total, sites = analytic_native.host_parts(spec)
+    else:
+        (macs, params_total), sites = HOST_PARTS[spec.host](spec), spec.layers
     inactive = 0
     for dims in expert_dims(spec):
-        macs += _times(LAYER_MACS[spec.variant](spec, dims), spec.layers)
+        macs += _times(LAYER_MACS[spec.variant](spec, dims), sites)
         layer_total, layer_idle = _layer_params(spec, dims)
-        params_total += spec.layers * layer_total
-        inactive += spec.layers * layer_idle
+        params_total += sites * layer_total
+        inactive += sites * layer_idle
     parts = {k: v for k, v in sorted(macs.items()) if v}
     return Counts(macs=sum(parts.values()), macs_by_part=parts, params_total=params_total,
                   params_active=params_total - inactive, source="analytic")

@@ -10,7 +10,7 @@ from typing import Any
 from meo_profile.measure import analytic
 from meo_profile.measure.fvcore_count import Counts, count_fvcore
 from meo_profile.measure.preflight import DoesNotFit
-from models import Spec
+from models import Spec, SpecError
 
 COUNTERS: dict[str, Callable[[Spec], Counts]] = {
     "fvcore": count_fvcore,
@@ -22,11 +22,17 @@ SOURCES = (*COUNTERS, "both")
 def count(spec: Spec, source: str = "fvcore") -> Counts:
     """Count with `source`; a traced count that would need more memory than the machine has
     (data-dependent implementations must run on real weights) falls back to the closed form,
-    which tests prove equal, and the record says `analytic`."""
+    which tests prove equal, and the record says `analytic`. Without a closed form (XMoE,
+    whose cost depends on where its router sends tokens) that is bad input: scale down."""
     try:
         return COUNTERS[source](spec)
     except DoesNotFit as e:
-        counts = analytic.count(spec)
+        try:
+            counts = analytic.count(spec)
+        except SpecError:
+            raise SpecError("variant", spec.variant, f"its count depends on routing, which needs a "
+                            f"forward on real weights, and {e}: scale the host down (--layers, "
+                            "--d-model, --d-ff)") from None
         counts.note = f"fvcore would need real weights ({e}); closed form used"
         return counts
 

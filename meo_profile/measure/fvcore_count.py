@@ -34,6 +34,7 @@ from meo_profile.measure.preflight import check_fits
 from models import Spec, build_model, make_inputs
 from models.compressed import CompressedVectors
 from models.layers import Merger, SparseLayer, TokenBlock
+from models.native import NativeMoE
 from models.routing import Router
 from models.xmoe import routing_summary
 
@@ -146,8 +147,9 @@ def count_fvcore(spec: Spec) -> Counts:
     """Trace one forward of the spec's model with fvcore; meta device where shapes allow."""
     try:
         return _count_on(spec, "meta")
-    except (RuntimeError, NotImplementedError):
-        # data-dependent shapes (the per-expert loops, threshold routing) need real tensors
+    except (RuntimeError, NotImplementedError, TypeError):
+        # data-dependent shapes (the per-expert loops, threshold routing) need real tensors;
+        # so do some meta kernels under tracing (a conv1d shape check raises TypeError there)
         real = "cpu" if spec.device == "meta" else spec.device
         check_fits(spec.replace(device=real))
         return _count_on(spec, real)
@@ -190,10 +192,10 @@ def _count_on(spec: Spec, device: str) -> Counts:
 def inactive_params(model: nn.Module) -> int:
     """Parameters one token does not read, summed over the MoE layers (each layer says what it
     reads: k experts for top-k routing, m experts and n_ce vectors for compressed experts, the
-    mean kept count of the last forward for XMoE)."""
+    mean kept count of the last forward for XMoE, k of E for a native host's own block)."""
     idle = 0
     for layer in model.modules():
-        if isinstance(layer, SparseLayer):
+        if isinstance(layer, (SparseLayer, NativeMoE)):
             idle += sum(p.numel() for p in layer.parameters()) - layer.params_active()
     return idle
 
@@ -203,13 +205,13 @@ def inactive_params(model: nn.Module) -> int:
 PART_OF_TYPE = ((Router, "router"), (Merger, "merge"), (TokenBlock, "token_block"),
                 (CompressedVectors, "compress"), (SparseLayer, "experts"))
 
-def _part_of_module(name: str, module: nn.Module, ffn_ids: set[int]) -> str | None:
+def _part_of_module(name: str, module: nn.Module, tags: dict[int, str]) -> str | None:
     """The part a module's own ops belong to, or None to defer to its parent."""
     for kind, part in PART_OF_TYPE:
         if isinstance(module, kind):
             return part
-    if id(module) in ffn_ids:
-        return "ffn"
+    if id(module) in tags:
+        return tags[id(module)]
     if name.rsplit(".", 1)[-1] in HEAD_MODULE_NAMES:
         return "head"
     if "Attention" in type(module).__name__:
@@ -222,13 +224,13 @@ def parts_from_modules(model: nn.Module, by_module_op: dict[str, Counter]) -> di
     (layer_norm always to "norm"). fvcore's per-module counts include descendants, so a
     module's own ops are its count minus its children's."""
     modules = dict(model.named_modules())
-    ffn_ids = {id(m) for m in getattr(model, "ffn_modules", ())}
+    tags = module_tags(model)
     parts: Counter = Counter()
     for name, ops in by_module_op.items():
         own = Counter(ops)
         for child in _children(name, by_module_op):
             own.subtract(by_module_op[child])
-        part = _nearest_part(name, modules, ffn_ids)
+        part = _nearest_part(name, modules, tags)
         for op, count in own.items():
             if count > 0:
                 parts["norm" if op == "layer_norm" else part] += int(count)
@@ -241,10 +243,19 @@ def _children(name: str, names) -> list[str]:
     return [n for n in names if n.startswith(prefix) and n != name and n.count(".") == depth]
 
 
-def _nearest_part(name: str, modules: dict[str, nn.Module], ffn_ids: set[int]) -> str:
+def module_tags(model: nn.Module) -> dict[int, str]:
+    """Parts a builder named by module, where types cannot tell: the dense variant's FFN
+    (`ffn_modules`), a native host's own experts, router, shared experts and dense layers
+    (`tagged_parts`)."""
+    tags = {id(m): "ffn" for m in getattr(model, "ffn_modules", ())}
+    tags.update((id(m), part) for m, part in getattr(model, "tagged_parts", ()))
+    return tags
+
+
+def _nearest_part(name: str, modules: dict[str, nn.Module], tags: dict[int, str]) -> str:
     while True:
         module = modules.get(name)
-        part = _part_of_module(name, module, ffn_ids) if module is not None else None
+        part = _part_of_module(name, module, tags) if module is not None else None
         if part is not None:
             return part
         if not name:

@@ -35,6 +35,7 @@ from meo_profile.measure.analytic import count
 from models import VARIANTS, Spec, sparse_layers, torch_dtype
 from models.compressed import CompressedExperts
 from models.layers import MergedExperts, SparseLayer, experts_touched
+from models.native import NativeMoE
 from models.phases import PHASES
 
 HOST = "host"  # the host model's own work: everything outside the MoE layers' phases
@@ -69,9 +70,12 @@ def phase_macs(spec: Spec) -> Counter:
 def phase_bytes(spec: Spec, model: nn.Module) -> Counter:
     itemsize = torch_dtype(spec).itemsize
     layers = sparse_layers(model)
-    out = Counter({HOST: host_bytes(model, layers, spec, itemsize)})
+    native = [m for m in model.modules() if isinstance(m, NativeMoE)]
+    out = Counter({HOST: host_bytes(model, layers, native, spec, itemsize)})
     for layer in layers:
         out.update(layer_bytes(layer, spec, itemsize))
+    for block in native:
+        out.update(native_bytes(block, spec, itemsize))
     return out
 
 
@@ -127,6 +131,17 @@ def layer_bytes(layer: SparseLayer, spec: Spec, itemsize: int) -> Counter:
     return out
 
 
+def native_bytes(block: NativeMoE, spec: Spec, itemsize: int) -> Counter:
+    """A native host's own MoE block (`moe`): the routed experts its tokens touch, read once,
+    and each token's rows through them (H -> I -> H); its router and shared experts are host
+    parameters, read once like the rest."""
+    tokens = spec.batch_size * spec.seq_len
+    per_expert = _numel_bytes(block.experts) / block.num_experts
+    touched = expected_distinct(block.num_experts, block.top_k, tokens)
+    rows_io = tokens * 2 * (block.hidden + block.expert_width) * itemsize
+    return Counter(experts=touched * per_expert + rows_io)
+
+
 def router_bytes(layer: SparseLayer, spec: Spec, itemsize: int) -> float:
     tokens = spec.batch_size * spec.seq_len
     inputs, _ = routed(spec)
@@ -154,10 +169,13 @@ def linear_widths(module: nn.Module) -> list[int] | None:
 
 
 # ---------------------------------------------------------------------------- the host
-def host_bytes(model: nn.Module, layers: list[SparseLayer], spec: Spec, itemsize: int) -> int:
-    """The host's own parameters read once, and every linear outside the MoE layers reading
-    its input rows and writing its output rows."""
+def host_bytes(model: nn.Module, layers: list[SparseLayer], native: list[NativeMoE], spec: Spec,
+               itemsize: int) -> int:
+    """The host's own parameters read once (a native block's routed experts excepted: they are
+    the experts phase's), and every linear outside the MoE layers reading its input rows and
+    writing its output rows."""
     inside = {id(p) for layer in layers for p in layer.parameters()}
+    inside |= {id(p) for block in native for p in block.experts.parameters()}
     params = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in inside)
     sparse = tuple(name + "." for name, m in model.named_modules() if isinstance(m, SparseLayer))
     rows = spec.batch_size * spec.seq_len

@@ -31,6 +31,7 @@ from meo_profile.measure.timing import TimingOptions
 from meo_profile.measure.workload import Workload
 from meo_profile.results.record import Result
 from models import Spec, build_model, make_inputs, sparse_layers
+from models.catalog import router_gates
 from models.compressed import model_rel_l2_error
 from models.layers import experts_touched
 from models.spec import SpecError
@@ -73,7 +74,7 @@ def measure(spec: Spec, measurements: tuple[str, ...] = MEASUREMENTS, *, source:
             phases: Counter | None = None) -> Result:
     """Measure `spec` as asked, into one Result (see the module doc for failures)."""
     check_request(spec, measurements, source, timing)
-    result = Result(spec, metrics=list(measurements))
+    result = Result(spec, metrics=list(measurements)).update(**router_gates(spec))
     try:
         _measure_into(result, measurements, source, timing or TimingOptions(), max_memory_bytes,
                       phases)

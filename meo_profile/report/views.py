@@ -23,7 +23,7 @@ import pandas as pd
 from meo_profile.core.identity import config_fields
 from meo_profile.core.paper import meo_flops_ratio_closed_form
 from meo_profile.results.record import ENV_FIELDS, IDENTITY_FIELDS, Result
-from models.hosts import HOSTS
+from models.catalog import HOST_NAMES
 from models.spec import SPEC_FIELDS, Spec
 from models.variants import VARIANTS
 
@@ -180,7 +180,7 @@ def flops_view(df: pd.DataFrame, hosts: tuple[str, ...] | None = PAPER_HOSTS,
 
 
 def order_hosts(hosts: Iterable[str]) -> list[str]:
-    rank = {h: i for i, h in enumerate(HOSTS)}
+    rank = {h: i for i, h in enumerate(HOST_NAMES)}
     return sorted(hosts, key=lambda h: (rank.get(h, len(rank)), h))
 
 

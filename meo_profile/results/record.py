@@ -70,6 +70,10 @@ class Result:
     peak_mem_above_weights_bytes: int | None = None
     weights_bytes: int | None = None
     mem_method: str | None = None
+    # routing: the gate convention the variant's router ran (`topk_softmax`, `softmax_topk`,
+    # `threshold`, or a native host's own for `moe`) and the host model's own (native hosts)
+    router_gates: str | None = None
+    host_router_gates: str | None = None
     # routing (data-dependent variants)
     experts_per_token_mean: float | None = None
     experts_per_token_p90: float | None = None

@@ -16,7 +16,7 @@ import typer
 
 from meo_profile.core.errors import BadInput
 from meo_profile.sweep.grid import parse_axis_flag
-from models.hosts import HOSTS
+from models.catalog import HF_HOST_HELP, HOST_NAMES, NATIVE_MOE_IMPLS
 from models.spec import (
     DEVICES,
     DTYPES,
@@ -28,7 +28,7 @@ from models.spec import (
 )
 from models.variants import VARIANTS
 
-_ALL_IMPLS = sorted({i for v in VARIANTS.values() for i in v.impls} | {"auto"})
+_ALL_IMPLS = sorted({i for v in VARIANTS.values() for i in v.impls} | {*NATIVE_MOE_IMPLS, "auto"})
 
 
 def _opt(flag: str, help: str, **kw: Any) -> Any:
@@ -37,18 +37,18 @@ def _opt(flag: str, help: str, **kw: Any) -> Any:
 
 # (spec field, type, default, option). Defaults None mean "the host's own" or "the variant's".
 SPEC_OPTIONS: list[tuple[str, Any, Any, Any]] = [
-    ("host", str, "layer", _opt("--host", f"Host model: {', '.join(HOSTS)}.")),
+    ("host", str, "layer", _opt("--host", f"Host model: {', '.join(HOST_NAMES)}, or {HF_HOST_HELP}.")),
     ("variant", str, "meo", _opt("--variant", f"MoE variant: {', '.join(VARIANTS)}.")),
     ("num_experts", int | None, None, _opt("--experts", "Experts per MoE layer (E); default: 16, or a MoE host's own.")),
     ("top_k", int | None, None, _opt("--top-k", "Experts selected per token or sequence (k); default: 4, or a MoE host's own.")),
     ("d_model", int | None, None, _opt("--d-model", "Model width; default: the host's.")),
-    ("d_ff", int | None, None, _opt("--d-ff", "FFN width; default: the host's.")),
+    ("d_ff", int | None, None, _opt("--d-ff", "FFN width (a MoE host: one routed expert's); default: the host's.")),
     ("layers", int | None, None, _opt("--layers", "Blocks with an FFN; default: the host's.")),
     ("seq_len", int, 128, _opt("--seq-len", "Tokens per sequence (L).")),
     ("batch_size", int, 8, _opt("--batch-size", "Sequences per batch (B).")),
     ("dtype", str, "float32", _opt("--dtype", f"Numeric type: {', '.join(DTYPES)}.")),
     ("device", str, "auto", _opt("--device", f"{', '.join(DEVICES)}; auto picks cuda when present.")),
-    ("impl", str, "auto", _opt("--impl", f"Implementation: {', '.join(_ALL_IMPLS)}; auto picks per variant.")),
+    ("impl", str, "auto", _opt("--impl", f"Implementation: {', '.join(_ALL_IMPLS)}; auto picks per variant (moe on a native MoE host: the model's own block under hf-*).")),
     ("expert_unit", str | None, None, _opt("--expert-unit", f"{' or '.join(EXPERT_UNITS)}: an expert is one FFN linear (paper) or a whole FFN.")),
     ("mode", str, "inference", _opt("--mode", f"{' or '.join(MODES)} (train = forward + backward).")),
     ("seed", int, 0, _opt("--seed", "Seed for weights and inputs.")),

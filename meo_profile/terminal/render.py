@@ -92,6 +92,8 @@ def print_counts(result: Result, by_module: bool, by_operator: bool, depth: int)
     console.print(counts_table(counts, spec))
     console.print(params_line(counts))
     console.print(skipped_line(counts))
+    if result.host_router_gates is not None:  # a native host: whose router ran says a lot
+        console.print(routers_line(result.router_gates, result.host_router_gates))
     if counts.note:
         console.print(f"note: {counts.note}")
     if by_operator:
@@ -106,6 +108,12 @@ def print_counts(result: Result, by_module: bool, by_operator: bool, depth: int)
             console.print(f"{text}: {value:.4g}" if isinstance(value, float) else f"{text}: {value:,}")
     if result.cross_check is not None:
         console.print(comparison_table(counts, result.cross_check.analytic, spec))
+
+
+def routers_line(used: str | None, own: str) -> str:
+    if used == own:
+        return f"router: the model's own ({own})"
+    return f"router: {used or 'none (dense)'}; the model's own ({own}) is not used by this variant"
 
 
 EXTRA_LABELS = {
