@@ -40,7 +40,7 @@ from models import Spec  # noqa: E402
 
 PAPER_LAYER = dict(host="layer", d_model=768, d_ff=3072, num_experts=16, top_k=4, batch_size=8,
                    seq_len=128)
-ROWS = [("dense", "native"), ("moe", "loop"), ("moe", "grouped"), ("moe-seq", "batched"),
+ROWS = [("dense", "native"), ("moe", "loop"), ("moe", "grouped"), ("moe-seq", "grouped"),
         ("meo", "gather"), ("meo", "dense")]
 VANILLA = ("moe", "moe-seq")
 MEO_SPEEDUP_GOAL = 0.75  # of the FLOPs ratio

@@ -44,6 +44,7 @@ class HostShape:
     top_k: int = 4
     expert_unit: str = "linear"  # default --expert-unit (the MEO paper's; whole FFNs for MoE hosts)
     rope: bool = False  # rotary attention: d_model / heads must be even
+    gated: bool = False  # SwiGLU FFNs: FFN experts are gated banks, transformers' layout
 
 
 class FFNBlock(nn.Module):
@@ -214,7 +215,7 @@ HOSTS: dict[str, HostShape] = {
                           seq2seq=True),
     # native MoE hosts: d_ff is one expert's width; experts and top-k default to the model's
     "olmoe": HostShape(2048, 1024, 16, 16, vocab=50304, build=_build_olmoe, inputs="ids",
-                       bias=False, experts=64, top_k=8, expert_unit="ffn", rope=True),
+                       bias=False, experts=64, top_k=8, expert_unit="ffn", rope=True, gated=True),
     "phimoe": HostShape(4096, 6400, 32, 32, vocab=32064, build=_build_phimoe, inputs="ids",
-                        bias=False, experts=16, top_k=2, expert_unit="ffn", rope=True),
+                        bias=False, experts=16, top_k=2, expert_unit="ffn", rope=True, gated=True),
 }

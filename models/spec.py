@@ -1,8 +1,10 @@
 """The one configuration object: what to build and how to run it.
 
 A `Spec` is frozen and validated where it is made; everything downstream trusts it. Fields that
-have a sensible default depending on other fields (the host's width, the implementation `auto`
-picks, compressed experts' `n_ce`) are resolved here, so a stored record always says what ran.
+have a sensible default depending on other fields (the host's width, compressed experts' `n_ce`)
+are resolved here. `impl` stays as asked: "auto" is resolved where the measurement is taken
+(counting by the variant's rule, `impl_by_rule`; timing by measurement), and the record stores
+the implementation that ran beside how it was chosen.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ class Spec:
         if not _positive_number(self.router_scale):
             raise SpecError("router_scale", self.router_scale, "must be a finite number > 0")
         self._validate_variant()
-        self._set("impl", self._resolve_impl())
+        self._validate_impl()
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -145,12 +147,18 @@ class Spec:
             self._set("num_experts", 1)
             self._set("top_k", 1)
 
-    def _resolve_impl(self) -> str:
+    def _validate_impl(self) -> None:
         variant = VARIANTS[self.variant]
-        if self.impl == "auto":
-            return variant.default_impl(self)
         _choice("impl", self.impl, variant.impls + ("auto",))
-        return self.impl
+        reason = None if self.impl == "auto" else variant.unavailable(self.impl, self)
+        if reason:
+            raise SpecError("impl", self.impl, reason)
+
+    @property
+    def impl_by_rule(self) -> str:
+        """The implementation a plain build runs and counting counts: the one asked for, or
+        for `auto` the variant's deterministic rule (the same on every machine)."""
+        return VARIANTS[self.variant].default_impl(self) if self.impl == "auto" else self.impl
 
     # ----------------------------------------------------------------------------- helpers
     @property

@@ -45,6 +45,9 @@ def latency_table(result: Result) -> Table:
         ("  above weights", human_bytes(result.peak_mem_above_weights_bytes)),
         ("  weights", human_bytes(result.weights_bytes)),
         ("memory method", result.mem_method or "-"),
+        ("implementation", f"{result.spec.impl} ({result.impl_choice or '-'})"),
+        *((f"  candidate {name} ({unit})", _scaled(ms, per))
+          for name, ms in (result.impl_candidates or {}).items()),
     ]
     for name, value in rows:
         table.add_row(name, value)
