@@ -108,11 +108,21 @@ def summarize(rows: list[Row]) -> dict:
         "meo_speedup": best_meo["speedup_over_fastest_vanilla"],
         "meo_flops_speedup": flops_speedup,
         "meo_speedup_over_flops_speedup": best_meo["speedup_over_fastest_vanilla"] / flops_speedup,
+        # the bounds' ratio (fastest vanilla's bound over MEO's): what MEO's speedup could be here
+        "meo_speedup_over_bound_ratio": _over_bound_ratio(best_meo, table, fastest_vanilla),
         "meo_goal_met": best_meo["speedup_over_fastest_vanilla"] >= MEO_SPEEDUP_GOAL * flops_speedup,
         "grouped_roofline_ratio": grouped["roofline_ratio"],
         "grouped_goal_met": (grouped["roofline_ratio"] or float("inf")) <= GROUPED_ROOFLINE_GOAL,
     }
     return {"rows": table, "goals": goals}
+
+
+def _over_bound_ratio(meo: dict, table: list[dict], fastest_vanilla: Row) -> float | None:
+    vanilla = next(e for e in table if (e["variant"], e["impl"]) == (fastest_vanilla.spec.variant,
+                                                                    fastest_vanilla.spec.impl))
+    if meo["roofline_ms"] is None or vanilla["roofline_ms"] is None:
+        return None
+    return meo["speedup_over_fastest_vanilla"] / (vanilla["roofline_ms"] / meo["roofline_ms"])
 
 
 def results_table(summary: dict, base: Spec) -> Table:

@@ -136,3 +136,17 @@ def test_a_resumed_sweep_finds_an_auto_record_whatever_won():
     given = job_key({**spec.replace(impl="dense").to_dict(), "device_name": "cpu0"}, ("latency",))
     assert given not in stored_keys([record])  # asked by name: measured again
     assert config_key(record) == config_key(spec.to_dict())
+
+
+def test_compare_matches_auto_records_whatever_won_and_names_both():
+    from meo_profile.check.compare import compare_records, thresholds
+
+    spec = Spec(variant="meo", **TINY)
+    common = {**spec.to_dict(), "status": "ok", "device_name": "gpu0", "schema_version": 1,
+              "impl_choice": "measured", "macs": 100, "latency_ms_median": 2.0}
+    baseline = [{**common, "impl": "gather"}]
+    current = [{**common, "impl": "fused", "latency_ms_median": 1.0}]
+    result = compare_records(baseline, current, thresholds())
+    assert result.ok and not result.missing
+    latency = next(r for r in result.rows if r.field == "latency_ms_median")
+    assert latency.verdict == "improved" and "impl gather -> fused" in latency.note

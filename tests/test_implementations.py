@@ -78,3 +78,37 @@ def test_an_olmoe_model_runs_with_transformers_experts():
                 num_experts=4, top_k=2, seq_len=4, batch_size=2)
     model = build_model(spec)
     assert all(layer.impl == "hf-grouped_mm" for layer in sparse_layers(model))
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_fused_merge_is_a_timing_candidate_and_runs_in_a_cuda_graph():
+    from meo_profile.measure.autotune import candidates
+
+    spec = Spec(d_model=64, d_ff=128, num_experts=8, top_k=2, seq_len=16, batch_size=4,
+                dtype="bfloat16", device="cuda")
+    assert "fused" in candidates(spec)
+    model = build_model(spec.replace(impl="fused"))
+    x = torch.randn(4, 16, 64, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        eager = model(x)
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            captured = model(x)
+        graph.replay()
+        torch.cuda.synchronize()
+    assert torch.equal(captured, eager)
+    checks = verify(spec)
+    assert all(c.ok and c.skipped is None for c in checks), [c for c in checks if not c.ok]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", list(HF_IMPLS))
+def test_on_cuda_transformers_experts_equal_grouped_in_bf16(impl):
+    bank, x, routing = swiglu_bank_and_routing(dtype=torch.bfloat16, N=256)
+    bank, x = bank.cuda(), x.cuda()
+    routing = routing._replace(top_k_index=routing.top_k_index.cuda(),
+                               top_k_weights=routing.top_k_weights.cuda())
+    with torch.no_grad():
+        torch.testing.assert_close(TOKEN_DISPATCH[impl](bank, x, routing),
+                                   dispatch_grouped(bank, x, routing), rtol=3e-2, atol=3e-2)

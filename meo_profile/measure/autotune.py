@@ -3,8 +3,8 @@
 Counting keeps the variant's deterministic rule (`Spec.impl_by_rule`): a FLOP count must not
 depend on the machine. Timing asks which implementation a user of this device would deploy:
 every implementation of the variant that can run the configuration here (`candidates`) is built
-and timed briefly (one warm-up, a few calls: `TUNE_OPTIONS`), before and apart from the timed
-run, and the fastest is kept. The record says what ran (`impl`), how it was chosen
+and timed briefly (one warm-up call, then the median of `TUNE_CALLS`), before and apart from
+the timed run, and the fastest is kept. The record says what ran (`impl`), how it was chosen
 (`impl_choice`: given, rule, measured or cached) and, when timed, every candidate's median
 (`impl_candidates`, ms; null for one that failed, e.g. out of memory).
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,20 +28,14 @@ from typing import Any
 import torch
 
 from meo_profile.measure.preflight import available_bytes
-from meo_profile.measure.timing import (
-    Clock,
-    CudaEventClock,
-    HostClock,
-    TimingOptions,
-    time_with_clock,
-)
+from meo_profile.measure.timing import Clock, CudaEventClock, HostClock, timed_calls
 from meo_profile.measure.workload import Workload
 from meo_profile.results.record import device_name
 from models import Spec, torch_dtype
 from models.spec import SPEC_FIELDS
 from models.variants import CUDA_ONLY, VARIANTS
 
-TUNE_OPTIONS = TimingOptions(warmup=1, min_run_time=0.05)  # PILOT_CALLS + at least MIN_RUNS calls
+TUNE_WARMUP, TUNE_CALLS = 1, 3  # brief: a choice between candidates, not a measurement
 CACHE_NAME = Path("meo-profile") / "impl-choices.json"
 NOT_SHAPE = ("impl", "seed", "device")  # the device is keyed by its name; the seed moves no cost
 
@@ -87,14 +82,22 @@ def default_step(spec: Spec) -> Callable[[], Any]:
     return Workload.build(spec).step
 
 
+def brief_ms(step: Callable[[], Any], clock: Clock) -> float:
+    """Median ms of TUNE_CALLS calls after TUNE_WARMUP."""
+    for _ in range(TUNE_WARMUP):
+        step()
+    clock.sync()
+    return statistics.median(timed_calls(step, clock, TUNE_CALLS))
+
+
 def time_candidates(names: list[str], make_step: Callable[[str], Callable[[], Any]],
-                    clock: Clock, options: TimingOptions = TUNE_OPTIONS) -> dict[str, float | None]:
+                    clock: Clock) -> dict[str, float | None]:
     """Median ms per call of each candidate, built one at a time (so only one is in memory);
     None for a candidate that failed to build or run."""
     times: dict[str, float | None] = {}
     for name in names:
         try:
-            times[name] = time_with_clock(make_step(name), clock, options).median_ms
+            times[name] = brief_ms(make_step(name), clock)
         except (RuntimeError, MemoryError, ValueError):  # OOM, a kernel refusing a shape
             times[name] = None
         if torch.cuda.is_available():
