@@ -139,9 +139,11 @@ class ExpertBank(nn.Module):
         """x (B, T, d_in) through the per-sequence merged expert -> (B, T, d_out)."""
 
         def matmul(j: int, h: torch.Tensor) -> torch.Tensor:
-            w, b = merged[j]
-            out = torch.bmm(h, w.transpose(1, 2))  # (B, T, d_in_j) x (B, d_in_j, d_out_j)
-            return out if b is None else out + b.unsqueeze(1)
+            w, b = merged[j]  # (B, d_out_j, d_in_j), (B, d_out_j)
+            if b is None:
+                return torch.bmm(h, w.transpose(1, 2))  # (B, T, d_in_j) x (B, d_in_j, d_out_j)
+            # the bias in the matmul's epilogue: one pass over the output instead of two
+            return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # (B, T, d_out_j)
 
         return self._chain(x, matmul)
 
