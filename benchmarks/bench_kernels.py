@@ -49,7 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from meo_profile.measure import process  # noqa: E402
 from meo_profile.measure.analytic import count  # noqa: E402
-from meo_profile.measure.roofline import DevicePeaks, bytes_moved, device_peaks, expected_distinct  # noqa: E402
+from meo_profile.measure.roofline import (  # noqa: E402
+    DevicePeaks,
+    bytes_moved,
+    device_peaks,
+    expected_distinct,
+)
 from meo_profile.measure.timing import Timing, TimingOptions, time_call  # noqa: E402
 from meo_profile.measure.workload import Workload  # noqa: E402
 from meo_profile.results.record import environment  # noqa: E402
@@ -59,7 +64,8 @@ from models.layers import MergedExperts, TokenMoE  # noqa: E402
 from models.routing import Router  # noqa: E402
 from models.variants import CUDA_ONLY, VARIANTS  # noqa: E402
 
-PAPER = dict(host="layer", d_model=768, d_ff=3072, num_experts=16, top_k=4, batch_size=8, seq_len=128)
+PAPER = dict(host="layer", d_model=768, d_ff=3072, num_experts=16, top_k=4, batch_size=8,
+             seq_len=128)
 GPU_PRESET = dict(host="layer", d_model=2048, d_ff=8192, batch_size=16, seq_len=512)
 GPU_GRID = [(E, k) for E in (8, 32, 128) for k in (1, 2, 4, 8, 16) if k <= E]
 OLMOE = dict(hidden=2048, width=1024, experts=64, top_k=8, batch=8, seq=512)
@@ -256,7 +262,8 @@ def speedups(table: list[dict]) -> list[dict]:
         bound_ratio = min(e["bound_ms"] for e in vanilla) / min(e["bound_ms"] for e in meo)
         speedup = v["ms"] / m["ms"]
         out.append({"case": case, "vanilla": v["name"], "meo": m["name"], "speedup": speedup,
-                    "bound_ratio": bound_ratio, "meo_speedup_over_bound_ratio": speedup / bound_ratio})
+                    "bound_ratio": bound_ratio,
+                    "meo_speedup_over_bound_ratio": speedup / bound_ratio})
     return out
 
 
@@ -266,7 +273,8 @@ def goals(table: list[dict], device: str) -> dict:
         if not values:
             return None
         worst = max(values) if at_most else min(values)
-        return {"worst": worst, "limit": limit, "met": worst <= limit if at_most else worst >= limit}
+        met = worst <= limit if at_most else worst >= limit
+        return {"worst": worst, "limit": limit, "met": met}
     merges = [e for e in table if e["name"].startswith("merge ")]
     vanilla_and_meo = [e for e in table if not e["name"].startswith("merge ")]
     out = {"meo_speedup_over_bound_ratio": judge(
@@ -317,11 +325,13 @@ def build_rows(args) -> list[Row]:
     rows = []
     for case in args.cases.split(","):
         if case == "paper":
-            rows += spec_rows("paper", Spec(**PAPER, **base).replace(**_scaled(PAPER, args.scale)), args.loops)
+            spec = Spec(**PAPER, **base).replace(**_scaled(PAPER, args.scale))
+            rows += spec_rows("paper", spec, args.loops)
         elif case == "gpu":
             for E, k in GPU_GRID:
                 spec = Spec(**GPU_PRESET, num_experts=E, top_k=k, **base)
-                rows += spec_rows(f"gpu E={E} k={k}", spec.replace(**_scaled(GPU_PRESET, args.scale)), args.loops)
+                spec = spec.replace(**_scaled(GPU_PRESET, args.scale))
+                rows += spec_rows(f"gpu E={E} k={k}", spec, args.loops)
         elif case == "olmoe":
             rows += olmoe_rows(args.device, dtype, args.loops, args.scale)
         else:
@@ -351,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     rows = build_rows(args)
     peaks = device_peaks(args.device, args.dtype, refresh=True)
-    time_rows(rows, args.device, args.rounds, TimingOptions(warmup=2, min_run_time=args.min_run_time),
-              args.graph, console)
+    options = TimingOptions(warmup=2, min_run_time=args.min_run_time)
+    time_rows(rows, args.device, args.rounds, options, args.graph, console)
     peaks = device_peaks(args.device, args.dtype, refresh=True)  # the best seen, before and after
     summary = summarize(rows, peaks)
     load_after = os.getloadavg()[0]
@@ -363,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         Console(width=160).print(item)
     if args.json:
         payload = {"args": vars(args) | {"json": str(args.json)}, "malloc": malloc,
-                   "environment": environment(args.device), "load_average": [load_before, load_after],
+                   "environment": environment(args.device),
+                   "load_average": [load_before, load_after],
                    "peaks": {"macs_per_s": peaks.macs_per_s, "bytes_per_s": peaks.bytes_per_s},
                    **summary}
         args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -55,21 +55,22 @@ def test_the_faster_of_two_wins_and_its_choice_is_reused_from_the_cache():
     assert at.candidates(spec) == ["gather", "dense"]  # fused: a CUDA kernel, not timed on CPU
     fake, built = FakeTime(), []
     clock = HostClock(fake.now, name="fake")
-    choice = at.autotune(spec, clock=clock, make_step=stepper(fake, {"gather": 3.0, "dense": 1.0}, built))
+    slow_gather = stepper(fake, {"gather": 3.0, "dense": 1.0}, built)
+    choice = at.autotune(spec, clock=clock, make_step=slow_gather)
     assert (choice.impl, choice.how) == ("dense", "measured")
     assert choice.candidates_ms == pytest.approx({"gather": 3.0, "dense": 1.0})
     assert built == ["gather", "dense"]
 
     # the same configuration again: the cache answers, nothing is built or timed
-    again = at.autotune(spec, clock=clock, make_step=stepper(fake, {"gather": 1.0, "dense": 3.0}, built))
+    fast_gather = stepper(fake, {"gather": 1.0, "dense": 3.0}, built)
+    again = at.autotune(spec, clock=clock, make_step=fast_gather)
     assert (again.impl, again.how, again.candidates_ms) == ("dense", "cached", choice.candidates_ms)
     assert built == ["gather", "dense"]
     assert at.cache_path().is_file()
 
     # another shape is another entry, timed afresh; the seed is not part of the shape
     other = spec.replace(batch_size=4)
-    assert at.autotune(other, clock=clock, make_step=stepper(fake, {"gather": 1.0, "dense": 3.0},
-                                                              built)).impl == "gather"
+    assert at.autotune(other, clock=clock, make_step=fast_gather).impl == "gather"
     assert at.cache_key(spec.replace(seed=7)) == at.cache_key(spec) != at.cache_key(other)
 
 
@@ -110,7 +111,8 @@ def test_a_timed_record_runs_the_fastest_candidate_and_says_so():
     candidates = record["impl_candidates"]
     assert len(candidates) >= 2 and record["impl"] == min(candidates, key=candidates.get)
     counted = measure(Spec(variant="meo", **TINY), ("flops",)).to_dict()  # B k = E: gather
-    assert (counted["impl"], counted["impl_choice"], counted["impl_candidates"]) == ("gather", "rule", None)
+    assert (counted["impl"], counted["impl_choice"]) == ("gather", "rule")
+    assert counted["impl_candidates"] is None
     given = measure(Spec(variant="meo", impl="gather", **TINY), ("flops",)).to_dict()
     assert given["impl_choice"] == "given"
 

@@ -61,7 +61,8 @@ def test_verify_checks_every_meo_implementation_including_the_fused_merge():
     checks = {c.name: c for c in verify(spec)}
     fused = checks["meo: fused == gather"]
     assert fused.skipped is None and fused.ok and fused.max_rel_err < 1e-6
-    assert {"meo: dense == gather", "moe-seq: loop == grouped", "moe: loop == grouped"} <= set(checks)
+    assert {"meo: dense == gather", "moe-seq: loop == grouped", "moe: loop == grouped"} \
+        <= set(checks)
     assert not any(name.startswith("moe: hf-") for name in checks)  # layer's experts: not SwiGLU
 
 

@@ -99,6 +99,8 @@ def choose_impl(spec: Spec, measurements: tuple[str, ...]) -> Choice:
 
 def _measure_into(result: Result, measurements, source, timing, max_memory_bytes, phases) -> None:
     with timed(phases, "tuning"):
+        if result.spec.impl == "auto" and "latency" in measurements:
+            check_fits(result.spec, limit_bytes=max_memory_bytes)  # before building candidates
         choice = choose_impl(result.spec, measurements)
     result.spec = spec = result.spec.replace(impl=choice.impl)
     result.update(**choice.to_fields())

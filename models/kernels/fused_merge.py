@@ -1,4 +1,4 @@
-"""MEO's merge in one Triton launch: W_b = sum_i g_bi W[index_bi] and b_b = sum_i g_bi bias[index_bi].
+"""MEO's merge in one Triton launch: W_b = sum_i g_bi W[index_bi], b_b = sum_i g_bi bias[index_bi].
 
 Contract (that of `models.experts.merge_gather`): w (E, d_out, d_in), bias (E, d_out) or None,
 index (B, k) int64/int32, gates (B, k) floating. Returns merged weights (B, d_out, d_in) in w's
