@@ -3,10 +3,11 @@
 Counting keeps the variant's deterministic rule (`Spec.impl_by_rule`): a FLOP count must not
 depend on the machine. Timing asks which implementation a user of this device would deploy:
 every implementation of the variant that can run the configuration here (`candidates`) is built
-and timed briefly (one warm-up call, then the median of `TUNE_CALLS`), before and apart from
-the timed run, and the fastest is kept. The record says what ran (`impl`), how it was chosen
+and timed briefly (one warm-up call, then the fastest of `TUNE_CALLS` calls: load from other
+processes only slows a call down), before and apart from the timed run, and the fastest
+candidate is kept. The record says what ran (`impl`), how it was chosen
 (`impl_choice`: given, rule, measured or cached) and, when timed, every candidate's median
-(`impl_candidates`, ms; null for one that failed, e.g. out of memory).
+(`impl_candidates`, ms per call; null for one that failed, e.g. out of memory).
 
 Choices are cached per (device name, torch version, dtype, variant, shape) in a small JSON file
 under the user's cache directory (`$XDG_CACHE_HOME` or `~/.cache`, then
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,17 +83,17 @@ def default_step(spec: Spec) -> Callable[[], Any]:
 
 
 def brief_ms(step: Callable[[], Any], clock: Clock) -> float:
-    """Median ms of TUNE_CALLS calls after TUNE_WARMUP."""
+    """The fastest of TUNE_CALLS calls after TUNE_WARMUP, in ms."""
     for _ in range(TUNE_WARMUP):
         step()
     clock.sync()
-    return statistics.median(timed_calls(step, clock, TUNE_CALLS))
+    return min(timed_calls(step, clock, TUNE_CALLS))
 
 
 def time_candidates(names: list[str], make_step: Callable[[str], Callable[[], Any]],
                     clock: Clock) -> dict[str, float | None]:
-    """Median ms per call of each candidate, built one at a time (so only one is in memory);
-    None for a candidate that failed to build or run."""
+    """Ms per call of each candidate (`brief_ms`), built one at a time (so only one is in
+    memory); None for a candidate that failed to build or run."""
     times: dict[str, float | None] = {}
     for name in names:
         try:

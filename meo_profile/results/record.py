@@ -37,7 +37,8 @@ class Result:
     metrics: list[str] = field(default_factory=list)  # what was asked: flops, latency, memory
     # how `impl` was chosen: "given" (--impl NAME), or for --impl auto "rule" (the variant's
     # deterministic rule: counting), "measured" (the fastest candidate, timed here) or "cached"
-    # (timed so on this device earlier); the candidates' median ms when timed (null: failed)
+    # (timed so on this device earlier); each candidate's ms per call when timed (null:
+    # failed)
     impl_choice: str | None = None
     impl_candidates: dict[str, float | None] | None = None
     # counts
