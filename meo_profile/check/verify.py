@@ -103,7 +103,8 @@ def implementations_agree(captured, variant: str, spec: Spec, tol: float) -> lis
     checks = []
     for impl in others:
         name = f"{variant}: {impl} == {reference_impl}"
-        if VARIANTS[variant].unavailable(impl, spec.replace(variant=variant, impl="auto")):
+        if VARIANTS[variant].unavailable(impl, spec.replace(variant=variant, impl="auto",
+                                                            mode="inference")):
             continue  # not an implementation of these experts (transformers' need SwiGLU FFNs)
         with kernel_setting(impl, spec.device) as absent:
             if absent:
