@@ -127,6 +127,7 @@ def test_the_key_holds_the_implementation_as_asked():
               "schema_version": 1}
     assert requested_impl(legacy) == "auto"  # 2 * 8 <= 16: the rule picks gather
     assert requested_impl({**legacy, "impl": "dense"}) == "dense"
+    assert requested_impl({**legacy, "variant": "moe-seq", "impl": "batched"}) == "auto"  # renamed
 
 
 def test_a_resumed_sweep_finds_an_auto_record_whatever_won():

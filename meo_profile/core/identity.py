@@ -51,7 +51,13 @@ def requested_impl(record: Mapping[str, Any]) -> str | None:
         return "auto" if choice in CHOSEN else impl
     if "schema_version" not in record or record.get("variant") not in VARIANTS:
         return impl
-    return "auto" if impl == VARIANTS[record["variant"]].default_impl(_Fields(record)) else impl
+    rule = VARIANTS[record["variant"]].default_impl(_Fields(record))
+    return "auto" if impl in (rule, RENAMED_RULE.get(record["variant"])) else impl
+
+
+# Rule choices of older code under names that are gone: moe-seq's `batched` (B*k expert
+# matrices copied per call) became `grouped` (no copies).
+RENAMED_RULE = {"moe-seq": "batched"}
 
 
 class _Fields:
