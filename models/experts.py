@@ -8,7 +8,6 @@ right rows meet the right matrices:
 
 - `forward_expert`: one expert on a batch of rows (the paper's per-expert loop);
 - `forward_sorted`: rows sorted by expert, one grouped matmul per matrix;
-- `forward_selected`: each sequence through its own k experts, batched (B*k matmuls);
 - `merge` + `forward_merged`: MEO, the k experts folded into one matrix per sequence first;
 - `forward_stacked`: expert e on its own (padded) batch of rows, one bmm per matrix (XMoE's
   capacity buffers).
@@ -127,21 +126,6 @@ class ExpertBank(nn.Module):
 
         return self._chain(x, matmul)
 
-    def forward_selected(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Each sequence through its own experts: x (B, T, d_in), index (B, k) -> (B, k, T, d_out)."""
-        B, T, _ = x.shape
-        k = index.shape[1]
-        h = x.repeat_interleave(k, dim=0)  # (B*k, T, d_in): row b*k + i belongs to expert index[b, i]
-        flat = index.reshape(-1)  # (B*k,)
-
-        def matmul(j: int, h: torch.Tensor) -> torch.Tensor:
-            w = self.weights[j][flat]  # (B*k, d_out_j, d_in_j)
-            out = torch.bmm(h, w.transpose(1, 2))  # (B*k, T, d_out_j)
-            b = self.bias(j)
-            return out if b is None else out + b[flat].unsqueeze(1)
-
-        return self._chain(h, matmul).view(B, k, T, -1)
-
     def merge(self, index: torch.Tensor, weights: torch.Tensor, how: str) -> list[tuple]:
         """MEO: W_b = sum_i g_bi W_{index_bi}, b_b = sum_i g_bi b_{index_bi}, for every matrix.
 
@@ -155,9 +139,11 @@ class ExpertBank(nn.Module):
         """x (B, T, d_in) through the per-sequence merged expert -> (B, T, d_out)."""
 
         def matmul(j: int, h: torch.Tensor) -> torch.Tensor:
-            w, b = merged[j]
-            out = torch.bmm(h, w.transpose(1, 2))  # (B, T, d_in_j) x (B, d_in_j, d_out_j)
-            return out if b is None else out + b.unsqueeze(1)
+            w, b = merged[j]  # (B, d_out_j, d_in_j), (B, d_out_j)
+            if b is None:
+                return torch.bmm(h, w.transpose(1, 2))  # (B, T, d_in_j) x (B, d_in_j, d_out_j)
+            # the bias in the matmul's epilogue: one pass over the output instead of two
+            return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # (B, T, d_out_j)
 
         return self._chain(x, matmul)
 
@@ -211,7 +197,16 @@ def merge_dense(w: torch.Tensor, b: torch.Tensor | None, index: torch.Tensor,
     return merged_w, merged_b
 
 
-MERGES = {"gather": merge_gather, "dense": merge_dense}
+def merge_fused(w: torch.Tensor, b: torch.Tensor | None, index: torch.Tensor,
+                gates: torch.Tensor) -> tuple:
+    """One Triton launch reading each sequence's k experts once (CUDA; see
+    models/kernels/fused_merge.py): B*k*P multiply-adds, as `gather`."""
+    from models.kernels.fused_merge import merge_fused_expert  # imports triton: only when used
+
+    return merge_fused_expert(w, b, index, gates)
+
+
+MERGES = {"gather": merge_gather, "dense": merge_dense, "fused": merge_fused}
 
 
 # ---------------------------------------------------------------------------- grouped matmul

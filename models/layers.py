@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from models.experts import ExpertBank, Scales, group_offsets
+from models.hf_experts import HF_IMPLS, dispatch_hf
 from models.phases import phase
 from models.routing import Router, Routing
 
@@ -82,38 +83,53 @@ def dispatch_loop(bank: ExpertBank, x: torch.Tensor, routing: Routing,
 
 def dispatch_grouped(bank: ExpertBank, x: torch.Tensor, routing: Routing,
                      scales: Scales = None) -> torch.Tensor:
-    """Pairs sorted by expert, one grouped matmul per matrix, a weighted scatter-add back.
+    """Pairs sorted by expert, one grouped matmul per matrix, then each token's k rows summed.
 
     Shape-static (no host sync) when grouped_mm serves this device and dtype, so it also runs
     on the meta device for counting. x (N, d_in) -> (N, d_out). Every slot is computed: routing
     with empty slots (index -1) compacts its pairs first and calls `run_sorted` (see XMoE).
     """
-    k = routing.top_k_index.shape[1]
+    N, k = routing.top_k_index.shape
     with phase("dispatch"):
-        flat_expert = routing.top_k_index.reshape(-1)  # (S,)
-        expert_sorted, order = flat_expert.sort(stable=True)  # (S,), (S,)
+        expert_sorted, order = routing.top_k_index.reshape(-1).sort(stable=True)  # (S,), (S,)
         token_of_row = order // k  # (S,) the token each sorted row came from
-        gates = routing.top_k_weights.reshape(-1)[order]  # (S,)
-    return run_sorted(bank, x, token_of_row, expert_sorted, gates, scales)
+    h = experts_sorted(bank, x, token_of_row, expert_sorted, scales)  # (S, d_out)
+    with phase("combine"):
+        # Gated rows back in (token, slot) order, then each token's k rows summed: no atomics
+        # (index_add_ with repeated indices adds in any order on CUDA), and the sum of a
+        # bfloat16 tensor accumulates in float32. Elementwise work, counted as 0 MACs like
+        # every other combine.
+        weighted = h * routing.top_k_weights.reshape(-1)[order].to(h.dtype)[:, None]  # (S, d_out)
+        pairs = torch.empty_like(weighted).index_copy_(0, order, weighted)  # row t*k + i
+        return pairs.view(N, k, -1).sum(dim=1)  # (N, d_out)
 
 
-def run_sorted(bank: ExpertBank, x: torch.Tensor, token_of_row: torch.Tensor,
-               expert_sorted: torch.Tensor, gates: torch.Tensor, scales: Scales = None) -> torch.Tensor:
-    """(token, expert, gate) rows already sorted by expert: gather the tokens, one grouped
-    matmul per matrix, scatter-add the gated rows back. x (N, d_in) -> (N, d_out)."""
+def experts_sorted(bank: ExpertBank, x: torch.Tensor, token_of_row: torch.Tensor,
+                   expert_sorted: torch.Tensor, scales: Scales = None) -> torch.Tensor:
+    """Rows already sorted by expert: gather their tokens, one grouped matmul per matrix.
+    x (N, d_in) -> (S, d_out), one row per (token, expert) pair in sorted order."""
     with phase("dispatch"):
         x_sorted = x[token_of_row]  # (S, d_in)
         offsets = group_offsets(expert_sorted, bank.num_experts)  # (E,)
     with phase("experts"):
-        h = bank.forward_sorted(x_sorted, expert_sorted, offsets, rows_of(scales, token_of_row))
+        return bank.forward_sorted(x_sorted, expert_sorted, offsets, rows_of(scales, token_of_row))
+
+
+def run_sorted(bank: ExpertBank, x: torch.Tensor, token_of_row: torch.Tensor,
+               expert_sorted: torch.Tensor, gates: torch.Tensor, scales: Scales = None) -> torch.Tensor:
+    """(token, expert, gate) rows already sorted by expert, any number per token (XMoE's
+    compacted pairs): the grouped experts, then the gated rows scatter-added back.
+    x (N, d_in) -> (N, d_out)."""
+    h = experts_sorted(bank, x, token_of_row, expert_sorted, scales)  # (S, d_out)
     with phase("combine"):
-        # index_add_ sums the k rows of a token in the order they arrive; the result matches
+        # index_add_ sums the rows of a token in the order they arrive; the result matches
         # the loop up to round-off.
         weighted = h * gates.to(h.dtype)[:, None]  # (S, d_out)
         return x.new_zeros(x.shape[0], bank.d_out).index_add_(0, token_of_row, weighted)
 
 
-TOKEN_DISPATCH = {"loop": dispatch_loop, "grouped": dispatch_grouped}
+TOKEN_DISPATCH = {"loop": dispatch_loop, "grouped": dispatch_grouped,
+                  **{name: dispatch_hf(name) for name in HF_IMPLS}}
 
 
 class TokenMoE(SparseLayer):
@@ -135,13 +151,14 @@ def route_sequences(router: Router, x: torch.Tensor) -> Routing:
         return router(x.mean(dim=1))  # (B, d_in) -> (B, k) each
 
 
-def seq_batched(bank: ExpertBank, x: torch.Tensor, routing: Routing) -> torch.Tensor:
-    """Every token of sequence b through the k experts of b, as B*k batched matmuls."""
-    with phase("experts"):
-        h = bank.forward_selected(x, routing.top_k_index)  # (B, k, T, d_out)
-    with phase("combine"):
-        g = routing.top_k_weights.to(h.dtype)[:, :, None, None]  # (B, k, 1, 1)
-        return (h * g).sum(dim=1)  # (B, T, d_out)
+def seq_grouped(bank: ExpertBank, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+    """Every token of sequence b through the k experts of b: each token takes its sequence's
+    routing, then the token-level grouped dispatch (pairs sorted by expert, one grouped matmul
+    per matrix). No expert matrix is copied; the tokens are, k times, as at token level."""
+    B, T, d_in = x.shape
+    per_token = Routing(routing.top_k_index.repeat_interleave(T, dim=0),  # (N, k)
+                        routing.top_k_weights.repeat_interleave(T, dim=0))
+    return dispatch_grouped(bank, x.reshape(B * T, d_in), per_token).view(B, T, -1)
 
 
 def seq_loop(bank: ExpertBank, x: torch.Tensor, routing: Routing) -> torch.Tensor:
@@ -159,7 +176,7 @@ def seq_loop(bank: ExpertBank, x: torch.Tensor, routing: Routing) -> torch.Tenso
     return y
 
 
-SEQUENCE_DISPATCH = {"batched": seq_batched, "loop": seq_loop}
+SEQUENCE_DISPATCH = {"grouped": seq_grouped, "loop": seq_loop}
 
 
 class SequenceMoE(SparseLayer):

@@ -123,7 +123,7 @@ def with_shared(info: MoEBlock, routed: nn.Module) -> WithSharedExperts:
 def build_native(spec: Any) -> tuple[nn.Module, list[Site]]:
     """The host of `spec` (see the module doc) and the FFN sites the variant swaps (none for
     `moe`). Parts the counters cannot tell by type are tagged on the model (`tagged_parts`)."""
-    model = _from_config(spec)
+    model = _from_config(spec, spec.impl_by_rule)
     blocks = _blocks(model, spec)
     tags = dense_layer_tags(model, blocks)
     sites = []
@@ -155,10 +155,12 @@ def host_config(spec: Any):
     return make_config(spec.host, SimpleNamespace(**{**vars_of(spec), **STUB_ROUTING}))
 
 
-def _from_config(spec: Any) -> nn.Module:
+def _from_config(spec: Any, impl: str) -> nn.Module:
+    """The transformers model of `spec`'s config; `impl` (an `hf-*` name) picks the experts
+    kernel of the model's own blocks where `moe` runs them."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"experts_implementation": spec.impl.removeprefix("hf-")} if spec.variant == "moe" else {}
+    kwargs = {"experts_implementation": impl.removeprefix("hf-")} if spec.variant == "moe" else {}
     try:
         with quiet_transformers():
             return AutoModelForCausalLM.from_config(host_config(spec), **kwargs)
@@ -270,7 +272,7 @@ def hf_shape(host: str) -> HostShape:
                              host=host, device="meta")
     try:
         with torch.device("meta"):
-            model = _from_config(at_own)
+            model = _from_config(at_own, at_own.impl)
     except SpecError:
         raise
     except Exception as e:  # the family's own code refusing this config

@@ -1,8 +1,10 @@
 """The one configuration object: what to build and how to run it.
 
 A `Spec` is frozen and validated where it is made; everything downstream trusts it. Fields that
-have a sensible default depending on other fields (the host's width, the implementation `auto`
-picks, compressed experts' `n_ce`) are resolved here, so a stored record always says what ran.
+have a sensible default depending on other fields (the host's width, compressed experts' `n_ce`)
+are resolved here. `impl` stays as asked: "auto" is resolved where the measurement is taken
+(counting by the variant's rule, `impl_by_rule`; timing by measurement), and the record stores
+the implementation that ran beside how it was chosen.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class Spec:
         self._validate_variant()
         if shape.check is not None:  # a native host holds the sizes to its config
             shape.check(self)
-        self._set("impl", self._resolve_impl(shape.impls.get(self.variant)))
+        self._validate_impl()
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -132,21 +134,37 @@ class Spec:
             self._set("num_experts", 1)
             self._set("top_k", 1)
 
-    def _resolve_impl(self, host_impls: tuple[str, ...] | None = None) -> str:
-        """`host_impls`: the host runs this variant itself (a native host's own MoE block),
-        with these implementations; the variant's own do not apply there."""
-        variant = VARIANTS[self.variant]
+    @property
+    def host_impls(self) -> tuple[str, ...] | None:
+        """The implementations of this variant when the host runs it itself (a native host's
+        own MoE block for `moe`: transformers' experts kernels); None where the variant's own
+        implementations apply."""
+        return host_shape(self.host).impls.get(self.variant) or None
+
+    def _validate_impl(self) -> None:
+        host_impls = self.host_impls
         if host_impls:
-            if self.impl == "auto":
-                return host_impls[0]
-            if self.impl not in host_impls:
+            if self.expert_unit != "ffn":
+                raise SpecError("expert_unit", self.expert_unit, f"{self.variant} on {self.host} runs "
+                                "the model's own block, whose experts are SwiGLU FFNs: use ffn")
+            if self.impl != "auto" and self.impl not in host_impls:
                 raise SpecError("impl", self.impl, f"{self.variant} on {self.host} runs the model's "
                                 f"own block: choose {', '.join(host_impls)}")
-            return self.impl
-        if self.impl == "auto":
-            return variant.default_impl(self)
+            return
+        variant = VARIANTS[self.variant]
         _choice("impl", self.impl, variant.impls + ("auto",))
-        return self.impl
+        reason = None if self.impl == "auto" else variant.unavailable(self.impl, self)
+        if reason:
+            raise SpecError("impl", self.impl, reason)
+
+    @property
+    def impl_by_rule(self) -> str:
+        """The implementation a plain build runs and counting counts: the one asked for, or
+        for `auto` the host's or the variant's deterministic rule (the same on every machine)."""
+        if self.impl != "auto":
+            return self.impl
+        host_impls = self.host_impls
+        return host_impls[0] if host_impls else VARIANTS[self.variant].default_impl(self)
 
     # ----------------------------------------------------------------------------- helpers
     @property

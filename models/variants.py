@@ -3,20 +3,27 @@
 An entry names how reports call the variant, the implementations that can run it (`--impl`),
 how its router reads the input (every token, or each sequence's mean token), the gate
 convention of that router, the spec fields only it reads (its knobs), how to build its layer
-from an expert bank and a router, and how to rerun an existing layer of any variant as this one
-over the same experts and router (what `verify` compares).
+from an expert bank and a router, how to rerun an existing layer of any variant as this one
+over the same experts and router (what `verify` compares), and what some implementations need
+of a configuration (`needs`).
+
+`--impl auto` has two meanings, kept apart: counting uses the variant's deterministic rule
+(`default_impl`, the same on every machine), timing picks by measurement among the
+implementations that can run (meo_profile/measure/autotune.py).
 
 `dense` keeps the host's own FFN: it has no layer, no router and no experts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from models.compressed import CompressedExperts
 from models.experts import ExpertBank
+from models.hf_experts import HF_IMPLS
+from models.hosts import HOSTS
 from models.layers import MergedExperts, SequenceMoE, SparseLayer, TokenMoE
 from models.routing import Router
 from models.xmoe import XMoE
@@ -38,10 +45,43 @@ class Variant:
     rerun: Rerun | None = None  # this variant over another layer's experts and router
     gates: str = "topk_softmax"  # the router's gate convention (models/routing.py)
     knobs: tuple[str, ...] = ()  # spec fields only this variant reads (None for the others)
-    auto: Callable[[Spec], str] | None = None  # `--impl auto` when not simply impls[0]
+    auto: Callable[[Spec], str] | None = None  # the rule for `--impl auto`, if not impls[0]
+    # impl -> why it cannot run a configuration (None: it can); impls not named run anywhere
+    needs: Mapping[str, Callable[[Spec], str | None]] = field(default_factory=dict)
 
     def default_impl(self, spec: Spec) -> str:
+        """The deterministic rule behind `--impl auto` (what counting and a plain build use)."""
         return self.auto(spec) if self.auto else self.impls[0]
+
+    def unavailable(self, impl: str, spec: Spec) -> str | None:
+        need = self.needs.get(impl)
+        return need(spec) if need else None
+
+
+# Kernels timed only on CUDA: on CPU, Triton interprets them in numpy, for correctness checks.
+CUDA_ONLY = frozenset({"fused"})
+
+
+def fused_merge_needs(spec: Spec) -> str | None:
+    """The fused merge is a forward-only Triton kernel; CPU and meta tensors count it and
+    check it (interpreted), CUDA ones run it compiled."""
+    if spec.mode == "train":
+        return "the fused merge has no backward: use gather or dense to train"
+    if spec.device == "cuda":
+        from models.kernels.fused_merge import unavailable  # imports triton: only here
+
+        return unavailable("cuda")
+    return None
+
+
+def gated_ffn_experts(spec: Spec) -> str | None:
+    """transformers' experts kernels take SwiGLU FFN experts in their stacked layout: the
+    native MoE hosts' own blocks (where the host, not this table, lists them), or a gated bank
+    built directly (benchmarks/bench_kernels.py)."""
+    if spec.expert_unit == "ffn" and getattr(HOSTS.get(spec.host), "gated", False):
+        return None
+    return ("transformers' experts kernels run SwiGLU FFN experts: on a native MoE host "
+            "(olmoe, mixtral, qwen3-moe, ...) `--variant moe` runs the model's own block with them")
 
 
 def fewer_bytes_merge(spec: Spec) -> str:
@@ -52,32 +92,34 @@ def fewer_bytes_merge(spec: Spec) -> str:
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("dense", "dense FFN", ("native",), routes=None),
-    Variant("moe", "vanilla MoE", ("grouped", "loop"), routes="token",
-            layer=lambda bank, router, spec: TokenMoE(bank, router, spec.impl),
+    Variant("moe", "vanilla MoE", ("grouped", "loop", *HF_IMPLS), routes="token",
+            needs={impl: gated_ffn_experts for impl in HF_IMPLS},
+            layer=lambda bank, router, spec: TokenMoE(bank, router, spec.impl_by_rule),
             rerun=lambda layer, impl: TokenMoE(layer.experts, layer.router, impl)),
-    Variant("moe-seq", "vanilla MoE, sequence-routed", ("batched", "loop"), routes="sequence",
-            layer=lambda bank, router, spec: SequenceMoE(bank, router, spec.impl),
+    Variant("moe-seq", "vanilla MoE, sequence-routed", ("grouped", "loop"), routes="sequence",
+            layer=lambda bank, router, spec: SequenceMoE(bank, router, spec.impl_by_rule),
             rerun=lambda layer, impl: SequenceMoE(layer.experts, layer.router, impl)),
-    Variant("meo", "MEO", ("gather", "dense"), routes="sequence", auto=fewer_bytes_merge,
-            layer=lambda bank, router, spec: MergedExperts(bank, router, spec.impl),
+    Variant("meo", "MEO", ("gather", "dense", "fused"), routes="sequence", auto=fewer_bytes_merge,
+            needs={"fused": fused_merge_needs},
+            layer=lambda bank, router, spec: MergedExperts(bank, router, spec.impl_by_rule),
             rerun=lambda layer, impl: MergedExperts(layer.experts, layer.router, impl)),
     # a fresh token block is the identity, so `meo` reruns a `meo-token` layer without it
-    Variant("meo-token", "MEO + token block", ("gather", "dense"), routes="sequence",
-            auto=fewer_bytes_merge,
-            layer=lambda bank, router, spec: MergedExperts(bank, router, spec.impl,
+    Variant("meo-token", "MEO + token block", ("gather", "dense", "fused"), routes="sequence",
+            auto=fewer_bytes_merge, needs={"fused": fused_merge_needs},
+            layer=lambda bank, router, spec: MergedExperts(bank, router, spec.impl_by_rule,
                                                            token_block=True)),
     # compressed experts follow OLMoE: softmax over all E, then top-k, not renormalised; a
     # rerun keeps the layer's own vectors
     Variant("ce", "compressed experts", ("grouped", "loop"), routes="token",
             gates="softmax_topk", knobs=("n_ce", "ce_init"),
-            layer=lambda bank, router, spec: CompressedExperts(bank, router, spec.impl,
+            layer=lambda bank, router, spec: CompressedExperts(bank, router, spec.impl_by_rule,
                                                                n_ce=spec.n_ce, init=spec.ce_init),
             rerun=lambda layer, impl: CompressedExperts(layer.experts, layer.router, impl,
                                                         n_ce=layer.n_ce, vectors=layer.vectors)),
     # XMoE's threshold router reads the logits only; a rerun keeps the layer's knobs
     Variant("xmoe", "XMoE", ("grouped", "loop", "padded"), routes="token",
             knobs=("threshold", "granularity", "max_k", "capacity_factor"),
-            layer=lambda bank, router, spec: XMoE(bank, router, spec.impl,
+            layer=lambda bank, router, spec: XMoE(bank, router, spec.impl_by_rule,
                                                   threshold=spec.threshold, max_k=spec.max_k,
                                                   capacity_factor=spec.capacity_factor),
             rerun=lambda layer, impl: XMoE(layer.experts, layer.router, impl, **layer.knobs)),

@@ -1,4 +1,5 @@
-"""Shared test set-up: offline hubs, quiet fvcore, and the `gpu` marker's skip."""
+"""Shared test set-up: offline hubs, quiet fvcore, a private cache directory, and the `gpu`
+marker's skip."""
 
 import os
 
@@ -16,3 +17,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache_dir(tmp_path_factory):
+    """`--impl auto` caches its timed choices under the user's cache directory: tests keep
+    theirs in a temporary one (and start from an empty cache)."""
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved

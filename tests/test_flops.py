@@ -44,6 +44,30 @@ def test_data_dependent_implementations_count_the_same_on_real_tensors(impl):
     assert disagreements(counts, analytic.count(spec)) == []
 
 
+@pytest.mark.parametrize("variant, impl", [("meo", "fused"), ("meo-token", "fused"),
+                                           ("meo", "dense"), ("moe-seq", "loop")])
+@pytest.mark.parametrize("unit", ["linear", "ffn"])
+def test_every_merge_and_dispatch_counts_as_the_closed_form_says(variant, impl, unit):
+    """The fused merge is one operator (meo_profile::fused_merge) with its own handle: B*k
+    multiply-adds per merged element, as gather; on the meta device, through its shape function."""
+    spec = Spec(variant=variant, impl=impl, num_experts=6, top_k=3, batch_size=3, seq_len=5,
+                d_model=24, d_ff=40, expert_unit=unit)
+    counts = count_fvcore(spec)
+    assert disagreements(counts, analytic.count(spec)) == []
+    if impl == "fused":
+        assert counts.count_device == "meta" and counts.macs_by_operator.get("fused_merge")
+        gather = count_fvcore(spec.replace(impl="gather"))
+        assert counts.macs_by_part["merge"] == gather.macs_by_part["merge"]
+
+
+def test_transformers_experts_kernels_count_alike_and_as_the_closed_form():
+    spec = Spec(host="olmoe", variant="moe", layers=1, d_model=64, d_ff=32, num_experts=4,
+                top_k=2, seq_len=4, batch_size=2)
+    closed_form = analytic.count(spec).macs_by_part
+    for impl in ("hf-grouped_mm", "hf-batched_mm", "hf-eager"):
+        assert count_fvcore(spec.replace(impl=impl)).macs_by_part == closed_form, impl
+
+
 @pytest.mark.parametrize("host", ["gpt2", "t5-small", "bart-base"])
 @pytest.mark.parametrize("variant", ["dense", "moe", "meo"])
 def test_other_hosts_agree_too(host, variant):

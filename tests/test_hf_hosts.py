@@ -35,7 +35,7 @@ def granite(tmp_path_factory) -> str:
 
 def test_a_family_not_named_builds_from_its_own_sizes_and_counts(granite):
     spec = Spec(host=granite, variant="moe", seq_len=8, batch_size=2)
-    assert (spec.d_model, spec.d_ff, spec.layers, spec.num_experts, spec.top_k, spec.impl) == (
+    assert (spec.d_model, spec.d_ff, spec.layers, spec.num_experts, spec.top_k, spec.impl_by_rule) == (
         64, 48, 2, 8, 2, "hf-grouped_mm")
     counts = count_fvcore(spec)
     L, N, H, W, E, k = 2, 16, 64, 48, 8, 2  # the discovered blocks' own arithmetic (W: width)

@@ -32,11 +32,11 @@ def test_implementations_of_each_variant_agree(E, k, B, T, unit):
     k = min(k, E)
     spec = Spec(variant="meo", num_experts=E, top_k=k, batch_size=B, seq_len=T, d_model=16,
                 d_ff=24, expert_unit=unit)
-    loop, grouped, seq_loop, seq_batched, gather, dense = outputs_under(
-        spec, [("moe", "loop"), ("moe", "grouped"), ("moe-seq", "loop"), ("moe-seq", "batched"),
+    loop, grouped, seq_loop, seq_grouped, gather, dense = outputs_under(
+        spec, [("moe", "loop"), ("moe", "grouped"), ("moe-seq", "loop"), ("moe-seq", "grouped"),
                ("meo", "gather"), ("meo", "dense")])
     torch.testing.assert_close(grouped, loop, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(seq_batched, seq_loop, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(seq_grouped, seq_loop, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(dense, gather, rtol=1e-5, atol=1e-6)
 
 
@@ -45,20 +45,20 @@ def test_implementations_of_each_variant_agree(E, k, B, T, unit):
 def test_meo_equals_sequence_level_moe_for_linear_experts(E, k, B, T):
     spec = Spec(variant="meo", num_experts=E, top_k=min(k, E), batch_size=B, seq_len=T,
                 d_model=16, d_ff=24)
-    meo, seq = outputs_under(spec, [("meo", "gather"), ("moe-seq", "batched")])
+    meo, seq = outputs_under(spec, [("meo", "gather"), ("moe-seq", "grouped")])
     torch.testing.assert_close(meo, seq, rtol=1e-5, atol=1e-6)
 
 
 def test_meo_differs_from_moe_seq_when_experts_are_whole_ffns():
     # merging the matrices of nonlinear experts is not the mixture of their outputs
     spec = Spec(variant="meo", expert_unit="ffn", num_experts=4, top_k=2, **TINY)
-    meo, seq = outputs_under(spec, [("meo", "gather"), ("moe-seq", "batched")])
+    meo, seq = outputs_under(spec, [("meo", "gather"), ("moe-seq", "grouped")])
     assert (meo - seq).abs().max() > 1e-3
 
 
 def test_token_and_sequence_routing_differ():
     spec = Spec(variant="moe", num_experts=8, top_k=2, **TINY)
-    token, seq = outputs_under(spec, [("moe", "grouped"), ("moe-seq", "batched")])
+    token, seq = outputs_under(spec, [("moe", "grouped"), ("moe-seq", "grouped")])
     assert (token - seq).abs().max() > 1e-3
 
 

@@ -163,7 +163,7 @@ def test_bad_native_configurations_name_their_flag(kwargs, flag, needle):
 
 def test_defaults_are_the_published_model_and_its_own_block():
     spec = Spec(host="qwen3-moe", variant="moe")
-    assert (spec.d_model, spec.d_ff, spec.layers, spec.num_experts, spec.top_k, spec.impl,
+    assert (spec.d_model, spec.d_ff, spec.layers, spec.num_experts, spec.top_k, spec.impl_by_rule,
             spec.expert_unit) == (2048, 768, 48, 128, 8, "hf-grouped_mm", "ffn")
 
 

@@ -92,7 +92,7 @@ def test_the_bound_adds_each_phases_slower_side():
 
 GRID = [dict(variant=v, impl=i, top_k=k, num_experts=e, mode=m, batch_size=b)
         for (v, i), k, e, m, b in itertools.product(
-            [("dense", "native"), ("moe", "grouped"), ("moe", "loop"), ("moe-seq", "batched"),
+            [("dense", "native"), ("moe", "grouped"), ("moe", "loop"), ("moe-seq", "grouped"),
              ("meo", "gather"), ("meo", "dense"), ("meo-token", "gather"), ("ce", "grouped")],
             [1, 2, 4], [4, 16], ["inference", "train"], [1, 8]) if k <= e]
 

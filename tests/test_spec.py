@@ -15,7 +15,9 @@ from models import Spec, SpecError
     (dict(seq_len=0), "--seq-len"),
     (dict(host="bert-huge"), "--host"),
     (dict(variant="smoe"), "--variant"),
-    (dict(impl="fused"), "--impl"),
+    (dict(variant="moe", impl="fused"), "--impl"),
+    (dict(variant="moe", impl="hf-grouped_mm"), "--impl"),  # layer's experts are not SwiGLU
+    (dict(variant="meo", impl="fused", mode="train"), "--impl"),  # no backward
     (dict(variant="moe", impl="gather"), "--impl"),
     (dict(dtype="int8"), "--dtype"),
     (dict(host="bert-base", d_model=100), "--d-model"),
@@ -33,10 +35,19 @@ def test_bad_values_name_their_flag(kwargs, flag):
     assert str(err.value).startswith(flag) and "\n" not in str(err.value)
 
 
-def test_auto_impl_picks_the_merge_that_reads_fewer_bytes():
-    assert Spec(variant="meo", num_experts=64, top_k=2, batch_size=8).impl == "gather"  # 16 < 64
-    assert Spec(variant="meo", num_experts=16, top_k=4, batch_size=8).impl == "dense"  # 32 > 16
-    assert Spec(variant="moe").impl == "grouped"
+def test_auto_impl_stays_asked_and_its_rule_picks_the_merge_that_reads_fewer_bytes():
+    assert Spec(variant="meo").impl == "auto"  # resolved where measured (rule or timing)
+    assert Spec(variant="meo", num_experts=64, top_k=2, batch_size=8).impl_by_rule == "gather"
+    assert Spec(variant="meo", num_experts=16, top_k=4, batch_size=8).impl_by_rule == "dense"
+    assert Spec(variant="moe").impl_by_rule == "grouped"
+    assert Spec(variant="meo", impl="fused").impl_by_rule == "fused"  # a given one is kept
+
+
+def test_transformers_experts_apply_to_swiglu_ffn_experts_only():
+    spec = Spec(host="olmoe", variant="moe", impl="hf-grouped_mm", layers=1, d_model=64, d_ff=32)
+    assert spec.expert_unit == "ffn" and spec.impl == "hf-grouped_mm"
+    with pytest.raises(SpecError, match="SwiGLU"):
+        Spec(host="olmoe", variant="moe", impl="hf-eager", expert_unit="linear")
 
 
 def test_host_defaults_fill_the_shape():

@@ -1,8 +1,9 @@
 """`meo-profile compare`: a baseline results set against a current one, configuration by
 configuration, with tolerances.
 
-- Records match when every spec field is equal; of several records of one configuration on one
-  device, the last one stored wins (a store only appends).
+- Records match when every spec field is equal, the implementation as asked (`auto` matches
+  `auto` whichever implementation won; the rows then name both); of several records of one
+  configuration on one device, the last one stored wins (a store only appends).
 - Counts (`macs`, `params`) describe the code, not the machine: they must stay equal, in either
   direction, unless a tolerance is given, and compare across devices.
 - Costs (`latency`, `memory`) compare as current / baseline, and only an increase beyond the
@@ -184,8 +185,16 @@ def compare_pair(config: str, base: dict, cur: dict, limits: dict[str, Threshold
             else:
                 verdict = judge(rule, limits[name], float(b), float(c))
                 note = _spread_note(base, cur) if verdict == "regression" and name == "latency" else ""
-                rows.append(Row(config, f, rule.unit, b, c, verdict, note))
+                rows.append(Row(config, f, rule.unit, b, c, verdict,
+                                "; ".join(n for n in (note, _impl_note(base, cur)) if n)))
     return rows
+
+
+def _impl_note(base: dict, cur: dict) -> str:
+    """`--impl auto` may have picked another implementation on either side: say so."""
+    if base.get("impl") == cur.get("impl"):
+        return ""
+    return f"impl {base.get('impl')} -> {cur.get('impl')}"
 
 
 # --------------------------------------------------------------------------------- matching

@@ -1,7 +1,10 @@
 """Which configuration a record measured, and how it is named: one key, one set of symbols.
 
 A configuration is its spec fields. Costs (latency, memory) also depend on the machine, so
-where they are compared or grouped the key adds `device_name`. Names follow the papers' symbols
+where they are compared or grouped the key adds `device_name`. The key holds the
+implementation as asked: a record whose implementation was chosen by `--impl auto` (by rule or
+by measurement) is the configuration "auto", whichever implementation won, so a resumed sweep or
+a comparison finds it again. Names follow the papers' symbols
 (E experts, k selected, B batch, L sequence length, d width, g granularity, t threshold).
 """
 
@@ -27,8 +30,41 @@ def config_fields(*, machine: bool = False, ignore: Iterable[str] = ()) -> tuple
 
 def config_key(record: Mapping[str, Any], *, machine: bool = False,
                ignore: Iterable[str] = ()) -> tuple:
-    """A record's configuration as a hashable key (see `config_fields`)."""
-    return tuple(record.get(f) for f in config_fields(machine=machine, ignore=ignore))
+    """A record's (or a spec's fields') configuration as a hashable key (see `config_fields`),
+    with the implementation as asked (`requested_impl`)."""
+    return tuple(requested_impl(record) if f == "impl" else record.get(f)
+                 for f in config_fields(machine=machine, ignore=ignore))
+
+
+CHOSEN = ("rule", "measured", "cached")  # impl_choice values that mean "--impl auto"
+
+
+def requested_impl(record: Mapping[str, Any]) -> str | None:
+    """The implementation asked for: "auto" where the record's was chosen, else its own.
+
+    A spec's fields say it directly. A stored record from before `impl_choice` existed says only
+    what ran, always the rule's choice when auto was asked: such a record counts as "auto" when
+    its implementation is the one the rule picks for it (one given by name that happens to be
+    the rule's would be measured the same way)."""
+    impl, choice = record.get("impl"), record.get("impl_choice")
+    if choice is not None:
+        return "auto" if choice in CHOSEN else impl
+    if "schema_version" not in record or record.get("variant") not in VARIANTS:
+        return impl
+    rule = VARIANTS[record["variant"]].default_impl(_Fields(record))
+    return "auto" if impl in (rule, RENAMED_RULE.get(record["variant"])) else impl
+
+
+# Rule choices of older code under names that are gone: moe-seq's `batched` (B*k expert
+# matrices copied per call) became `grouped` (no copies).
+RENAMED_RULE = {"moe-seq": "batched"}
+
+
+class _Fields:
+    """A record's fields as attributes, for a variant's rule (which reads a spec's)."""
+
+    def __init__(self, record: Mapping[str, Any]):
+        self.__dict__.update(record)
 
 
 # -------------------------------------------------------------------------------- names

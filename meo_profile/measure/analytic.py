@@ -8,7 +8,7 @@ f FFN width, E experts, k selected, V vocabulary, L blocks with an FFN.
 Per MoE layer with expert matrices of sizes P = sum_j d_j * d_{j+1} (bias b = sum_j d_{j+1}),
 reading d_0 features (the MEO paper, Sec. 3, per MoE linear):
     vanilla top-k (token or sequence routing)   experts N*k*P
-    MEO                                          experts N*P      merge B*k*(P + b)  [gather]
+    MEO                                          experts N*P      merge B*k*(P + b)  [gather, fused]
                                                                   merge B*E*(P + b)  [dense]
     router: token level N*d_0*E; sequence level B*d_0*E (on the mean token)
 so MEO / vanilla for one linear = (N*P + B*k*P) / (N*k*P) = 1/k + 1/T.
@@ -68,7 +68,7 @@ def _meo(spec: Spec, dims: list[int], token_block: bool = False) -> Counter:
     N, B, E, k = spec.batch_size * spec.seq_len, spec.batch_size, spec.experts_total, spec.top_k
     P, b = _sizes(spec, dims)
     bias = b if host_shape(spec.host).bias else 0
-    merged_from = k if spec.impl == "gather" else E
+    merged_from = E if spec.impl_by_rule == "dense" else k  # gather and fused read the k chosen
     macs = Counter(experts=N * P, router=B * dims[0] * E, merge=B * merged_from * (P + bias))
     if token_block:
         r = max(1, dims[0] // 64)

@@ -7,7 +7,8 @@ Convention (fvcore's): one multiply-add counts as one MAC. Records carry `macs` 
   undercounts broadcast batch dimensions, and it has no grouped_mm handle);
 - scaled_dot_product_attention: B*H*Tq*Tk*(D_qk + D_v), both products, dense (a causal kernel
   may skip the masked half: the count does not);
-- weighted embedding_bag (MEO's gather merge): rows summed x row width;
+- weighted embedding_bag (MEO's gather merge): rows summed x row width; the fused merge
+  (`meo_profile::fused_merge`, one Triton kernel) the same: B x k x (P + bias) per call;
 - layer_norm: fvcore's rule, 5 per element with an affine transform;
 - everything else (softmax, topk, activations, adds, gathers...) counts 0 and is listed in
   `unsupported_ops` with its number of calls, never dropped silently.
@@ -102,6 +103,14 @@ def _weighted_bag(inputs, outputs) -> int:
     return math.prod(_shape(inputs[1])) * _shape(inputs[0])[1]
 
 
+def _fused_merge(inputs, outputs) -> int:
+    """meo_profile::fused_merge(w (E, d_out, d_in), b (E, d_out) or None, index (B, k), gates):
+    one multiply-add per selected expert and merged element, weights and bias (as `gather`)."""
+    batch_k = math.prod(_shape(inputs[2]))
+    bias = _shape(inputs[1])
+    return batch_k * (math.prod(_shape(inputs[0])[1:]) + (bias[1] if bias else 0))
+
+
 def _zero_recorder(seen: Counter):
     def make(op: str):
         def handle(inputs, outputs) -> int:
@@ -123,6 +132,7 @@ HANDLES = {
     "aten::_grouped_mm": _matmul_like(0),
     "aten::scaled_dot_product_attention": _sdpa,
     "aten::embedding_bag": _weighted_bag,
+    "meo_profile::fused_merge": _fused_merge,
     "aten::numel": None,  # metadata only
 }
 

@@ -6,6 +6,11 @@ compressed experts, their fidelity against full top-k), `latency` times the step
 roofline bound, `memory` the peak of one step. The model and inputs are built before any clock
 starts (`Workload.build`); the timed call is `Workload.step`.
 
+`--impl auto` is resolved first, once for the whole record: by measurement when the record is
+timed (autotune.py: the fastest implementation here), by the variant's deterministic rule
+otherwise. Everything after (count, timing, memory, bound) is of that one implementation, and
+the record says which and how it was chosen (`impl`, `impl_choice`, `impl_candidates`).
+
 A request that cannot be measured (timing on the meta device, a closed form that does not exist)
 is bad input: a SpecError, raised before anything runs. Every other failure becomes the record's
 status, never an exception: out-of-memory (real, or a pre-flight estimate above the limit) gives
@@ -22,6 +27,7 @@ from collections.abc import Iterator
 import torch
 
 from meo_profile.measure import process
+from meo_profile.measure.autotune import Choice, autotune
 from meo_profile.measure.counting import SOURCES, count, cross_check
 from meo_profile.measure.memory import peak_memory
 from meo_profile.measure.preflight import DoesNotFit, check_fits
@@ -35,6 +41,7 @@ from models.catalog import router_gates
 from models.compressed import model_rel_l2_error
 from models.layers import experts_touched
 from models.spec import SpecError
+from models.variants import CUDA_ONLY
 from models.xmoe import routing_summary
 
 MEASUREMENTS = ("flops", "latency", "memory")
@@ -61,12 +68,16 @@ def check_request(spec: Spec, measurements: tuple[str, ...], source: str = "fvco
                         f"choose one or more of {', '.join(MEASUREMENTS)}")
     if source not in SOURCES:
         raise SpecError("source", source, f"unknown; choose from {', '.join(SOURCES)}")
-    if ("latency" in measurements or "memory" in measurements) and spec.device not in TIMED_DEVICES:
+    timed = "latency" in measurements or "memory" in measurements
+    if timed and spec.device not in TIMED_DEVICES:
         raise SpecError("device", spec.device, f"cannot be timed: use {' or '.join(TIMED_DEVICES)}")
     if timing is not None and timing.timing_mode == "graph" and spec.device != "cuda" \
             and "latency" in measurements:
         raise SpecError("timing", "graph", f"CUDA graphs need --device cuda, not {spec.device}; "
                         "use --timing auto or eager")
+    if timed and spec.impl in CUDA_ONLY and spec.device != "cuda":
+        raise SpecError("impl", spec.impl, "is a CUDA kernel: on CPU Triton only interprets it "
+                        "(for `verify`), so it is not timed there")
 
 
 def measure(spec: Spec, measurements: tuple[str, ...] = MEASUREMENTS, *, source: str = "fvcore",
@@ -87,8 +98,20 @@ def measure(spec: Spec, measurements: tuple[str, ...] = MEASUREMENTS, *, source:
     return result
 
 
+def choose_impl(spec: Spec, measurements: tuple[str, ...]) -> Choice:
+    """What `--impl` runs: as given; for auto, the fastest here when timed, else the rule."""
+    if spec.impl == "auto" and "latency" not in measurements:
+        return Choice(spec.impl_by_rule, "rule")
+    return autotune(spec)
+
+
 def _measure_into(result: Result, measurements, source, timing, max_memory_bytes, phases) -> None:
-    spec = result.spec
+    with timed(phases, "tuning"):
+        if result.spec.impl == "auto" and "latency" in measurements:
+            check_fits(result.spec, limit_bytes=max_memory_bytes)  # before building candidates
+        choice = choose_impl(result.spec, measurements)
+    result.spec = spec = result.spec.replace(impl=choice.impl)
+    result.update(**choice.to_fields())
     if "flops" in measurements:
         with timed(phases, "counting"):
             result.add_counts(count(spec, "fvcore" if source == "both" else source))

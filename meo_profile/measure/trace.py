@@ -24,11 +24,13 @@ from typing import Any
 
 from torch.profiler import ProfilerActivity, profile, schedule
 
+from meo_profile.measure.autotune import autotune
 from meo_profile.measure.process import native_stderr_silenced
 from meo_profile.measure.trace_file import TraceAnalysis, analyze_trace, per_step
 from meo_profile.measure.workload import Workload
 from models import Spec
 from models.spec import SpecError
+from models.variants import CUDA_ONLY
 
 KERNEL_PASS_STEPS = 3  # steps the latency records' kernel time is averaged over
 
@@ -87,7 +89,10 @@ def trace(spec: Spec, out: str | Path = "trace.json", *, warmup: int = 2,
     for name, value, least in (("warmup", warmup, 0), ("steps", steps, 1)):
         if value < least:
             raise SpecError(name, value, f"must be >= {least}")
+    if spec.impl in CUDA_ONLY and spec.device != "cuda":
+        raise SpecError("impl", spec.impl, "is a CUDA kernel: on CPU Triton only interprets it")
     path = check_out_path(out)
+    spec = spec.replace(impl=autotune(spec).impl)  # auto: what `latency` would time
     work = Workload.build(spec)
     for _ in range(warmup):  # first calls pay one-time costs (allocations, kernel selection)
         work.step()

@@ -35,6 +35,12 @@ class Result:
     status: str = "ok"
     error: str | None = None
     metrics: list[str] = field(default_factory=list)  # what was asked: flops, latency, memory
+    # how `impl` was chosen: "given" (--impl NAME), or for --impl auto "rule" (the variant's
+    # deterministic rule: counting), "measured" (the fastest candidate, timed here) or "cached"
+    # (timed so on this device earlier); each candidate's ms per call when timed (null:
+    # failed)
+    impl_choice: str | None = None
+    impl_candidates: dict[str, float | None] | None = None
     # counts
     macs: int | None = None
     flops: int | None = None
@@ -95,6 +101,8 @@ class Result:
     timing: Any = field(default=None, repr=False, compare=False, metadata=NOT_STORED)
 
     def __post_init__(self) -> None:
+        if self.impl_choice is None and self.spec.impl != "auto":
+            self.impl_choice = "given"  # also on a row that failed before anything ran
         if not self.env:
             self.env = dict(environment(self.spec.device))
 

@@ -53,6 +53,9 @@ def _timing_rows(result: Result, unit: str, per: float) -> list[tuple[str, str]]
         ("samples", f"{_fmt(result.latency_runs, 'd')} ({result.timer}, {result.timing_mode})"),
         ("allocator", result.allocator or "-"),
         ("tokens/s", _fmt(result.tokens_per_s, ",.0f")),
+        ("implementation", f"{result.spec.impl} ({result.impl_choice or '-'})"),
+        *((f"  candidate {name} ({unit})", _scaled(ms, per))
+          for name, ms in (result.impl_candidates or {}).items()),
     ]
     if result.kernel_ms is not None:  # CUDA: what the eager time is made of
         rows += [(f"eager median ({unit})", _scaled(result.eager_ms_median, per)),

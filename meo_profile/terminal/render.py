@@ -21,6 +21,9 @@ def checks_table(checks, spec: Spec) -> Table:
     for col in ("check", "max abs err", "max rel err", "tolerance (rel)", "ok"):
         table.add_column(col, justify="left" if col == "check" else "right")
     for c in checks:
+        if c.skipped:
+            table.add_row(c.name, "-", "-", f"{c.tol:.0e}", f"[yellow]skipped[/]: {escape(c.skipped)}")
+            continue
         table.add_row(c.name, f"{c.max_abs_err:.2e}", f"{c.max_rel_err:.2e}", f"{c.tol:.0e}",
                       "[green]yes[/]" if c.ok else "[red]NO[/]")
     return table
