@@ -117,7 +117,8 @@ def test_a_failing_configuration_is_recorded_and_the_rest_completes(tmp_path):
         by_status.setdefault(r["status"], []).append(r)
     assert summary.statuses == {"error": 1, "oom": 1, "ok": 2}
     assert "meta" in by_status["error"][0]["error"]
-    assert "MiB of weights; 976.6 KiB allowed" in by_status["oom"][0]["error"]  # limit 1e6 B
+    assert "(weights 128.6 MiB" in by_status["oom"][0]["error"]
+    assert "the limit is 976.6 KiB (--max-memory)" in by_status["oom"][0]["error"]  # 1e6 B
     assert all(r["latency_ms_median"] > 0 for r in by_status["ok"])
 
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from meo_profile.core.errors import BadInput
 from meo_profile.measure.trace import PHASES, trace
 from models import Spec
 from models.spec import SpecError
@@ -55,12 +56,16 @@ def test_train_trace_holds_the_backward(tmp_path):
 
 def test_bad_paths_and_counts_are_refused(tmp_path):
     spec = Spec(variant="moe", **TINY)
-    with pytest.raises(SpecError, match="^--out .*does not exist"):
+    with pytest.raises(BadInput, match="^--out .*does not exist"):
         trace(spec, tmp_path / "missing" / "t.json")
-    with pytest.raises(SpecError, match="^--out .*is a directory"):
+    with pytest.raises(BadInput, match="^--out .*is a directory"):
         trace(spec, tmp_path)
     with pytest.raises(SpecError, match="^--steps 0"):
         trace(spec, tmp_path / "t.json", steps=0)
+    (tmp_path / "t.json").write_text("kept")
+    with pytest.raises(BadInput, match="^--out .*exists; pass --force"):
+        trace(spec, tmp_path / "t.json")
+    assert (tmp_path / "t.json").read_text() == "kept"
 
 
 def test_trace_command_writes_the_file_and_prints_both_tables(tmp_path):

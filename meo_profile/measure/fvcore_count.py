@@ -142,14 +142,15 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def count_fvcore(spec: Spec) -> Counts:
-    """Trace one forward of the spec's model with fvcore; meta device where shapes allow."""
+def count_fvcore(spec: Spec, max_memory_bytes: int | None = None) -> Counts:
+    """Trace one forward of the spec's model with fvcore; meta device where shapes allow (else
+    on real tensors, within `max_memory_bytes` or the free memory: DoesNotFit)."""
     try:
         return _count_on(spec, "meta")
     except (RuntimeError, NotImplementedError):
         # data-dependent shapes (the per-expert loops, threshold routing) need real tensors
         real = "cpu" if spec.device == "meta" else spec.device
-        check_fits(spec.replace(device=real))
+        check_fits(spec.replace(device=real, mode="inference"), max_memory_bytes)  # a forward
         return _count_on(spec, real)
 
 

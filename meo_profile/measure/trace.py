@@ -12,13 +12,17 @@ phase as a named range, and the summary totals time per phase.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch.profiler import ProfilerActivity, profile
 
+from meo_profile.core.inputs import output_file
+from meo_profile.measure.preflight import check_fits
 from meo_profile.measure.process import native_stderr_silenced
+from meo_profile.measure.timing import MAX_WARMUP
 from meo_profile.measure.workload import Workload
 from models import Spec
 from models.spec import SpecError
@@ -75,13 +79,7 @@ def summarize(averages: list[Any], spec: Spec, trace_path: str, steps: int) -> T
                         self_ms_total=sum(r.self_ms for r in ops))
 
 
-def check_out_path(out: str | Path) -> Path:
-    path = Path(out)
-    if path.is_dir():
-        raise SpecError("out", str(out), "is a directory; give a file name such as trace.json")
-    if not path.parent.exists() and str(path.parent) != "":
-        raise SpecError("out", str(out), f"directory {str(path.parent)!r} does not exist")
-    return path
+MAX_STEPS = 1000  # profiled steps: each keeps every event in memory until the trace is written
 
 
 def profile_steps(work: Workload, steps: int):
@@ -97,20 +95,26 @@ def profile_steps(work: Workload, steps: int):
     return prof
 
 
-def trace(spec: Spec, out: str | Path = "trace.json", *, warmup: int = 2,
-          steps: int = 1) -> TraceSummary:
+def trace(spec: Spec, out: str | Path = "trace.json", *, warmup: int = 2, steps: int = 1,
+          overwrite: bool = False, max_memory_bytes: int | None = None) -> TraceSummary:
     """Profile `steps` steps of `spec` after `warmup` unprofiled ones; write the Chrome trace to
-    `out` (Perfetto opens it; a name ending .gz is compressed) and return the summary."""
+    `out` (Perfetto opens it; a name ending .gz is compressed) and return the summary.
+
+    Checked before anything is built: the device, the counts, that `out` can be written (an
+    existing file only with `overwrite`), and that the configuration fits in memory."""
     if spec.device not in ("cpu", "cuda"):
         raise SpecError("device", spec.device, "cannot be traced: use cpu or cuda")
-    for name, value, least in (("warmup", warmup, 0), ("steps", steps, 1)):
-        if value < least:
-            raise SpecError(name, value, f"must be >= {least}")
-    path = check_out_path(out)
+    for name, value, least, most in (("warmup", warmup, 0, MAX_WARMUP), ("steps", steps, 1, MAX_STEPS)):
+        if not least <= value <= most:
+            raise SpecError(name, value, f"must be an integer in {least}..{most}")
+    path = output_file(out, "--out", overwrite=overwrite)
+    check_fits(spec, max_memory_bytes)
     work = Workload.build(spec)
     for _ in range(warmup):  # first calls pay one-time costs (allocations, kernel selection)
         work.step()
     work.sync()
     prof = profile_steps(work, steps)
     prof.export_chrome_trace(str(path))
+    if not path.is_file() or not path.stat().st_size:  # kineto reports a failed write only in a log
+        raise OSError(errno.EIO, "the profiler did not write the trace file", str(path))
     return summarize(list(prof.key_averages()), spec, str(path), steps)

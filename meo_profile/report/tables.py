@@ -65,15 +65,39 @@ SETUP_FIELDS = (("device", "device"), ("machine", "device_name"), ("dtype", "dty
 
 
 def setup_table(all_rows: pd.DataFrame, skipped_lines: int = 0, command: str | None = None) -> Table:
-    """What produced the results: the command, machines, numerics, library versions, counts."""
-    rows = [["command", command]] if command else []
+    """What produced the results: the commands that measured them, the one that rendered
+    them, machines, numerics, library versions, timing options, outcomes."""
+    rows = [["produced by", c] for c in producing_commands(all_rows)]
+    rows += [["rendered by", command]] if command else []
     rows += [[name, _unique(all_rows, col)] for name, col in SETUP_FIELDS]
-    counts = all_rows["status"].value_counts()
-    rows.append(["records", ", ".join(f"{counts.get(s, 0)} {s}" for s in
-                                      ("ok", "oom", "error"))])
+    rows.append(["timing options", _timing_options(all_rows)])
+    latest, fixed = views.outcomes(all_rows)
+    counts = latest["status"].value_counts()
+    outcome = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "oom", "error"))
+    rows.append(["configurations", f"{len(latest)}: {outcome} (each one's latest record)"
+                 + (f"; {len(fixed)} earlier failures fixed since" if len(fixed) else "")])
     if skipped_lines:
         rows.append(["unreadable lines", str(skipped_lines)])
     return table("Setup", [("field", False), ("value", False)], rows)
+
+
+def producing_commands(all_rows: pd.DataFrame) -> list[str]:
+    """Each distinct command that measured records here, in the order they first ran, with
+    how many records it wrote; records from before commands were stored are counted apart."""
+    ordered = all_rows.sort_values("created_utc", na_position="first", kind="stable")
+    commands = ordered["command"] if "command" in ordered else pd.Series(dtype=object)
+    counts = commands.value_counts(sort=False, dropna=True)
+    lines = [f"{c} ({n} records)" for c, n in counts.items()]
+    unnamed = int(commands.isna().sum())
+    return lines + ([f"not recorded ({unnamed} records from before commands were stored)"]
+                    if unnamed else [])
+
+
+def _timing_options(all_rows: pd.DataFrame) -> str:
+    """The distinct timing options of the timed records, as 'warmup=3, min_run_time=0.5, ...'."""
+    options = all_rows["timing_options"] if "timing_options" in all_rows else pd.Series(dtype=object)
+    seen = {", ".join(f"{k}={v}" for k, v in o.items()) for o in options if isinstance(o, dict)}
+    return "; ".join(sorted(seen)) or NA
 
 
 # ------------------------------------------------------------------------------ paper
@@ -321,12 +345,27 @@ def _with_ratio(text: str, ratio: float) -> str:
 
 # ------------------------------------------------------------------------------ failures
 def failures_table(all_rows: pd.DataFrame) -> Table | None:
-    bad = all_rows[all_rows["status"] != "ok"]
+    """Configurations whose latest record is a failure (an older failure that a later record
+    fixed is history: see `history_table`)."""
+    latest, _ = views.outcomes(all_rows)
+    bad = latest[latest["status"] != "ok"]
     if bad.empty:
         return None
     rows = [[r["status"], config_title(r), (r["error"] or "")[:100]] for r in bad.to_dict("records")]
-    return table("", [("status", False),
-                 ("configuration", False), ("message", False)], rows)
+    return table("", [("status", False), ("configuration", False), ("message", False)], rows)
+
+
+def history_table(all_rows: pd.DataFrame) -> Table | None:
+    """Failures that a later record of the same configuration fixed (a resumed sweep with more
+    memory, a fixed bug): kept as history, with when they happened."""
+    _, fixed = views.outcomes(all_rows)
+    if fixed.empty:
+        return None
+    rows = [[r["status"], config_title(r), (r["error"] or "")[:100], str(r["created_utc"])]
+            for r in fixed.to_dict("records")]
+    return table("", [("status", False), ("configuration", False), ("message", False),
+                      ("when", False)], rows,
+                 "Each configuration here has a later successful record, which the report uses.")
 
 
 # A table function takes the successful rows and returns tables (possibly none).

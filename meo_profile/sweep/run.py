@@ -68,16 +68,19 @@ class SweepSummary:
 
 
 # ------------------------------------------------------------------------------- identity
-def job_key(fields: dict[str, Any], metrics) -> tuple:
+def job_key(fields: dict[str, Any], metrics, timing_options: dict | None = None) -> tuple:
     """What makes two records the same measurement: the configuration, on the same machine (a
-    resumed sweep on another machine measures again), with the same metrics."""
-    return config_key(fields, machine=True), tuple(sorted(metrics or ()))
+    resumed sweep on another machine measures again), with the same metrics and, when it is
+    timed, the same timing options (a latency taken with other options is measured again)."""
+    timed = "latency" in (metrics or ())
+    options = tuple(sorted((timing_options or {}).items())) if timed else ()
+    return config_key(fields, machine=True), tuple(sorted(metrics or ())), options
 
 
 def stored_keys(records: list[dict[str, Any]]) -> set[tuple]:
     """Configurations a resumed sweep skips: those stored with a result. A failed row stays
     in the file (nothing is lost) and its configuration is tried again."""
-    return {job_key(r, r.get("metrics")) for r in records
+    return {job_key(r, r.get("metrics"), r.get("timing_options")) for r in records
             if r.get("status") == "ok"}
 
 
@@ -154,13 +157,14 @@ def run_sweep(jobs: list[tuple[Spec, tuple[str, ...]]], options: SweepOptions,
         store = Store(options.out)
         done = stored_keys(store.records()) if options.resume else set()
         for spec, metrics in jobs:
-            if job_key({**spec.to_dict(), MACHINE_FIELD: device_name(spec.device)}, metrics) in done:
+            fields = {**spec.to_dict(), MACHINE_FIELD: device_name(spec.device)}
+            if job_key(fields, metrics, options.timing.to_dict()) in done:
                 summary.already_stored += 1
                 progress("skip", spec, None)
                 continue
             progress("start", spec, None)
             try:
-                result = measure(spec, metrics, timing=options.timing,
+                result = measure(spec, metrics, timing=options.timing, oversize="record",
                                  max_memory_bytes=options.max_memory_bytes, phases=summary.phases_s)
             except SpecError as e:  # planned sweeps are checked up front; a hand-made job list
                 result = Result(spec, metrics=list(metrics), status="error", error=str(e))
