@@ -44,6 +44,11 @@ class HostShape:
     top_k: int = 4
     expert_unit: str = "linear"  # default --expert-unit (the MEO paper's; whole FFNs for MoE hosts)
     rope: bool = False  # rotary attention: d_model / heads must be even
+    # Every block of a stack (of each stack, for seq2seq) runs the same ops on the same shapes,
+    # but for the first: FLOP counting may trace one and two blocks and extrapolate, exactly
+    # (meo_profile/measure/stacks.py). A host whose blocks differ (dense first layers, MoE every
+    # other layer, alternating attention) must leave it False.
+    uniform_blocks: bool = False
 
 
 class FFNBlock(nn.Module):
@@ -203,18 +208,24 @@ def _build_phimoe(spec):
 HOSTS: dict[str, HostShape] = {
     "layer": HostShape(768, 3072, 1, 1, build=_build_layer),
     # BERT-Small as in Turc et al. 2019 (4 layers, 512 wide), the smallest of the paper's figure.
-    "bert-small": HostShape(512, 2048, 4, 8, vocab=30522, build=_build_bert, inputs="ids"),
-    "bert-base": HostShape(768, 3072, 12, 12, vocab=30522, build=_build_bert, inputs="ids"),
-    "bert-large": HostShape(1024, 4096, 24, 16, vocab=30522, build=_build_bert, inputs="ids"),
-    "gpt2": HostShape(768, 3072, 12, 12, vocab=50257, build=_build_gpt2, inputs="ids"),
+    "bert-small": HostShape(512, 2048, 4, 8, vocab=30522, build=_build_bert, inputs="ids",
+                            uniform_blocks=True),
+    "bert-base": HostShape(768, 3072, 12, 12, vocab=30522, build=_build_bert, inputs="ids",
+                           uniform_blocks=True),
+    "bert-large": HostShape(1024, 4096, 24, 16, vocab=30522, build=_build_bert, inputs="ids",
+                            uniform_blocks=True),
+    "gpt2": HostShape(768, 3072, 12, 12, vocab=50257, build=_build_gpt2, inputs="ids",
+                      uniform_blocks=True),
     # seq2seq hosts: `layers` counts encoder + decoder blocks (6 + 6)
     "t5-small": HostShape(512, 2048, 12, 8, vocab=32128, build=_build_t5, inputs="ids", bias=False,
-                         seq2seq=True),
+                         seq2seq=True, uniform_blocks=True),
     "bart-base": HostShape(768, 3072, 12, 12, vocab=50265, build=_build_bart, inputs="ids",
-                          seq2seq=True),
+                          seq2seq=True, uniform_blocks=True),
     # native MoE hosts: d_ff is one expert's width; experts and top-k default to the model's
     "olmoe": HostShape(2048, 1024, 16, 16, vocab=50304, build=_build_olmoe, inputs="ids",
-                       bias=False, experts=64, top_k=8, expert_unit="ffn", rope=True),
+                       bias=False, experts=64, top_k=8, expert_unit="ffn", rope=True,
+                       uniform_blocks=True),
     "phimoe": HostShape(4096, 6400, 32, 32, vocab=32064, build=_build_phimoe, inputs="ids",
-                        bias=False, experts=16, top_k=2, expert_unit="ffn", rope=True),
+                        bias=False, experts=16, top_k=2, expert_unit="ffn", rope=True,
+                        uniform_blocks=True),
 }
