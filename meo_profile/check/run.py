@@ -107,13 +107,13 @@ def run_checks(claims: list[Claim], results: str | Path | None = None, save: str
     measured now (FLOPs-only claims count on the meta device: seconds, not minutes)."""
     if results is not None and save is not None:
         raise ClaimError("--save: nothing is measured when RESULTS is given")
+    out = output_dir(save, "--save") if save is not None else None  # before any work
     pending = pending_reasons(claims)
     skipped: list[str] = []
     if results is None:
         needed = plan(claims, pending)
         for spec, metrics in needed.items():  # before measuring the first one
             preflight(spec, metrics, max_memory_bytes)
-        out = output_dir(save, "--save") if save is not None else None
         records = measure_plan(needed, out, log, max_memory_bytes)
     else:  # stored records are judged as they are (a GPU's records on a CPU machine, too)
         if str(results).strip() == "" or not results_path(results).is_file():

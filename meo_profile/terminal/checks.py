@@ -28,11 +28,11 @@ def check_table(verdicts: list[Verdict]) -> Table:
     table = Table(title="meo-profile check", caption="FLOPs = 2 x MACs; ratios are numerator / "
                   "denominator at the same configuration; details with --json")
     table.add_column("claim", no_wrap=True)
-    for col in ("quantity", "expected", "measured", "verdict"):
+    for col in ("verdict", "quantity", "expected", "measured"):  # the verdict beside its claim
         table.add_column(col, overflow="fold")
     for v in verdicts:
-        table.add_row(v.name, escape(v.quantity), escape(v.expected), escape(v.measured),
-                      _styled(v.verdict))
+        table.add_row(v.name, _styled(v.verdict), escape(v.quantity), escape(v.expected),
+                      escape(v.measured))
     return table
 
 
