@@ -95,7 +95,8 @@ def flops(spec: Spec, source: Source = "fvcore", by_module: ByModule = False,
     """Count one configuration: MACs, FLOPs (= 2 x MACs), parameters, parts, skipped ops."""
     from meo_profile.measure.run import measure
 
-    result = measure(spec, ("flops",), source=source, max_memory_bytes=max_memory)
+    result = measure(spec, ("flops",), source=source, max_memory_bytes=max_memory,
+                     oversize="refuse")
     if json_out:
         emit_json(result.to_dict())
     elif result.status == "ok":
@@ -126,7 +127,8 @@ def latency(spec: Spec, json_out: JsonFlag = False, warmup: Warmup = 3, min_run_
 
     options = TimingOptions(warmup=warmup, min_run_time=min_run_time, autorange=autorange,
                             flush_l2=flush_l2, cpu_allocator=cpu_allocator)
-    result = measure(spec, ("latency", "memory"), timing=options, max_memory_bytes=max_memory)
+    result = measure(spec, ("latency", "memory"), timing=options, max_memory_bytes=max_memory,
+                     oversize="refuse")
     if result.status != "ok":
         typer.echo(f"error: {result.status}: {result.error}", err=True)
     for warning in result.timing.warnings if result.timing is not None else []:

@@ -89,7 +89,7 @@ def measure_plan(needed: dict[Spec, tuple[str, ...]], save: Path | None = None,
     records = []
     for spec, metrics in needed.items():
         start = time.perf_counter()
-        result = measure(spec, metrics, max_memory_bytes=max_memory_bytes)
+        result = measure(spec, metrics, max_memory_bytes=max_memory_bytes, oversize="refuse")
         if store:
             store.append(result)
         records.append(result.to_dict())

@@ -78,9 +78,9 @@ def output_file(path: str | Path | None, flag: str = "--out", overwrite: bool = 
     if path.is_dir():
         raise BadInput(f"{flag} {str(path)!r}: is a directory; give a file name")
     parent = path.absolute().parent
+    if parent.exists() and not parent.is_dir():
+        raise BadInput(f"{flag} {str(path)!r}: {str(path.parent)!r} is a file, not a directory")
     if not parent.is_dir():
-        if _existing_ancestor(parent, flag) == parent:  # a file where the directory should be
-            raise BadInput(f"{flag} {str(path)!r}: {str(path.parent)!r} is a file, not a directory")
         raise BadInput(f"{flag} {str(path)!r}: directory {str(path.parent)!r} does not exist")
     if path.exists():
         if not overwrite:

@@ -8,10 +8,11 @@ starts (`Workload.build`); the timed call is `Workload.step`.
 
 A request that cannot be measured (timing on the meta device, a closed form that does not exist)
 is bad input: a SpecError, raised before anything runs. So is a configuration whose memory
-estimate exceeds the limit (preflight.py), checked before anything is built, unless the caller
-records it (`oversize="record"`, as a sweep does: an `oom` row). Every other failure becomes
-the record's status, never an exception: a real out-of-memory gives `oom`, anything else
-`error` with its first line, so a sweep records the row and goes on.
+estimate exceeds the limit (preflight.py), checked before anything is built, when the caller
+asks (`oversize="refuse"`, as the single-configuration commands do); by default it is an `oom`
+row, as a sweep records it. Every other failure becomes the record's status, never an
+exception: a real out-of-memory gives `oom`, anything else `error` with its first line, so a
+sweep records the row and goes on.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def check_request(spec: Spec, measurements: tuple[str, ...], source: str = "fvco
 
 def measure(spec: Spec, measurements: tuple[str, ...] = MEASUREMENTS, *, source: str = "fvcore",
             timing: TimingOptions | None = None, max_memory_bytes: int | None = None,
-            phases: Counter | None = None, oversize: str = "refuse") -> Result:
+            phases: Counter | None = None, oversize: str = "record") -> Result:
     """Measure `spec` as asked, into one Result (see the module doc for failures)."""
     check_request(spec, measurements, source)
     result = Result(spec, metrics=list(measurements))

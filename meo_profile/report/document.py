@@ -241,15 +241,16 @@ WRITERS: dict[str, tuple[str, Callable[[Report], str]]] = {
 
 
 # ------------------------------------------------------------------------------ files
-def load_results(results: str | Path) -> tuple[Path, list[dict], int]:
-    """(results file, records, unreadable line count); ReportError when there is nothing to read."""
+def load_results(results: str | Path) -> tuple[Path, list[dict], list[str]]:
+    """(results file, records, unreadable lines: "file:line: why"); ReportError when there is
+    nothing to read."""
     file = results_path(results)
     if str(results).strip() == "" or not file.is_file():
         raise ReportError(f"RESULTS {str(results)!r}: no results file ({file.name} expected)")
     loaded = load(file)  # unreadable lines are skipped and counted; an unreadable file is bad input
     if not loaded.records:
         raise ReportError(f"{file}: no readable records")
-    return file, loaded.records, len(loaded.skipped)
+    return file, loaded.records, loaded.skipped
 
 
 def write_report(report: Report, out_dir: Path, fmt: str = "md") -> Path:
@@ -285,7 +286,8 @@ def render_report(results: str | Path, out_dir: str | Path | None = None, fmt: s
         raise ReportError(f"--format {fmt!r}: unknown; choose from {', '.join(WRITERS)}")
     file, records, skipped = load_results(results)
     out = output_dir(out_dir if out_dir is not None else file.parent, "--out")
-    report = build_report(records, command or report_command(results, out_dir, fmt), file.name, skipped)
+    report = build_report(records, command or report_command(results, out_dir, fmt), file.name,
+                          len(skipped))
     return write_report(report, out, fmt)
 
 
@@ -323,5 +325,5 @@ def print_summary(results: str | Path, console: Console | None = None,
     """Print the key tables of a results set to the terminal."""
     _, records, skipped = load_results(results)
     console = console or Console()
-    for t in summary_tables(records, skipped, command):
+    for t in summary_tables(records, len(skipped), command):
         console.print(rich_table(t))

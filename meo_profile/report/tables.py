@@ -351,8 +351,15 @@ def failures_table(all_rows: pd.DataFrame) -> Table | None:
     bad = latest[latest["status"] != "ok"]
     if bad.empty:
         return None
-    rows = [[r["status"], config_title(r), (r["error"] or "")[:100]] for r in bad.to_dict("records")]
+    rows = [[r["status"], config_title(r), _message(r)] for r in bad.to_dict("records")]
     return table("", [("status", False), ("configuration", False), ("message", False)], rows)
+
+
+def _message(record: dict) -> str:
+    """A failure's message without the configuration's title that begins some (the row shows
+    it), shortened to what a table cell holds."""
+    text = str(record["error"] or "").removeprefix(config_title(record)).lstrip(" :")
+    return text if len(text) <= 160 else text[:159] + "…"
 
 
 def history_table(all_rows: pd.DataFrame) -> Table | None:
@@ -361,7 +368,7 @@ def history_table(all_rows: pd.DataFrame) -> Table | None:
     _, fixed = views.outcomes(all_rows)
     if fixed.empty:
         return None
-    rows = [[r["status"], config_title(r), (r["error"] or "")[:100], str(r["created_utc"])]
+    rows = [[r["status"], config_title(r), _message(r), str(r["created_utc"])]
             for r in fixed.to_dict("records")]
     return table("", [("status", False), ("configuration", False), ("message", False),
                       ("when", False)], rows,

@@ -164,7 +164,7 @@ def run_sweep(jobs: list[tuple[Spec, tuple[str, ...]]], options: SweepOptions,
                 continue
             progress("start", spec, None)
             try:
-                result = measure(spec, metrics, timing=options.timing, oversize="record",
+                result = measure(spec, metrics, timing=options.timing,
                                  max_memory_bytes=options.max_memory_bytes, phases=summary.phases_s)
             except SpecError as e:  # planned sweeps are checked up front; a hand-made job list
                 result = Result(spec, metrics=list(metrics), status="error", error=str(e))

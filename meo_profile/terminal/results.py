@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from meo_profile.core.identity import spec_title
@@ -19,11 +20,14 @@ from meo_profile.terminal.render import print_line, print_table
 def print_report_summary(results: str | Path, command: str | None = None,
                          console: Console | None = None) -> None:
     """The key tables of a results set (setup, the paper's numbers, FLOPs, speedup, roofline,
-    the four methods, failures), each fitted to the terminal's width."""
+    the four methods, failures), each fitted to the terminal's width; then a warning on stderr
+    for each line of the results file that could not be read."""
     _, records, skipped = load_results(results)
     console = console or Console()
-    for t in summary_tables(records, skipped, command):
+    for t in summary_tables(records, len(skipped), command):
         print_table(rich_table(t), console)
+    for line in skipped:
+        print_line(f"warning: skipped unreadable line {escape(line)}", Console(stderr=True))
 
 
 def plan_table(planned: list[PlannedJob]) -> Table:
