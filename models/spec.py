@@ -142,9 +142,6 @@ class Spec:
             self._set("threshold", 0.9 if self.threshold is None else self.threshold)
             if self.max_k is not None and not 1 <= self.max_k <= self.num_experts * g:
                 raise SpecError("max_k", self.max_k, f"must be in 1..{self.num_experts * g}")
-            cf = self.capacity_factor
-            if cf is not None and cf > self.num_experts * g:  # every expert holds every token
-                raise SpecError("capacity_factor", cf, f"must be at most E x g = {self.num_experts * g}")
             if self.expert_unit != "ffn":
                 raise SpecError("expert_unit", self.expert_unit, "xmoe splits whole FFN experts: use ffn")
         if sparse and v != "xmoe" and self.top_k > self.num_experts:
