@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from models.spec import SPEC_FIELDS, Spec
+from models.spec import Spec
 from models.variants import VARIANTS
 
 SCHEMA_VERSION = 1
@@ -32,10 +32,14 @@ NOT_STORED = {"stored": False}
 IDENTITY_FIELDS = ("schema_version", "run_id", "created_utc", "status", "error")
 STATUSES = ("ok", "oom", "error")
 # What a stored line must carry to be a record: how it ended and which configuration it
-# measured. Every record this project has written has them (the spec's fields are stored since
+# measured. Every record this project has written has them (these spec fields are stored since
 # schema 1), so nothing is filled in with defaults: a line without them is reported as
-# unreadable. Variant knobs are stored as null by the variants they do not apply to.
-REQUIRED_FIELDS = ("status", *SPEC_FIELDS)
+# unreadable. A spec field added later is not required (older records lack it); variant knobs
+# are stored as null by the variants they do not apply to.
+REQUIRED_FIELDS = ("status", "host", "variant", "num_experts", "top_k", "d_model", "d_ff",
+                   "seq_len", "batch_size", "dtype", "device", "impl", "expert_unit", "seed",
+                   "mode", "layers", "n_ce", "ce_init", "threshold", "granularity", "max_k",
+                   "capacity_factor", "router_scale")
 NULLABLE_FIELDS = frozenset(k for v in VARIANTS.values() for k in v.knobs)
 
 
