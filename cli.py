@@ -7,6 +7,7 @@ without loading pandas, matplotlib or fvcore.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,13 +15,25 @@ from typing import Annotated
 import typer
 
 from meo_profile.terminal import render
-from meo_profile.terminal.options import exits_on_bad_input, fail, with_axes, with_spec
+from meo_profile.terminal.options import (
+    TRACEBACK_VARIABLE,
+    MaxMemory,
+    as_exit,
+    exits_on_bad_input,
+    fail,
+    int_in,
+    version_text,
+    with_axes,
+    with_spec,
+    writable_file,
+)
 from models import Spec
 
 
 class App(typer.Typer):
-    """Typer, with usage errors and bad input as one line on stderr and exit code 2 (no boxed
-    traceback): every command is registered through `exits_on_bad_input`."""
+    """Typer, with usage errors and bad input as one line on stderr and exit code 2, and any
+    other failure as one line and exit code 1 (no boxed traceback): every command is registered
+    through `exits_on_bad_input`; what option callbacks raise is answered here."""
 
     def command(self, *args, **kwargs):
         register = super().command(*args, **kwargs)
@@ -35,6 +48,12 @@ class App(typer.Typer):
         except typer.TyperException as e:  # click's usage errors, as Typer re-exports them
             typer.echo(f"error: {e.format_message()}", err=True)
             sys.exit(2)
+        except typer.Exit as e:
+            sys.exit(e.exit_code)
+        except Exception as e:  # raised by an option's callback, before the command runs
+            if os.environ.get(TRACEBACK_VARIABLE):
+                raise
+            sys.exit(as_exit(e).exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -43,9 +62,15 @@ app = App(name="meo-profile", no_args_is_help=True, add_completion=False,
           help="Build MoE and MEO models, count their FLOPs, time them, and check efficiency claims.")
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(version_text())
+        raise typer.Exit(0)
+
 
 @app.callback()
-def _main() -> None:
+def _main(version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                                help="Print the version and exit.")] = False) -> None:
     """Build MoE and MEO models, count their FLOPs, time them, and check efficiency claims."""
 
 
@@ -59,17 +84,19 @@ def emit_json(obj: dict) -> None:
 Source = Annotated[str, typer.Option("--source", help="Counter: fvcore (traced forward), analytic (closed form), or both (exit 1 if they differ).")]
 ByModule = Annotated[bool, typer.Option("--by-module", help="Also show MACs per module.")]
 ByOperator = Annotated[bool, typer.Option("--by-operator", help="Also show MACs per operator.")]
-Depth = Annotated[int, typer.Option("--depth", help="Module depth shown by --by-module.")]
+Depth = Annotated[int, typer.Option("--depth", parser=int_in(0, 64), metavar="INTEGER", help="Module depth shown by --by-module.")]
 
 
 @app.command(rich_help_panel="Measure one configuration")
 @with_spec
 def flops(spec: Spec, source: Source = "fvcore", by_module: ByModule = False,
-          by_operator: ByOperator = False, depth: Depth = 4, json_out: JsonFlag = False) -> None:
+          by_operator: ByOperator = False, depth: Depth = 4, json_out: JsonFlag = False,
+          max_memory: MaxMemory = None) -> None:
     """Count one configuration: MACs, FLOPs (= 2 x MACs), parameters, parts, skipped ops."""
     from meo_profile.measure.run import measure
 
-    result = measure(spec, ("flops",), source=source)
+    result = measure(spec, ("flops",), source=source, max_memory_bytes=max_memory,
+                     oversize="refuse")
     if json_out:
         emit_json(result.to_dict())
     elif result.status == "ok":
@@ -93,7 +120,8 @@ TimingMode = Annotated[str, typer.Option("--timing", help="CUDA: graph (replay t
 @with_spec
 def latency(spec: Spec, json_out: JsonFlag = False, warmup: Warmup = 3, min_run_time: MinRunTime = 1.0,
             autorange: Autorange = "blocked", flush_l2: FlushL2 = False,
-            cpu_allocator: CpuAllocator = "retain", timing: TimingMode = "auto") -> None:
+            cpu_allocator: CpuAllocator = "retain", timing: TimingMode = "auto",
+            max_memory: MaxMemory = None) -> None:
     """One configuration: latency statistics, tokens/s, peak memory, roofline bound."""
     from meo_profile.measure.run import measure
     from meo_profile.measure.timing import TimingOptions
@@ -101,7 +129,8 @@ def latency(spec: Spec, json_out: JsonFlag = False, warmup: Warmup = 3, min_run_
 
     options = TimingOptions(warmup=warmup, min_run_time=min_run_time, autorange=autorange,
                             flush_l2=flush_l2, cpu_allocator=cpu_allocator, timing_mode=timing)
-    result = measure(spec, ("latency", "memory"), timing=options)
+    result = measure(spec, ("latency", "memory"), timing=options, max_memory_bytes=max_memory,
+                     oversize="refuse")
     if result.status != "ok":
         typer.echo(f"error: {result.status}: {result.error}", err=True)
     for warning in result.timing.warnings if result.timing is not None else []:
@@ -120,22 +149,27 @@ def latency(spec: Spec, json_out: JsonFlag = False, warmup: Warmup = 3, min_run_
 
 TraceOut = Annotated[str, typer.Option("--out", help="Chrome/Perfetto trace file to write.")]
 Steps = Annotated[int, typer.Option("--steps", help="Profiled steps (after --warmup unprofiled ones).")]
-Top = Annotated[int, typer.Option("--top", help="Kernels and operators shown, by time.")]
+Top = Annotated[int, typer.Option("--top", parser=int_in(1, 10_000), metavar="INTEGER", help="Kernels and operators shown, by time.")]
 FromTrace = Annotated[Path | None, typer.Option("--from", help="Summarise this trace file (torch.profiler's Chrome JSON, .json or .json.gz) instead of running anything; the configuration flags are then ignored.")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite the --out file if it exists.")]
 
 
 @app.command(rich_help_panel="Measure one configuration")
 @with_spec
 def trace(spec: Spec, out: TraceOut = "trace.json", json_out: JsonFlag = False, warmup: Warmup = 2,
-          steps: Steps = 1, top: Top = 20, from_file: FromTrace = None) -> None:
+          steps: Steps = 1, top: Top = 20, from_file: FromTrace = None, force: Force = False,
+          max_memory: MaxMemory = None) -> None:
     """One configuration under torch.profiler: device time by kernel and by phase (CUDA), host
     operators by self time, a trace file; or the same summary of an existing file (--from)."""
     from meo_profile.measure.trace import summarize_file
     from meo_profile.measure.trace import trace as run_trace
     from meo_profile.terminal import perf
 
-    summary = summarize_file(from_file) if from_file else run_trace(spec, out, warmup=warmup,
-                                                                   steps=steps)
+    if from_file:
+        summary = summarize_file(from_file)
+    else:
+        summary = run_trace(spec, out, warmup=warmup, steps=steps, overwrite=force,
+                            max_memory_bytes=max_memory)
     if json_out:
         emit_json(summary.to_dict())
         return
@@ -144,7 +178,9 @@ def trace(spec: Spec, out: TraceOut = "trace.json", json_out: JsonFlag = False, 
         if table is not None:
             render.print_table(table)
     for line in perf.launch_lines(summary):
-        typer.echo(line)
+        render.print_line(line)
+    if not from_file:
+        render.print_line(f"trace written to {summary.trace_path}")
 
 
 @app.command(rich_help_panel="Sweep")
@@ -152,29 +188,34 @@ def trace(spec: Spec, out: TraceOut = "trace.json", json_out: JsonFlag = False, 
 def sweep(
     axes: dict,
     preset: Annotated[str | None, typer.Option("--preset", help="A built-in grid (see `meo-profile presets`); default: default.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="A YAML grid file (see README).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Results directory; default: reports/<preset>.")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="A YAML grid file (see README).")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Results directory; default: reports/<preset>.")] = None,
     metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated: flops, latency, memory; default: each block's.")] = None,
     resume: Annotated[bool, typer.Option("--resume/--fresh", help="Skip configurations already stored for this device, or start over (old results are kept aside).")] = True,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any configuration failed (oom or error).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of a progress bar.")] = False,
-    max_memory: Annotated[str | None, typer.Option("--max-memory", help="Refuse (status oom) configurations whose weights exceed this, e.g. 8GiB.")] = None,
+    max_memory: MaxMemory = None,
     warmup: Warmup = 3,
     min_run_time: MinRunTime = 0.5,
     cpu_allocator: CpuAllocator = "retain",
     timing: TimingMode = "auto",
     report: Annotated[bool, typer.Option("--report/--no-report", help="Render the report at the end.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the configurations, what is stored already, and the time and memory estimates; measure nothing.")] = False,
 ) -> None:
     """Run a grid of configurations; every record is stored as it is measured; report at the end."""
     from meo_profile.measure.timing import TimingOptions
     from meo_profile.report.document import render_report
-    from meo_profile.sweep.plan import command_line, plan_sweep, resume_command
+    from meo_profile.sweep.plan import command_line, plan_sweep, preview, resume_command
     from meo_profile.sweep.run import run_sweep, skipped_lines
     from meo_profile.terminal.progress import run_with_progress
+    from meo_profile.terminal.results import print_plan
 
     options = TimingOptions(warmup=warmup, min_run_time=min_run_time, cpu_allocator=cpu_allocator,
                             timing_mode=timing)
     plan = plan_sweep(preset, config, axes, metrics, out, resume, max_memory, options)
+    if dry_run:
+        print_plan(plan, preview(plan))
+        return
     out = plan.options.out
     if plan.impossible:
         typer.echo(f"{plan.impossible} grid combinations left out: top-k above the expert count",
@@ -202,38 +243,44 @@ def presets() -> None:
 
 @app.command(rich_help_panel="Results")
 def report(
-    results: Annotated[Path, typer.Argument(help="A results directory or its results.jsonl.")],
-    out: Annotated[Path | None, typer.Option("--out", help="Where report and figures/ go; default: beside the results.")] = None,
+    results: Annotated[str, typer.Argument(help="A results directory or its results.jsonl.")],
+    out: Annotated[str | None, typer.Option("--out", help="Where report and figures/ go; default: beside the results.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="md or html.")] = "md",
 ) -> None:
     """Tables and figures from stored results: report.md (or .html) and figures/ (PNG and SVG)."""
-    from meo_profile.report.document import print_summary, render_report, report_command
+    from meo_profile.report.document import render_report, report_command
+    from meo_profile.terminal.results import print_report_summary
 
     command = report_command(results, out, fmt)
     path = render_report(results, out, fmt, command)
-    print_summary(results, command=command)
+    print_report_summary(results, command=command)
     typer.echo(f"report: {path}", err=True)
 
 
 @app.command(rich_help_panel="Check")
 def check(
-    results: Annotated[Path | None, typer.Argument(help="A results directory or .jsonl to judge; default: measure what the claims need.")] = None,
-    claims_file: Annotated[Path | None, typer.Option("--claims", help="A claims YAML file (docs/claims.md); default: the built-in paper claims.")] = None,
-    junit: Annotated[Path | None, typer.Option("--junit-xml", help="Also write the verdicts as JUnit XML, for CI systems.")] = None,
-    save: Annotated[Path | None, typer.Option("--save", help="Store the records measured in this results directory (for `compare`).")] = None,
+    results: Annotated[str | None, typer.Argument(help="A results directory or .jsonl to judge; default: measure what the claims need.")] = None,
+    claims_file: Annotated[str | None, typer.Option("--claims", help="A claims YAML file (docs/claims.md); default: the built-in paper claims.")] = None,
+    junit: Annotated[str | None, typer.Option("--junit-xml", callback=writable_file("--junit-xml"), help="Also write the verdicts as JUnit XML, for CI systems.")] = None,
+    save: Annotated[str | None, typer.Option("--save", help="Store the records measured in this results directory (for `compare`).")] = None,
+    require_all: Annotated[bool, typer.Option("--require-all", help="Fail (exit 1) when a claim is unmeasured: its records are absent from RESULTS.")] = False,
     json_out: JsonFlag = False,
+    max_memory: MaxMemory = None,
 ) -> None:
-    """Efficiency claims against results: pass, fail or pending; exit 1 when a claim fails."""
+    """Efficiency claims against results: pass, fail, unmeasured or pending; exit 1 when a
+    claim fails, 2 when none could be judged."""
     from meo_profile.check.claims_file import load_claims
     from meo_profile.check.run import run_checks
     from meo_profile.terminal import checks as render_checks
 
     run = run_checks(load_claims(claims_file), results, save,
-                     log=None if json_out else lambda line: typer.echo(line, err=True))
+                     log=None if json_out else lambda line: typer.echo(line, err=True),
+                     require_all=require_all, max_memory_bytes=max_memory)
     for line in run.skipped:
         typer.echo(f"warning: skipped {line}", err=True)
     if junit:
-        junit.write_text(render_checks.junit_xml(run.verdicts, run.errors), encoding="utf-8")
+        Path(junit).write_text(render_checks.junit_xml(run.verdicts, run.errors,
+                                                       require_all=require_all), encoding="utf-8")
     if json_out:
         emit_json({"ok": run.exit_code == 0, "verdicts": [v.to_dict() for v in run.verdicts],
                    "errors": run.errors})
@@ -241,7 +288,7 @@ def check(
         render.print_table(render_checks.check_table(run.verdicts))
         for line in render_checks.check_lines(run.verdicts):
             typer.echo(line, err=True)
-        typer.echo(render_checks.check_summary(run.verdicts, run.errors), err=True)
+        typer.echo(render_checks.check_summary(run), err=True)
     for error in run.errors:
         typer.echo(f"error: {error}", err=True)
     raise typer.Exit(run.exit_code)
@@ -252,8 +299,9 @@ def compare(
     baseline: Annotated[Path, typer.Argument(help="The baseline results directory or .jsonl.")],
     current: Annotated[Path, typer.Argument(help="The current results directory or .jsonl.")],
     tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="METRIC=X% for macs, params (default 0: equal), latency (10%), memory (5%); repeatable.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table, markdown (a pull-request comment) or json.")] = "table",
+    fmt: Annotated[str, typer.Option("--format", help="table or markdown (a pull-request comment); json is kept as an alias of --json.")] = "table",
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Pass although configurations of the baseline are missing from current.")] = False,
+    json_out: JsonFlag = False,
 ) -> None:
     """A baseline results set against a current one, with tolerances; exit 1 on a regression
     or on configurations missing from current."""
@@ -263,8 +311,10 @@ def compare(
     formats = ("table", "markdown", "json")
     if fmt not in formats:
         raise fail(f"--format {fmt!r}: choose from {', '.join(formats)}")
-    comparison = compare_paths(baseline, current, tolerance or (), allow_missing)
     if fmt == "json":
+        typer.echo("note: --format json is deprecated; use --json", err=True)
+    comparison = compare_paths(baseline, current, tolerance or (), allow_missing)
+    if json_out or fmt == "json":
         emit_json(comparison.to_dict())
     elif fmt == "markdown":
         typer.echo(render_checks.compare_markdown(comparison), nl=False)
@@ -277,11 +327,11 @@ def compare(
 
 @app.command(rich_help_panel="Check")
 @with_spec
-def verify(spec: Spec, json_out: JsonFlag = False) -> None:
+def verify(spec: Spec, json_out: JsonFlag = False, max_memory: MaxMemory = None) -> None:
     """Numerical checks: meo == moe-seq, implementations agree, k=1 is the chosen expert."""
     from meo_profile.check.verify import verify as run_checks
 
-    checks = run_checks(spec)
+    checks = run_checks(spec, max_memory)
     ok = all(c.ok for c in checks)
     if json_out:
         emit_json({"ok": ok, "checks": [c.to_dict() for c in checks]})

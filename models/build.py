@@ -87,10 +87,16 @@ def build_model(spec: Spec, device: str | None = None) -> nn.Module:
 
 
 def make_inputs(spec: Spec, device: str | None = None) -> tuple[torch.Tensor, ...]:
-    """A seeded random batch: hidden states (B, T, d) for `layer`, token ids (B, T) otherwise."""
+    """A seeded random batch: hidden states (B, T, d) for `layer`, token ids (B, T) otherwise.
+    On the meta device only the shape exists (counting needs no values, and a batch too large
+    for memory can still be counted)."""
     gen = torch.Generator().manual_seed(spec.seed + 1)
     B, T = spec.batch_size, spec.seq_len
     shape = host_shape(spec.host)
+    if (device or spec.device) == "meta":
+        hidden = shape.inputs == "hidden"
+        size, dtype = ((B, T, spec.d_model), torch_dtype(spec)) if hidden else ((B, T), torch.long)
+        return (torch.empty(size, dtype=dtype, device="meta"),)
     if shape.inputs == "hidden":
         x = torch.randn(B, T, spec.d_model, generator=gen).to(torch_dtype(spec))
     else:

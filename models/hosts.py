@@ -49,6 +49,11 @@ class HostShape:
     router_gates: str | None = None  # the model's own router convention (models/discover.py)
     impls: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # --impl per variant, where the host's own
     check: Callable[[Any], None] | None = None  # validates a spec's sizes against the host's config
+    # Every block of a stack (of each stack, for seq2seq) runs the same ops on the same shapes,
+    # but for the first: FLOP counting may trace one and two blocks and extrapolate, exactly
+    # (meo_profile/measure/stacks.py). A host whose blocks differ (dense first layers, MoE every
+    # other layer, alternating attention) must leave it False.
+    uniform_blocks: bool = False
 
 
 class FFNBlock(nn.Module):
@@ -163,13 +168,17 @@ def _build_bart(spec):
 HOSTS: dict[str, HostShape] = {
     "layer": HostShape(768, 3072, 1, 1, build=_build_layer),
     # BERT-Small as in Turc et al. 2019 (4 layers, 512 wide), the smallest of the paper's figure.
-    "bert-small": HostShape(512, 2048, 4, 8, vocab=30522, build=_build_bert, inputs="ids"),
-    "bert-base": HostShape(768, 3072, 12, 12, vocab=30522, build=_build_bert, inputs="ids"),
-    "bert-large": HostShape(1024, 4096, 24, 16, vocab=30522, build=_build_bert, inputs="ids"),
-    "gpt2": HostShape(768, 3072, 12, 12, vocab=50257, build=_build_gpt2, inputs="ids"),
+    "bert-small": HostShape(512, 2048, 4, 8, vocab=30522, build=_build_bert, inputs="ids",
+                            uniform_blocks=True),
+    "bert-base": HostShape(768, 3072, 12, 12, vocab=30522, build=_build_bert, inputs="ids",
+                           uniform_blocks=True),
+    "bert-large": HostShape(1024, 4096, 24, 16, vocab=30522, build=_build_bert, inputs="ids",
+                            uniform_blocks=True),
+    "gpt2": HostShape(768, 3072, 12, 12, vocab=50257, build=_build_gpt2, inputs="ids",
+                      uniform_blocks=True),
     # seq2seq hosts: `layers` counts encoder + decoder blocks (6 + 6)
     "t5-small": HostShape(512, 2048, 12, 8, vocab=32128, build=_build_t5, inputs="ids", bias=False,
-                         seq2seq=True),
+                         seq2seq=True, uniform_blocks=True),
     "bart-base": HostShape(768, 3072, 12, 12, vocab=50265, build=_build_bart, inputs="ids",
-                          seq2seq=True),
+                          seq2seq=True, uniform_blocks=True),
 }

@@ -254,12 +254,18 @@ def _checker(host: str, own_top_k: int | None = None):
     return check
 
 
+DENSE_FIRST_LAYERS = ("deepseek-v3",)
+
+
 @functools.cache
 def named_shape(host: str) -> HostShape:
     """A published model (models/native_configs.PUBLISHED)."""
     fixed_k = 2 if host == "phimoe" else None  # Phi-3.5-MoE's sparsemixer always routes 2
+    # every decoder layer of the published models is the same MoE block, but DeepSeek-V3's
+    # first ones are dense: counting may extrapolate from two layers for the others
     return _shape(own_sizes(host), router_gates=NAMED_ROUTER_GATES[host],
-                  impls={"moe": NATIVE_MOE_IMPLS}, check=_checker(host, fixed_k))
+                  impls={"moe": NATIVE_MOE_IMPLS}, check=_checker(host, fixed_k),
+                  uniform_blocks=host not in DENSE_FIRST_LAYERS)
 
 
 @functools.cache

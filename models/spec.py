@@ -25,6 +25,13 @@ DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "meta")
 MODES = ("inference", "train")
 
+# Integer fields and their largest value: far beyond any model profiled here (DeepSeek-V3 has
+# 256 experts, 61 layers, width 7168), and small enough that no value makes a build loop run
+# for hours. Sizes of 2**40 still count in seconds on the meta device.
+INT_LIMITS = {"num_experts": 2**16, "top_k": 2**16, "d_model": 2**20, "d_ff": 2**22,
+              "layers": 2**10, "seq_len": 2**40, "batch_size": 2**40}
+MAX_SEED = 2**62
+
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
@@ -66,18 +73,16 @@ class Spec:
         _choice("device", self.device, DEVICES)
         self._set("num_experts", shape.experts if self.num_experts is None else self.num_experts)
         self._set("top_k", shape.top_k if self.top_k is None else self.top_k)
-        self._set("expert_unit", self.expert_unit or ("ffn" if self.variant == "xmoe" else shape.expert_unit))
+        if self.expert_unit is None:  # "" is a value given, and refused below
+            self._set("expert_unit", "ffn" if self.variant == "xmoe" else shape.expert_unit)
         _choice("expert_unit", self.expert_unit, EXPERT_UNITS)
         _choice("mode", self.mode, MODES)
-        for name in ("num_experts", "top_k", "seq_len", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise SpecError(name, getattr(self, name), "must be an integer >= 1")
         self._set("d_model", shape.d_model if self.d_model is None else self.d_model)
         self._set("d_ff", shape.d_ff if self.d_ff is None else self.d_ff)
         self._set("layers", shape.layers if self.layers is None else self.layers)
-        for name in ("d_model", "d_ff", "layers"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise SpecError(name, getattr(self, name), "must be an integer >= 1")
+        for name, most in INT_LIMITS.items():
+            _integer(name, getattr(self, name), 1, most)
+        _integer("seed", self.seed, 0, MAX_SEED)
         if self.d_model % shape.heads:
             raise SpecError("d_model", self.d_model, f"must be divisible by {self.host}'s {shape.heads} heads")
         if shape.rope and (self.d_model // shape.heads) % 2:
@@ -90,6 +95,7 @@ class Spec:
             raise SpecError("device", "cuda", "no CUDA device is available on this machine")
         if not _positive_number(self.router_scale):
             raise SpecError("router_scale", self.router_scale, "must be a finite number > 0")
+        self._validate_knob_values()
         self._validate_variant()
         if shape.check is not None:  # a native host holds the sizes to its config
             shape.check(self)
@@ -98,22 +104,34 @@ class Spec:
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
 
+    def _validate_knob_values(self) -> None:
+        """Each knob given is a valid value, whichever variant reads it (a bad value for a knob
+        the variant ignores is still a mistake worth saying)."""
+        if self.granularity is not None:
+            _integer("granularity", self.granularity, 1, INT_LIMITS["d_ff"])
+        if self.max_k is not None:
+            _integer("max_k", self.max_k, 1, INT_LIMITS["num_experts"] * INT_LIMITS["d_ff"])
+        if self.n_ce is not None:
+            _integer("n_ce", self.n_ce, 0, INT_LIMITS["top_k"])
+        if self.ce_init is not None:
+            _choice("ce_init", self.ce_init, ("ones", "random"))
+        t = self.threshold
+        if t is not None and not (_positive_number(t) and t <= 1.0):
+            raise SpecError("threshold", t, "must be in (0, 1]")
+        if self.capacity_factor is not None and not _positive_number(self.capacity_factor):
+            raise SpecError("capacity_factor", self.capacity_factor, "must be a finite number > 0")
+
     def _validate_variant(self) -> None:
         v = self.variant
         sparse = v != "dense"
         if v == "xmoe":
             g = 1 if self.granularity is None else self.granularity
-            if not isinstance(g, int) or g < 1 or self.d_ff % g:
+            if self.d_ff % g:
                 raise SpecError("granularity", g, f"must be >= 1 and divide d_ff={self.d_ff}")
             self._set("granularity", g)
-            t = 0.9 if self.threshold is None else self.threshold
-            if not (isinstance(t, (int, float)) and 0.0 < t <= 1.0):
-                raise SpecError("threshold", t, "must be in (0, 1]")
-            self._set("threshold", t)
+            self._set("threshold", 0.9 if self.threshold is None else self.threshold)
             if self.max_k is not None and not 1 <= self.max_k <= self.num_experts * g:
                 raise SpecError("max_k", self.max_k, f"must be in 1..{self.num_experts * g}")
-            if self.capacity_factor is not None and not _positive_number(self.capacity_factor):
-                raise SpecError("capacity_factor", self.capacity_factor, "must be a finite number > 0")
             if self.expert_unit != "ffn":
                 raise SpecError("expert_unit", self.expert_unit, "xmoe splits whole FFN experts: use ffn")
         if sparse and v != "xmoe" and self.top_k > self.num_experts:
@@ -123,9 +141,7 @@ class Spec:
             if not 0 <= n_ce < self.top_k:
                 raise SpecError("n_ce", n_ce, f"must be in 0..{self.top_k - 1} (top-k {self.top_k})")
             self._set("n_ce", n_ce)
-            init = self.ce_init or "ones"
-            _choice("ce_init", init, ("ones", "random"))
-            self._set("ce_init", init)
+            self._set("ce_init", "ones" if self.ce_init is None else self.ce_init)
         other_knobs = {k for other in VARIANTS.values() for k in other.knobs} - set(VARIANTS[v].knobs)
         for knob in other_knobs:  # another variant's knob means nothing here: stored as None
             self._set(knob, None)
@@ -152,7 +168,9 @@ class Spec:
                                 f"own block: choose {', '.join(host_impls)}")
             return
         variant = VARIANTS[self.variant]
-        _choice("impl", self.impl, variant.impls + ("auto",))
+        if self.impl != "auto" and self.impl not in variant.impls:
+            raise SpecError("impl", self.impl, f"not an implementation of --variant "
+                            f"{self.variant}; choose from {', '.join(variant.impls + ('auto',))}")
         reason = None if self.impl == "auto" else variant.unavailable(self.impl, self)
         if reason:
             raise SpecError("impl", self.impl, reason)
@@ -181,7 +199,12 @@ class Spec:
 
 
 def _positive_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _integer(name: str, value: Any, least: int, most: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise SpecError(name, value, f"must be an integer in {least}..{most:,}")
 
 
 SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(Spec))

@@ -48,7 +48,7 @@ def compare_cli(tmp_path, baseline, current, *args):
 # -------------------------------------------------------------------------------- latency
 def test_a_20_percent_latency_regression_fails_at_10_percent(tmp_path):
     result = compare_cli(tmp_path, [rec(latency_ms=10.0)], [rec(latency_ms=12.0)],
-                         "--tolerance", "latency=10%", "--format", "json")
+                         "--tolerance", "latency=10%", "--json")
     assert result.exit_code == 1
     payload = json.loads(result.stdout)
     (row,) = [r for r in payload["rows"] if r["field"] == "latency_ms_median"]
@@ -63,7 +63,7 @@ def test_a_5_percent_latency_change_passes_at_10_percent(tmp_path):
 
 
 def test_faster_is_an_improvement_not_a_regression(tmp_path):
-    result = compare_cli(tmp_path, [rec(latency_ms=10.0)], [rec(latency_ms=7.0)], "--format", "json")
+    result = compare_cli(tmp_path, [rec(latency_ms=10.0)], [rec(latency_ms=7.0)], "--json")
     assert result.exit_code == 0
     assert {r["verdict"] for r in json.loads(result.stdout)["rows"]
             if r["field"] == "latency_ms_median"} == {"improved"}
@@ -76,7 +76,7 @@ def test_memory_default_tolerance_is_5_percent(tmp_path):
 
 def test_overlapping_spreads_are_noted(tmp_path):
     result = compare_cli(tmp_path, [rec(latency_ms=10.0)], [rec(latency_ms=10.3)],
-                         "--tolerance", "latency=1%", "--format", "json")
+                         "--tolerance", "latency=1%", "--json")
     (row,) = [r for r in json.loads(result.stdout)["rows"] if r["field"] == "latency_ms_median"]
     assert row["verdict"] == "regression" and "overlap" in row["note"]
 
@@ -93,7 +93,7 @@ def test_counts_must_be_equal_unless_a_tolerance_is_given(tmp_path):
 # -------------------------------------------------------------------------------- devices
 def test_other_device_gives_no_latency_verdict_but_still_judges_counts(tmp_path):
     baseline, current = [rec(latency_ms=10.0)], [rec(latency_ms=30.0, device="Other CPU")]
-    result = compare_cli(tmp_path, baseline, current, "--format", "json")
+    result = compare_cli(tmp_path, baseline, current, "--json")
     assert result.exit_code == 0
     payload = json.loads(result.stdout)
     assert {r["verdict"] for r in payload["rows"] if r["field"] == "latency_ms_median"} == {"no verdict"}
@@ -112,7 +112,7 @@ def test_the_same_device_is_preferred_when_both_are_stored(tmp_path):
 def test_configurations_match_by_spec_and_the_last_record_wins(tmp_path):
     baseline = [rec(top_k=1), rec(top_k=2, latency_ms=50.0), rec(top_k=2)]  # a rerun of k=2
     current = [rec(top_k=2), rec(top_k=3)]
-    result = compare_cli(tmp_path, baseline, current, "--format", "json", "--allow-missing")
+    result = compare_cli(tmp_path, baseline, current, "--json", "--allow-missing")
     assert result.exit_code == 0  # k=2 matched its last baseline record (10 ms, not 50)
     payload = json.loads(result.stdout)
     assert payload["missing_in_current"] == ["layer meo E=4 k=1 B=1 L=8"]
@@ -122,7 +122,7 @@ def test_configurations_match_by_spec_and_the_last_record_wins(tmp_path):
 def test_a_configuration_that_now_fails_is_a_regression(tmp_path):
     broken = {**rec(), "status": "error", "error": "RuntimeError: boom", "macs": None,
               "latency_ms_median": None}
-    result = compare_cli(tmp_path, [rec()], [broken], "--format", "json")
+    result = compare_cli(tmp_path, [rec()], [broken], "--json")
     assert result.exit_code == 1
     assert json.loads(result.stdout)["rows"][0]["verdict"] == "failed"
 
@@ -186,9 +186,16 @@ def test_compare_records_needs_no_files():
 
 def test_configurations_missing_from_current_fail_unless_allowed(tmp_path):
     baseline = [rec("meo"), rec("moe")]
-    result = compare_cli(tmp_path, baseline, [rec("meo")], "--format", "json")
+    result = compare_cli(tmp_path, baseline, [rec("meo")], "--json")
     payload = json.loads(result.stdout)
     assert result.exit_code == 1 and not payload["ok"] and payload["regressions"] == 0
     assert len(payload["missing_in_current"]) == 1 and "moe" in payload["missing_in_current"][0]
     allowed = compare_cli(tmp_path, baseline, [rec("meo")], "--allow-missing")
     assert allowed.exit_code == 0 and "only in baseline" in allowed.stdout
+
+
+def test_format_json_is_kept_as_a_deprecated_alias_of_json(tmp_path):
+    new = compare_cli(tmp_path, [rec(latency_ms=10.0)], [rec(latency_ms=10.5)], "--json")
+    old = compare_cli(tmp_path, [rec(latency_ms=10.0)], [rec(latency_ms=10.5)], "--format", "json")
+    assert json.loads(old.stdout) == json.loads(new.stdout)
+    assert "--format json is deprecated; use --json" in old.stderr and new.stderr == ""

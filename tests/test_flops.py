@@ -1,5 +1,6 @@
 """FLOP counts are exact: fvcore (with our handles) and the closed form agree to the integer."""
 
+import dataclasses
 import itertools
 import json
 import subprocess
@@ -9,11 +10,12 @@ from fractions import Fraction
 import pytest
 import torch
 
-from meo_profile.measure import analytic
+from meo_profile.measure import analytic, fvcore_count
 from meo_profile.measure.counting import count, disagreements
 from meo_profile.measure.fvcore_count import count_fvcore
 from meo_profile.measure.preflight import DoesNotFit, check_fits
 from models import Spec, build_model
+from models.catalog import host_shape
 
 VARIANTS = ["dense", "moe", "moe-seq", "meo", "meo-token", "ce"]
 GRID = list(itertools.product(VARIANTS, [(4, 1), (8, 2), (6, 6)], [(1, 16), (3, 7)]))
@@ -169,3 +171,33 @@ def test_xmoe_records_the_routing_it_counted():
     # dropless: every chosen (token, expert) pair runs through one up and one down matrix
     kept_pairs = round(mean * spec.batch_size * spec.seq_len)
     assert counts.macs_by_part["experts"] == kept_pairs * 2 * 16 * 32
+
+
+# ------------------------------------------------------------------ stacks of blocks
+STACKED = [(host, variant, impl) for host in ("bert-small", "gpt2", "t5-small", "bart-base",
+                                               "olmoe", "phimoe")
+           for variant, impl in (("dense", "auto"), ("moe", "auto"), ("meo", "gather"),
+                                 ("ce", "grouped"))]
+
+
+@pytest.mark.parametrize("host, variant, impl", STACKED)
+def test_a_stack_counted_from_two_short_traces_equals_the_full_trace(host, variant, impl):
+    """Every field of the count, per-module breakdown included, to the integer."""
+    shape = host_shape(host)
+    per_stack = 2 if shape.seq2seq else 1
+    d_model = 64 if shape.native else 4 * shape.heads  # a native host scales its own heads
+    spec = Spec(host=host, variant=variant, impl=impl, d_model=d_model, d_ff=24,
+                layers=4 * per_stack, num_experts=4, top_k=2, seq_len=6, batch_size=2)
+    assert fvcore_count.stacked(spec)
+    fast, full = fvcore_count.count_on_meta(spec), fvcore_count._count_on(spec, "meta")
+    assert dataclasses.asdict(fast) == dataclasses.asdict(full)
+
+
+def test_meta_counts_are_shared_across_dtype_device_and_seed_and_handed_out_as_copies():
+    spec = Spec(host="bert-small", variant="meo", num_experts=4, top_k=2, seq_len=8,
+                batch_size=1, layers=3)
+    first = fvcore_count.count_on_meta(spec)
+    first.macs_by_part["experts"] = -1  # a caller's copy: the cached count is untouched
+    again = fvcore_count.count_on_meta(spec.replace(dtype="bfloat16", seed=7))
+    assert again.macs_by_part["experts"] > 0 and again.macs == first.macs
+    assert not fvcore_count.stacked(spec.replace(layers=2))  # as short as the two traces

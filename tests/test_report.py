@@ -48,7 +48,7 @@ def test_prepare_adds_every_schema_column_and_coerces_numbers():
     df = views.records_frame([{"host": "layer", "variant": "meo", "flops": "12", "status": "ok"}])
     assert set(views.COLUMNS) <= set(df.columns)
     assert df["flops"].iloc[0] == 12 and pd.isna(df["latency_ms_median"].iloc[0])
-    assert df["mode"].iloc[0] == "inference"  # a record from before `mode` existed ran inference
+    assert pd.isna(df["mode"].iloc[0])  # nothing is filled in with a default
 
 
 def test_ok_rows_merges_records_of_one_configuration_and_drops_failures():

@@ -18,6 +18,8 @@ def row(**fields):
             "seq_len": 128, "batch_size": 8, "dtype": "bfloat16", "device": "cpu",
             "impl": "grouped", "expert_unit": "linear", "mode": "inference", "seed": 0,
             "d_model": 768, "d_ff": 3072, "layers": 1, "device_name": "cpu0",
+            "n_ce": None, "ce_init": None, "threshold": None, "granularity": None,
+            "max_k": None, "capacity_factor": None, "router_scale": 1.0,
             "created_utc": "2026-01-01T00:00:00+00:00"}
     return {**base, **fields}
 

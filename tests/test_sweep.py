@@ -117,7 +117,8 @@ def test_a_failing_configuration_is_recorded_and_the_rest_completes(tmp_path):
         by_status.setdefault(r["status"], []).append(r)
     assert summary.statuses == {"error": 1, "oom": 1, "ok": 2}
     assert "meta" in by_status["error"][0]["error"]
-    assert "MiB of weights; 976.6 KiB allowed" in by_status["oom"][0]["error"]  # limit 1e6 B
+    assert "(weights 128.6 MiB" in by_status["oom"][0]["error"]
+    assert "the limit is 976.6 KiB (--max-memory)" in by_status["oom"][0]["error"]  # 1e6 B
     assert all(r["latency_ms_median"] > 0 for r in by_status["ok"])
 
 
@@ -226,3 +227,15 @@ def test_default_preset_holds_every_configuration_the_builtin_claims_read():
     needed = plan(claims, pending_reasons(claims))
     jobs, _ = PRESETS["default"].grid.expand()
     assert set(needed.items()) <= set(jobs) and len(jobs) == len(set(jobs))
+
+
+def test_a_dry_run_lists_the_grid_and_its_estimates_and_measures_nothing(tmp_path):
+    out = tmp_path / "never"
+    proc = sweep_cli(out, *TINY_AXES, "--variant", "moe,meo", "--top-k", "1,2", "--dry-run",
+                     "--max-memory", "1KiB")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("layer moe E=") == 2 and proc.stdout.count("layer meo E=") == 2
+    assert "(over: oom)" in proc.stdout
+    assert "4 configurations" in proc.stderr and "4 to measure" in proc.stderr
+    assert "at least 0 s of timed calls" in proc.stderr and "4 over it" in proc.stderr
+    assert not out.exists()

@@ -189,4 +189,5 @@ def test_latency_json_prints_one_record_and_nothing_else():
 def test_latency_bad_option_is_one_line_and_exit_2():
     proc = _cli("latency", *TINY, "--min-run-time", "-1")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "error: --min-run-time -1.0: must be > 0 seconds"
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "error: --min-run-time -1.0: must be a number of seconds in (0, 3600]"

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from meo_profile.core.errors import BadInput
 from meo_profile.measure.trace import kernel_time, summarize_file, trace
 from meo_profile.measure.workload import Workload
 from models import Spec
@@ -71,12 +72,16 @@ def test_kernel_pass_finds_no_device_time_on_cpu():
 
 def test_bad_paths_and_counts_are_refused(tmp_path):
     spec = Spec(variant="moe", **TINY)
-    with pytest.raises(SpecError, match="^--out .*does not exist"):
+    with pytest.raises(BadInput, match="^--out .*does not exist"):
         trace(spec, tmp_path / "missing" / "t.json")
-    with pytest.raises(SpecError, match="^--out .*is a directory"):
+    with pytest.raises(BadInput, match="^--out .*is a directory"):
         trace(spec, tmp_path)
     with pytest.raises(SpecError, match="^--steps 0"):
         trace(spec, tmp_path / "t.json", steps=0)
+    (tmp_path / "t.json").write_text("kept")
+    with pytest.raises(BadInput, match="^--out .*exists; pass --force"):
+        trace(spec, tmp_path / "t.json")
+    assert (tmp_path / "t.json").read_text() == "kept"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

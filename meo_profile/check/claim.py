@@ -6,7 +6,8 @@ the MACs breakdown; see quantities.py), and what that quantity must be (`expect`
 expectations.py). With `ratio`, the quantity is the metric of a numerator selection over the
 same metric of a denominator selection at the same configuration. `requires` lists what the
 current code must be able to do before the claim can be measured at all; while it cannot, the
-claim is `pending`, never `pass`.
+claim is `pending`, never `pass`. A claim whose records are absent from the results judged is
+`unmeasured` (the results were made without those configurations); it neither passes nor fails.
 
 Judging never measures: it reads records (check/run.py measures what claims need).
 """
@@ -29,7 +30,17 @@ from models.variants import VARIANTS
 
 
 class ClaimError(BadInput):
-    """A malformed claim, or a selection that matches no record; one line naming the claim."""
+    """A malformed claim, or a selection that is no valid configuration; one line naming the
+    claim."""
+
+
+class Unmeasured(LookupError):
+    """A case with no record to judge it by; `str()` says which selection found none."""
+
+
+def _fields(selection: dict[str, Any]) -> str:
+    """'host=bert-base variant=moe top_k=4': a selection as one short line."""
+    return " ".join(f"{k}={v}" for k, v in selection.items())
 
 
 # Spec fields that differ between variants by construction (resolved per variant, or stored as
@@ -48,8 +59,11 @@ class Outcome:
     deviation: str = ""
     error: str | None = None  # the measurement failed
     margin: float = math.inf  # see Judgement
+    missing: str | None = None  # no record to judge: which selection found none
 
     def text(self, unit: str, versus: bool = True) -> str:
+        if self.missing:
+            return f"not measured ({self.missing})"
         if self.error:
             return f"measurement failed: {self.error}"
         dev = f" ({self.deviation})" if self.deviation else ""
@@ -61,10 +75,15 @@ class Outcome:
         return f"{self.label}: {text}" if self.label else text
 
 
+VERDICTS = ("pass", "fail", "unmeasured", "pending")
+UNMEASURED_HINT = ("the `default` preset, or `meo-profile check` without RESULTS, measures "
+                   "what the built-in claims read")
+
+
 @dataclass
 class Verdict:
     name: str
-    verdict: str  # pass, fail, pending
+    verdict: str  # one of VERDICTS
     quantity: str  # what was measured, e.g. "flops without router, meo / moe"
     expected: str
     measured: str
@@ -77,7 +96,8 @@ class Verdict:
                 "expected": self.expected, "measured": self.measured, "detail": self.detail,
                 "source": self.source,
                 "cases": [{"config": o.label, "ok": o.ok, "measured": o.measured,
-                           "expected": o.expected, "error": o.error} for o in self.outcomes]}
+                           "expected": o.expected, "error": o.error, "missing": o.missing}
+                          for o in self.outcomes]}
 
 
 @dataclass(frozen=True)
@@ -134,11 +154,15 @@ class Claim:
                        "-", reason, self.source)
 
     def judge(self, records: list[dict[str, Any]]) -> Verdict:
-        """Judge every case against `records`; all must hold. ClaimError if a case has none."""
+        """Judge every case against `records`: all must hold (`pass`); one that does not is a
+        `fail`; without a failure, a case with no record makes the claim `unmeasured`."""
         outcomes = []
         for case in self.cases():
             outcomes += self._judge_case(case, records)
-        failed = [o for o in outcomes if not o.ok]
+        missing = [o for o in outcomes if o.missing]
+        if missing and all(o.ok for o in outcomes if not o.missing):
+            return self._unmeasured(outcomes, missing)
+        failed = [o for o in outcomes if not o.ok and not o.missing]
         shown = failed or outcomes
         worst = max(shown, key=lambda o: o.margin)
         measured = worst.text(self.unit, versus=False) if len(outcomes) == 1 else (
@@ -148,8 +172,22 @@ class Claim:
         return Verdict(self.name, "fail" if failed else "pass", self.quantity_text(),
                        self.expect.describe(self.unit), measured, detail, self.source, outcomes)
 
+    def _unmeasured(self, outcomes: list[Outcome], missing: list[Outcome]) -> Verdict:
+        judged = len(outcomes) - len(missing)
+        measured = f"{judged}/{len(outcomes)} cases measured" if len(outcomes) > 1 else "-"
+        detail = f"no record for {missing[0].missing}" + (
+            f" and {len(missing) - 1} more case(s)" if len(missing) > 1 else "")
+        return Verdict(self.name, "unmeasured", self.quantity_text(),
+                       self.expect.describe(self.unit), measured, detail, self.source, outcomes)
+
     def _judge_case(self, case: dict[str, Any], records: list[dict[str, Any]]) -> list[Outcome]:
         label = self._label(case)
+        try:
+            return self._outcomes(case, label, records)
+        except Unmeasured as why:
+            return [Outcome(label, False, missing=str(why))]
+
+    def _outcomes(self, case: dict[str, Any], label: str, records: list[dict]) -> list[Outcome]:
         if self.ratio is None:
             rows, error = self._usable(case, records)
             if error:
@@ -160,23 +198,22 @@ class Claim:
             return [Outcome(label, False, error=num_err or den_err)]
         pairs = self._pairs(num, den)
         if not pairs:
-            raise ClaimError(f"claim {self.name!r}: no numerator record {self.sides(case)[0]} "
-                             f"shares a configuration with a denominator record {self.sides(case)[1]}")
+            raise Unmeasured(f"{_fields(self.sides(case)[0])} at the configuration of a record "
+                             f"of {_fields(self.sides(case)[1])}")
         return [self._ratio_outcome(label, n, d, case) for n, d in pairs]
 
     def _usable(self, selection: dict[str, Any], records) -> tuple[list[dict], str | None]:
         """Records matching `selection` with the metric measured; or why none is usable."""
         matched = [r for r in records if all(_same(k, r.get(k), v) for k, v in selection.items())]
         if not matched:
-            raise ClaimError(f"claim {self.name!r}: selection {selection} matches no record")
+            raise Unmeasured(_fields(selection))
         ok = [r for r in matched if r.get("status") == "ok" and self.quantity.of(r) is not None]
         if ok:
             return ok, None
         failed = next((r for r in matched if r.get("status") != "ok"), None)
         if failed is not None:
             return [], f"status {failed.get('status')}: {failed.get('error')}"
-        raise ClaimError(f"claim {self.name!r}: the records matching {selection} have no "
-                         f"{self.quantity.describe()} (measured without {self.quantity.spec.needs}?)")
+        raise Unmeasured(f"{_fields(selection)} with {self.quantity.spec.needs} measured")
 
     def _pairs(self, num: list[dict], den: list[dict]) -> list[tuple[dict, dict]]:
         overridden = set(self.ratio[0]) | set(self.ratio[1])
@@ -216,7 +253,8 @@ def _same(name: str, stored: Any, wanted: Any) -> bool:
 
 def judge_all(claims: Iterable[Claim], records: list[dict[str, Any]],
               pending: dict[str, str]) -> tuple[list[Verdict], list[str]]:
-    """Verdicts for every claim (pending ones untouched), and the claims that matched nothing."""
+    """Verdicts for every claim (pending ones untouched), and the claims that could not be
+    judged for a reason other than absent records (bad input)."""
     verdicts, errors = [], []
     for claim in claims:
         if claim.name in pending:

@@ -13,6 +13,7 @@ from meo_profile.check.claim import Claim, ClaimError
 from meo_profile.check.expectations import EXPECT_KEYS, EXPECTATIONS, Approx, Limit
 from meo_profile.check.probes import PROBES
 from meo_profile.check.quantities import CLAIM_METRICS, MACS_PER, PARTS, Quantity
+from meo_profile.core.inputs import read_text
 from models.spec import SPEC_FIELDS
 
 BUILTIN = "claims_builtin.yaml"  # shipped beside this module (package data)
@@ -123,10 +124,7 @@ def load_claims(path: str | Path | None = None) -> list[Claim]:
     if path is None:
         text, origin = resources.files("meo_profile.check").joinpath(BUILTIN).read_text(), BUILTIN
     else:
-        try:
-            text, origin = Path(path).read_text(encoding="utf-8"), str(path)
-        except OSError as e:
-            raise ClaimError(f"--claims {str(path)!r}: {e.strerror or e}") from None
+        text, origin = read_text(path, "--claims"), str(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -17,7 +17,8 @@ from typing import Any
 from meo_profile.check.claim import Claim, ClaimError, Verdict, judge_all
 from meo_profile.check.probes import PROBES
 from meo_profile.core.identity import spec_title
-from meo_profile.measure.run import measure
+from meo_profile.core.inputs import output_dir
+from meo_profile.measure.run import measure, preflight
 from meo_profile.results.store import Store, load, results_path
 from models import Spec
 
@@ -43,17 +44,30 @@ def pending_reasons(claims: list[Claim]) -> dict[str, str]:
 @dataclass
 class CheckRun:
     verdicts: list[Verdict]
-    errors: list[str]  # claims whose selection matched no record: bad input (exit 2)
+    errors: list[str]  # claims that could not be judged for bad input (exit 2)
     records: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # unreadable lines of a results file
+    require_all: bool = False  # an unmeasured claim fails (--require-all)
+
+    def count(self, verdict: str) -> int:
+        return sum(v.verdict == verdict for v in self.verdicts)
 
     @property
     def failed(self) -> list[Verdict]:
-        return [v for v in self.verdicts if v.verdict == "fail"]
+        return [v for v in self.verdicts if v.verdict == "fail"
+                or self.require_all and v.verdict == "unmeasured"]
+
+    @property
+    def judged(self) -> int:
+        return self.count("pass") + self.count("fail")
 
     @property
     def exit_code(self) -> int:
-        return 2 if self.errors else 1 if self.failed else 0
+        """1 when a claim fails (or, with require_all, is unmeasured); else 2 when none could be
+        judged (or a claim is bad input); 0 when every judged claim passes."""
+        if self.failed:
+            return 1
+        return 2 if self.errors or not self.judged else 0
 
 
 def plan(claims: list[Claim], pending: dict[str, str]) -> dict[Spec, tuple[str, ...]]:
@@ -69,12 +83,13 @@ def plan(claims: list[Claim], pending: dict[str, str]) -> dict[Spec, tuple[str, 
 
 
 def measure_plan(needed: dict[Spec, tuple[str, ...]], save: Path | None = None,
-                 log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                 log: Callable[[str], None] | None = None,
+                 max_memory_bytes: int | None = None) -> list[dict[str, Any]]:
     store = Store(save) if save else None
     records = []
     for spec, metrics in needed.items():
         start = time.perf_counter()
-        result = measure(spec, metrics)
+        result = measure(spec, metrics, max_memory_bytes=max_memory_bytes, oversize="refuse")
         if store:
             store.append(result)
         records.append(result.to_dict())
@@ -85,20 +100,25 @@ def measure_plan(needed: dict[Spec, tuple[str, ...]], save: Path | None = None,
     return records
 
 
-def run_checks(claims: list[Claim], results: str | Path | None = None, save: Path | None = None,
-               log: Callable[[str], None] | None = None) -> CheckRun:
+def run_checks(claims: list[Claim], results: str | Path | None = None, save: str | None = None,
+               log: Callable[[str], None] | None = None, require_all: bool = False,
+               max_memory_bytes: int | None = None) -> CheckRun:
     """Judge `claims` against a results file, or against the configurations they need,
     measured now (FLOPs-only claims count on the meta device: seconds, not minutes)."""
     if results is not None and save is not None:
         raise ClaimError("--save: nothing is measured when RESULTS is given")
+    out = output_dir(save, "--save") if save is not None else None  # before any work
     pending = pending_reasons(claims)
     skipped: list[str] = []
     if results is None:
-        records = measure_plan(plan(claims, pending), save, log)
+        needed = plan(claims, pending)
+        for spec, metrics in needed.items():  # before measuring the first one
+            preflight(spec, metrics, max_memory_bytes)
+        records = measure_plan(needed, out, log, max_memory_bytes)
     else:  # stored records are judged as they are (a GPU's records on a CPU machine, too)
-        if not results_path(results).exists():
+        if str(results).strip() == "" or not results_path(results).is_file():
             raise ClaimError(f"RESULTS {str(results)!r}: no results file there")
         loaded = load(results)
         records, skipped = loaded.records, loaded.skipped
     verdicts, errors = judge_all(claims, records, pending)
-    return CheckRun(verdicts, errors, records, skipped)
+    return CheckRun(verdicts, errors, records, skipped, require_all)

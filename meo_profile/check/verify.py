@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from meo_profile.measure.preflight import check_fits
 from models import Spec, build_model, make_inputs, sparse_layers
 from models.catalog import host_shape
 from models.layers import MergedExperts, SparseLayer
@@ -72,10 +73,12 @@ def layer_outputs(captured, variant: str, impl: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def verify(spec: Spec) -> list[Check]:
-    """All checks that apply to the spec's host, sizes and expert unit."""
+def verify(spec: Spec, max_memory_bytes: int | None = None) -> list[Check]:
+    """All checks that apply to the spec's host, sizes and expert unit (refused before anything
+    is built when the forward would not fit: preflight.DoesNotFit)."""
     if spec.device == "meta":
         raise SpecError("device", "meta", "verify compares real outputs: use cpu or cuda")
+    check_fits(spec.replace(mode="inference"), max_memory_bytes)
     tol = TOLERANCE[spec.dtype]
     base = spec.replace(variant="meo-token" if spec.variant == "meo-token" else "meo", impl="auto",
                         mode="inference")

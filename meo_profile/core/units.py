@@ -142,10 +142,15 @@ _BYTE_SUFFIXES = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10
 
 
 def parse_bytes(text: str, flag: str = "--max-memory") -> int:
-    """'8GiB', '500MB', '1e9' -> bytes; a bad value is a one-line error naming the flag."""
-    number = text.strip().lower().rstrip("s")
+    """'8GiB', '500MB', '1e9' -> bytes, at least one; a bad value (not a size, zero, negative,
+    infinite) is a one-line error naming the flag."""
+    number = str(text).strip().lower().rstrip("s")
     unit = number.lstrip("0123456789.e+-_")
     try:
-        return int(float(number[: len(number) - len(unit)]) * _BYTE_SUFFIXES[unit.strip()])
+        size = float(number[: len(number) - len(unit)]) * _BYTE_SUFFIXES[unit.strip()]
     except (KeyError, ValueError):
-        raise ValueError(f"{flag} {text!r}: expected a size such as 8GiB or 500MB") from None
+        size = math.nan
+    if not (math.isfinite(size) and size >= 1):
+        raise ValueError(f"{flag} {text!r}: expected a size of at least 1 byte, such as 8GiB "
+                         "or 500MB")
+    return int(size)

@@ -27,7 +27,6 @@ from collections.abc import Callable
 from meo_profile.measure import analytic_native
 from meo_profile.measure.fvcore_count import Counts
 from models.catalog import host_shape
-from models.hosts import HOSTS
 from models.spec import Spec, SpecError
 
 LAYER_NORM_MACS_PER_ELEMENT = 5  # fvcore's rule for an affine layer_norm
@@ -133,7 +132,7 @@ def _self_attention(spec: Spec, bias: bool = True) -> tuple[int, int]:
 
 
 def _bert(spec: Spec) -> tuple[Counter, int]:
-    N, d, L, V = spec.batch_size * spec.seq_len, spec.d_model, spec.layers, HOSTS[spec.host].vocab
+    N, d, L, V = spec.batch_size * spec.seq_len, spec.d_model, spec.layers, host_shape(spec.host).vocab
     attn_macs, attn_params = _self_attention(spec)
     positions = max(512, spec.seq_len)
     macs = Counter(attention=L * attn_macs, head=N * d * d + N * d * V, norm=_ln(spec, 2 * L + 2))
@@ -144,7 +143,7 @@ def _bert(spec: Spec) -> tuple[Counter, int]:
 
 
 def _gpt2(spec: Spec) -> tuple[Counter, int]:
-    N, d, L, V = spec.batch_size * spec.seq_len, spec.d_model, spec.layers, HOSTS[spec.host].vocab
+    N, d, L, V = spec.batch_size * spec.seq_len, spec.d_model, spec.layers, host_shape(spec.host).vocab
     attn_macs, attn_params = _self_attention(spec)
     positions = max(1024, spec.seq_len)
     macs = Counter(attention=L * attn_macs, head=N * d * V, norm=_ln(spec, 2 * L + 1))
@@ -153,7 +152,7 @@ def _gpt2(spec: Spec) -> tuple[Counter, int]:
 
 
 def _t5(spec: Spec) -> tuple[Counter, int]:
-    N, d, V, H = spec.batch_size * spec.seq_len, spec.d_model, HOSTS[spec.host].vocab, HOSTS[spec.host].heads
+    N, d, V, H = spec.batch_size * spec.seq_len, spec.d_model, host_shape(spec.host).vocab, host_shape(spec.host).heads
     half = spec.layers // 2
     attn_macs, attn_params = _self_attention(spec, bias=False)
     # encoder blocks: self-attention; decoder blocks: self- and cross-attention (equal lengths).
@@ -167,7 +166,7 @@ def _t5(spec: Spec) -> tuple[Counter, int]:
 
 
 def _bart(spec: Spec) -> tuple[Counter, int]:
-    N, d, V = spec.batch_size * spec.seq_len, spec.d_model, HOSTS[spec.host].vocab
+    N, d, V = spec.batch_size * spec.seq_len, spec.d_model, host_shape(spec.host).vocab
     half = spec.layers // 2
     attn_macs, attn_params = _self_attention(spec)
     positions = max(1024, spec.seq_len) + 2  # BART's learned positions are offset by 2

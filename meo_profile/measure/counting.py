@@ -7,33 +7,37 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from meo_profile.core.units import human_bytes
 from meo_profile.measure import analytic
 from meo_profile.measure.fvcore_count import Counts, count_fvcore
 from meo_profile.measure.preflight import DoesNotFit
 from models import Spec, SpecError
 
-COUNTERS: dict[str, Callable[[Spec], Counts]] = {
+# name -> (spec, memory limit in bytes or None) -> Counts; the limit bounds a traced count that
+# needs real tensors (see count_fvcore); the closed form needs no memory.
+COUNTERS: dict[str, Callable[[Spec, int | None], Counts]] = {
     "fvcore": count_fvcore,
-    "analytic": analytic.count,
+    "analytic": lambda spec, max_memory_bytes=None: analytic.count(spec),
 }
 SOURCES = (*COUNTERS, "both")
 
 
-def count(spec: Spec, source: str = "fvcore") -> Counts:
+def count(spec: Spec, source: str = "fvcore", max_memory_bytes: int | None = None) -> Counts:
     """Count with `source`; a traced count that would need more memory than the machine has
     (data-dependent implementations must run on real weights) falls back to the closed form,
     which tests prove equal, and the record says `analytic`. Without a closed form (XMoE,
     whose cost depends on where its router sends tokens) that is bad input: scale down."""
     try:
-        return COUNTERS[source](spec)
+        return COUNTERS[source](spec, max_memory_bytes)
     except DoesNotFit as e:
         try:
             counts = analytic.count(spec)
-        except SpecError:
+        except SpecError:  # no closed form either (XMoE): the memory is what stops the count
             raise SpecError("variant", spec.variant, f"its count depends on routing, which needs a "
                             f"forward on real weights, and {e}: scale the host down (--layers, "
                             "--d-model, --d-ff)") from None
-        counts.note = f"fvcore would need real weights ({e}); closed form used"
+        counts.note = (f"fvcore would trace real weights (about {human_bytes(e.need_bytes)}, "
+                       f"above the {human_bytes(e.limit_bytes)} limit); closed form used")
         return counts
 
 

@@ -21,6 +21,7 @@ routing is frozen by the trace, but the counted implementations' costs do not de
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import warnings
@@ -31,8 +32,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from meo_profile.measure import stacks
 from meo_profile.measure.preflight import check_fits
 from models import Spec, build_model, make_inputs
+from models.catalog import host_shape
 from models.compressed import CompressedVectors
 from models.layers import Merger, SparseLayer, TokenBlock
 from models.native import NativeMoE
@@ -153,16 +156,55 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def count_fvcore(spec: Spec) -> Counts:
-    """Trace one forward of the spec's model with fvcore; meta device where shapes allow."""
+def count_fvcore(spec: Spec, max_memory_bytes: int | None = None) -> Counts:
+    """Trace one forward of the spec's model with fvcore; meta device where shapes allow (else
+    on real tensors, within `max_memory_bytes` or the free memory: DoesNotFit)."""
     try:
-        return _count_on(spec, "meta")
+        return count_on_meta(spec)
     except (RuntimeError, NotImplementedError, TypeError):
         # data-dependent shapes (the per-expert loops, threshold routing) need real tensors;
         # so do some meta kernels under tracing (a conv1d shape check raises TypeError there)
         real = "cpu" if spec.device == "meta" else spec.device
-        check_fits(spec.replace(device=real))
+        check_fits(spec.replace(device=real, mode="inference"), max_memory_bytes)  # a forward
         return _count_on(spec, real)
+
+
+# Meta-device counts by configuration: on meta no value exists, so the count does not depend on
+# dtype, device or seed, and a sweep over those (or `check` after a sweep) counts once.
+_META_COUNTS: dict[Spec, Counts] = {}
+_META_COUNTS_KEPT = 512
+
+
+def count_on_meta(spec: Spec) -> Counts:
+    """The meta-device count of `spec`, traced once per counting-relevant configuration; a
+    stack of identical blocks is traced with one and two blocks (measure/stacks.py)."""
+    key = spec.replace(device="meta", dtype="float32", seed=0)
+    if key not in _META_COUNTS:
+        if len(_META_COUNTS) >= _META_COUNTS_KEPT:
+            _META_COUNTS.pop(next(iter(_META_COUNTS)))  # oldest first
+        _META_COUNTS[key] = _count_stack(spec) if stacked(spec) else _count_on(spec, "meta")
+    return copy.deepcopy(_META_COUNTS[key])  # callers may annotate their copy (note, routing)
+
+
+def forget_counts() -> None:
+    """Empty the meta-count cache (for a caller that changes how counting works, as tests do)."""
+    _META_COUNTS.clear()
+
+
+def stacked(spec: Spec) -> bool:
+    """Whether the count may come from one- and two-block traces: the host's blocks all cost
+    the same, and the model has more than two per stack (else the trace is as short)."""
+    shape = host_shape(spec.host)
+    return shape.uniform_blocks and spec.layers // _per_stack(spec) > 2
+
+
+def _per_stack(spec: Spec) -> int:
+    return 2 if host_shape(spec.host).seq2seq else 1  # encoder + decoder: one block each
+
+
+def _count_stack(spec: Spec) -> Counts:
+    one, two = (_count_on(spec.replace(layers=n * _per_stack(spec)), "meta") for n in (1, 2))
+    return stacks.extend(one, two, spec.layers // _per_stack(spec))
 
 
 def _count_on(spec: Spec, device: str) -> Counts:

@@ -12,9 +12,12 @@ otherwise. Everything after (count, timing, memory, bound) is of that one implem
 the record says which and how it was chosen (`impl`, `impl_choice`, `impl_candidates`).
 
 A request that cannot be measured (timing on the meta device, a closed form that does not exist)
-is bad input: a SpecError, raised before anything runs. Every other failure becomes the record's
-status, never an exception: out-of-memory (real, or a pre-flight estimate above the limit) gives
-`oom`, anything else `error` with its first line, so a sweep records the row and goes on.
+is bad input: a SpecError, raised before anything runs. So is a configuration whose memory
+estimate exceeds the limit (preflight.py), checked before anything is built, when the caller
+asks (`oversize="refuse"`, as the single-configuration commands do); by default it is an `oom`
+row, as a sweep records it. Every other failure becomes the record's status, never an
+exception: a real out-of-memory gives `oom`, anything else `error` with its first line, so a
+sweep records the row and goes on.
 """
 
 from __future__ import annotations
@@ -82,16 +85,22 @@ def check_request(spec: Spec, measurements: tuple[str, ...], source: str = "fvco
 
 def measure(spec: Spec, measurements: tuple[str, ...] = MEASUREMENTS, *, source: str = "fvcore",
             timing: TimingOptions | None = None, max_memory_bytes: int | None = None,
-            phases: Counter | None = None) -> Result:
+            phases: Counter | None = None, oversize: str = "record") -> Result:
     """Measure `spec` as asked, into one Result (see the module doc for failures)."""
     check_request(spec, measurements, source, timing)
     result = Result(spec, metrics=list(measurements)).update(**router_gates(spec))
     try:
+        with timed(phases, "building"):
+            preflight(spec, measurements, max_memory_bytes)
         _measure_into(result, measurements, source, timing or TimingOptions(), max_memory_bytes,
                       phases)
     except SpecError:
         raise
-    except (torch.OutOfMemoryError, DoesNotFit, MemoryError) as e:
+    except DoesNotFit as e:
+        if oversize != "record":
+            raise
+        result.update(status="oom", error=str(e))
+    except (torch.OutOfMemoryError, MemoryError) as e:
         result.update(status="oom", error=_first_line(e) or "out of memory")
     except Exception as e:  # a failing configuration is a recorded row, not a dead sweep
         result.update(status="error", error=f"{type(e).__name__}: {_first_line(e)}")
@@ -106,28 +115,34 @@ def choose_impl(spec: Spec, measurements: tuple[str, ...]) -> Choice:
 
 
 def _measure_into(result: Result, measurements, source, timing, max_memory_bytes, phases) -> None:
-    with timed(phases, "tuning"):
-        if result.spec.impl == "auto" and "latency" in measurements:
-            check_fits(result.spec, limit_bytes=max_memory_bytes)  # before building candidates
+    with timed(phases, "tuning"):  # the pre-flight has checked the model fits, candidates too
         choice = choose_impl(result.spec, measurements)
     result.spec = spec = result.spec.replace(impl=choice.impl)
     result.update(**choice.to_fields())
     if "flops" in measurements:
         with timed(phases, "counting"):
-            result.add_counts(count(spec, "fvcore" if source == "both" else source))
+            result.add_counts(count(spec, "fvcore" if source == "both" else source,
+                                    max_memory_bytes))
             if source == "both":
                 result.cross_check = cross_check(result.counts, spec)
             result.update(**fidelity_fields(spec))
     if "latency" not in measurements and "memory" not in measurements:
         return
     with timed(phases, "building"):
-        check_fits(spec, limit_bytes=max_memory_bytes)
         work = Workload.build(spec)
     with timed(phases, "timing"):
         if "latency" in measurements:
             time_workload(result, work, timing, memory="memory" in measurements)
         else:  # memory alone: one profiled call, no timing loop
             result.update(**peak_memory(work).to_fields())
+
+
+def preflight(spec: Spec, measurements: tuple[str, ...], max_memory_bytes: int | None = None) -> None:
+    """Refuse (DoesNotFit) a measurement whose model would not fit, before anything is built.
+    Counting needs no check here: it runs on the meta device, or checks its own memory where
+    an implementation needs real tensors."""
+    if "latency" in measurements or "memory" in measurements:
+        check_fits(spec, limit_bytes=max_memory_bytes)
 
 
 def time_workload(result: Result, work: Workload, options: TimingOptions, memory: bool = True,
@@ -138,8 +153,8 @@ def time_workload(result: Result, work: Workload, options: TimingOptions, memory
     stepped = time_step(work, options)
     result.add_timing(stepped.timing)
     result.update(tokens_per_s=work.tokens / (result.timing.median_ms / 1e3), allocator=malloc,
-                  **stepped.to_fields(), **routing_summary(work.model),
-                  **touched_summary(work.model))
+                  timing_options=options.to_dict(), **stepped.to_fields(),
+                  **routing_summary(work.model), **touched_summary(work.model))
     if memory:
         result.update(**peak_memory(work).to_fields())
     if bound:
@@ -170,7 +185,7 @@ def fidelity_fields(spec: Spec) -> dict:
     if spec.variant != "ce" or spec.device == "meta":  # fidelity needs a real forward
         return {}
     try:
-        check_fits(spec)
+        check_fits(spec.replace(mode="inference"))
     except DoesNotFit:
         return {}
     model = build_model(spec.replace(mode="inference"))

@@ -15,6 +15,7 @@ drive the loops with a deterministic fake clock.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import timeit
 from collections.abc import Callable
@@ -108,24 +109,34 @@ AUTORANGES = ("blocked", "adaptive")
 TIMING_MODES = ("auto", "graph", "eager")
 
 
+# Upper limits, so that no option can make a run that never returns (an infinite or absurd
+# --min-run-time; adaptive autorange may run up to 10x it).
+MAX_WARMUP = 10_000
+MAX_MIN_RUN_TIME_S = 3600.0
+
+
 @dataclass(frozen=True)
 class TimingOptions:
     """How long and how carefully to time: warm-up calls, minimum measured seconds, CPU
     autorange strategy, L2 flush between CUDA calls, the CPU allocator setting, and the CUDA
-    timing mode."""
+    timing mode. Stored with every timed record (`timing_options`): a resumed sweep measures
+    again what was timed with other options."""
 
     warmup: int = 3
     min_run_time: float = 1.0  # seconds of timed calls, at least
     autorange: str = "blocked"
     flush_l2: bool = False
-    cpu_allocator: str = "retain"  # see meo_profile/allocator.py
+    cpu_allocator: str = "retain"  # see measure/process.py
     timing_mode: str = "auto"  # what was asked; the record's `timing_mode` says what ran
 
     def __post_init__(self) -> None:
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise SpecError("warmup", self.warmup, "must be an integer >= 0")
-        if not self.min_run_time > 0:
-            raise SpecError("min_run_time", self.min_run_time, "must be > 0 seconds")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) \
+                or not 0 <= self.warmup <= MAX_WARMUP:
+            raise SpecError("warmup", self.warmup, f"must be an integer in 0..{MAX_WARMUP}")
+        if isinstance(self.min_run_time, bool) or not isinstance(self.min_run_time, (int, float)) \
+                or not 0 < self.min_run_time <= MAX_MIN_RUN_TIME_S:  # NaN fails both comparisons
+            raise SpecError("min_run_time", self.min_run_time,
+                            f"must be a number of seconds in (0, {MAX_MIN_RUN_TIME_S:g}]")
         if self.autorange not in AUTORANGES:
             raise SpecError("autorange", self.autorange, f"unknown; choose from {', '.join(AUTORANGES)}")
         if self.cpu_allocator not in CPU_ALLOCATORS:
@@ -134,6 +145,10 @@ class TimingOptions:
         if self.timing_mode not in TIMING_MODES:
             raise SpecError("timing", self.timing_mode,
                             f"unknown; choose from {', '.join(TIMING_MODES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record's `timing_options`: every option, so that any future one is kept too."""
+        return dataclasses.asdict(self)
 
 
 def runs_for(per_call_ms: float, min_run_time_s: float) -> int:

@@ -17,6 +17,7 @@ device time of one step, and its split by phase.
 
 from __future__ import annotations
 
+import errno
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,11 @@ from typing import Any
 
 from torch.profiler import ProfilerActivity, profile, schedule
 
+from meo_profile.core.inputs import output_file
 from meo_profile.measure.autotune import autotune
+from meo_profile.measure.preflight import check_fits
 from meo_profile.measure.process import native_stderr_silenced
+from meo_profile.measure.timing import MAX_WARMUP
 from meo_profile.measure.trace_file import TraceAnalysis, analyze_trace, per_step
 from meo_profile.measure.workload import Workload
 from models import Spec
@@ -33,6 +37,7 @@ from models.spec import SpecError
 from models.variants import CUDA_ONLY
 
 KERNEL_PASS_STEPS = 3  # steps the latency records' kernel time is averaged over
+MAX_STEPS = 1000  # profiled steps: each keeps every event in memory until the trace is written
 
 
 @dataclass
@@ -55,13 +60,7 @@ class TraceSummary:
                 "trace_path": self.trace_path, "clock": self.clock, **self.analysis.to_dict()}
 
 
-def check_out_path(out: str | Path) -> Path:
-    path = Path(out)
-    if path.is_dir():
-        raise SpecError("out", str(out), "is a directory; give a file name such as trace.json")
-    if not path.parent.exists() and str(path.parent) != "":
-        raise SpecError("out", str(out), f"directory {str(path.parent)!r} does not exist")
-    return path
+MAX_STEPS = 1000  # profiled steps: each keeps every event in memory until the trace is written
 
 
 def profile_to_file(work: Workload, path: Path, steps: int, details: bool = True) -> None:
@@ -80,24 +79,30 @@ def profile_to_file(work: Workload, path: Path, steps: int, details: bool = True
             prof.step()
 
 
-def trace(spec: Spec, out: str | Path = "trace.json", *, warmup: int = 2,
-          steps: int = 1) -> TraceSummary:
+def trace(spec: Spec, out: str | Path = "trace.json", *, warmup: int = 2, steps: int = 1,
+          overwrite: bool = False, max_memory_bytes: int | None = None) -> TraceSummary:
     """Profile `steps` steps of `spec` after `warmup` unprofiled ones; write the Chrome trace to
-    `out` (Perfetto opens it) and return its summary."""
+    `out` (Perfetto opens it; a name ending .gz is compressed) and return its summary.
+
+    Checked before anything is built: the device, the counts, that `out` can be written (an
+    existing file only with `overwrite`), and that the configuration fits in memory."""
     if spec.device not in ("cpu", "cuda"):
         raise SpecError("device", spec.device, "cannot be traced: use cpu or cuda")
-    for name, value, least in (("warmup", warmup, 0), ("steps", steps, 1)):
-        if value < least:
-            raise SpecError(name, value, f"must be >= {least}")
+    for name, value, least, most in (("warmup", warmup, 0, MAX_WARMUP), ("steps", steps, 1, MAX_STEPS)):
+        if not least <= value <= most:
+            raise SpecError(name, value, f"must be an integer in {least}..{most}")
     if spec.impl in CUDA_ONLY and spec.device != "cuda":
         raise SpecError("impl", spec.impl, "is a CUDA kernel: on CPU Triton only interprets it")
-    path = check_out_path(out)
+    path = output_file(out, "--out", overwrite=overwrite)
+    check_fits(spec, max_memory_bytes)
     spec = spec.replace(impl=autotune(spec).impl)  # auto: what `latency` would time
     work = Workload.build(spec)
     for _ in range(warmup):  # first calls pay one-time costs (allocations, kernel selection)
         work.step()
     work.sync()
     profile_to_file(work, path, steps)
+    if not path.is_file() or not path.stat().st_size:  # kineto reports a failed write only in a log
+        raise OSError(errno.EIO, "the profiler did not write the trace file", str(path))
     return TraceSummary(spec, str(path), analyze_trace(path))
 
 

@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from meo_profile.core.errors import BadInput
-from meo_profile.report import figures, tables, views
+from meo_profile.core.inputs import output_dir
+from meo_profile.report import figures, provenance, tables, views
 from meo_profile.report.findings import findings
 from meo_profile.report.tables import Table, as_list
 from meo_profile.results.store import load, load_warnings, results_path
@@ -139,15 +140,17 @@ def build_report(records: list[dict], command: str, source: str = "results.jsonl
     every = views.records_frame(records)
     ok = views.ok_rows(every)
     blocks: list[Block] = [Heading("meo-profile report", 1), Paragraph(_provenance(every, command, source)),
-                           TableBlock(tables.setup_table(every, skipped_lines, command,
+                           TableBlock(provenance.setup_table(every, skipped_lines, command,
                                                          load_warnings))]
     for number, section in enumerate(SECTIONS, 1):  # numbered here, so a new section renumbers
         blocks += section_blocks(section, ok, number)
     blocks += [Heading(f"{len(SECTIONS) + 1}. Findings"),
                Bullets(findings(ok) or ["No finding: the results hold no comparison."])]
-    failed = tables.failures_table(every)
+    failed, fixed = provenance.failures_table(every), provenance.history_table(every)
     if failed is not None:
         blocks += [Heading("Configurations that did not complete"), TableBlock(failed)]
+    if fixed is not None:
+        blocks += [Heading("Earlier failures, fixed since"), TableBlock(fixed)]
     return Report(blocks)
 
 
@@ -166,8 +169,9 @@ def section_blocks(section: Section, ok: pd.DataFrame, number: int) -> list[Bloc
 
 def _provenance(every: pd.DataFrame, command: str, source: str) -> str:
     newest = every["created_utc"].dropna().max() if every["created_utc"].notna().any() else "–"
-    return (f"Produced by `{command}` from `{source}` ({len(every)} records, newest {newest}). "
-            f"FLOPs are 2 × MACs (one multiply-add counts as two operations) throughout.")
+    return (f"Rendered by `{command}` from `{source}` ({len(every)} records, newest {newest}; "
+            f"the commands that measured them are in the setup table). FLOPs are 2 × MACs "
+            f"(one multiply-add counts as two operations) throughout.")
 
 
 # ------------------------------------------------------------------------------ markdown
@@ -244,18 +248,16 @@ WRITERS: dict[str, tuple[str, Callable[[Report], str]]] = {
 
 
 # ------------------------------------------------------------------------------ files
-def load_results(results: str | Path) -> tuple[Path, list[dict], int]:
-    """(results file, records, unreadable line count); ReportError when there is nothing to read."""
+def load_results(results: str | Path) -> tuple[Path, list[dict], list[str]]:
+    """(results file, records, unreadable lines: "file:line: why"); ReportError when there is
+    nothing to read."""
     file = results_path(results)
-    if not file.is_file():
-        raise ReportError(f"{results}: no results file ({file.name} expected)")
-    try:
-        loaded = load(file)
-    except (OSError, UnicodeDecodeError) as e:
-        raise ReportError(f"{file}: unreadable ({e.__class__.__name__}: {e})") from None
+    if str(results).strip() == "" or not file.is_file():
+        raise ReportError(f"RESULTS {str(results)!r}: no results file ({file.name} expected)")
+    loaded = load(file)  # unreadable lines are skipped and counted; an unreadable file is bad input
     if not loaded.records:
         raise ReportError(f"{file}: no readable records")
-    return file, loaded.records, len(loaded.skipped)
+    return file, loaded.records, loaded.skipped
 
 
 def write_report(report: Report, out_dir: Path, fmt: str = "md") -> Path:
@@ -290,9 +292,9 @@ def render_report(results: str | Path, out_dir: str | Path | None = None, fmt: s
     if fmt not in WRITERS:
         raise ReportError(f"--format {fmt!r}: unknown; choose from {', '.join(WRITERS)}")
     file, records, skipped = load_results(results)
-    out = Path(out_dir) if out_dir is not None else file.parent
+    out = output_dir(out_dir if out_dir is not None else file.parent, "--out")
     report = build_report(records, command or report_command(results, out_dir, fmt), file.name,
-                          skipped, load_warnings(file.parent))
+                          len(skipped), load_warnings(file.parent))
     return write_report(report, out, fmt)
 
 
@@ -309,9 +311,9 @@ def summary_tables(records: list[dict], skipped_lines: int = 0, command: str | N
     the four methods, failures."""
     every = views.records_frame(records)
     ok = views.ok_rows(every)
-    out = [tables.setup_table(every, skipped_lines, command, load_warnings)]
+    out = [provenance.setup_table(every, skipped_lines, command, load_warnings)]
     out += [t for fn in KEY_TABLES for t in fn(ok)]
-    failed = tables.failures_table(every)
+    failed = provenance.failures_table(every)
     return out + ([failed] if failed is not None else [])
 
 
@@ -330,5 +332,5 @@ def print_summary(results: str | Path, console: Console | None = None,
     """Print the key tables of a results set to the terminal."""
     file, records, skipped = load_results(results)
     console = console or Console()
-    for t in summary_tables(records, skipped, command, load_warnings(file.parent)):
+    for t in summary_tables(records, len(skipped), command, load_warnings(file.parent)):
         console.print(rich_table(t))

@@ -52,35 +52,6 @@ def table(title: str, header: list[tuple[str, bool]], rows: Iterable[list[str]],
                  {i for i, (_, right) in enumerate(header) if right})
 
 
-# ------------------------------------------------------------------------------ setup
-def _unique(df: pd.DataFrame, col: str) -> str:
-    values = [str(v) for v in pd.unique(df[col].dropna())] if col in df else []
-    return ", ".join(sorted(values)) or NA
-
-
-SETUP_FIELDS = (("device", "device"), ("machine", "device_name"), ("dtype", "dtype"),
-                ("torch", "torch_version"), ("fvcore", "fvcore_version"),
-                ("transformers", "transformers_version"), ("python", "python_version"),
-                ("threads", "num_threads"), ("timer", "timer"), ("timing mode", "timing_mode"),
-                ("allocator", "allocator"), ("memory method", "mem_method"),
-                ("git commit", "git_commit"))
-
-
-def setup_table(all_rows: pd.DataFrame, skipped_lines: int = 0, command: str | None = None,
-                load_warnings: Iterable[str] = ()) -> Table:
-    """What produced the results: the command, machines, numerics, library versions, counts,
-    and the load the sweep ran under when its guard saw contention."""
-    rows = [["command", command]] if command else []
-    rows += [[name, _unique(all_rows, col)] for name, col in SETUP_FIELDS]
-    counts = all_rows["status"].value_counts()
-    rows.append(["records", ", ".join(f"{counts.get(s, 0)} {s}" for s in
-                                      ("ok", "oom", "error"))])
-    if skipped_lines:
-        rows.append(["unreadable lines", str(skipped_lines)])
-    rows += [["load warning", w] for w in load_warnings]
-    return table("Setup", [("field", False), ("value", False)], rows)
-
-
 # ------------------------------------------------------------------------------ paper
 def paper_measurement(ok: pd.DataFrame, number: PaperNumber) -> pd.Series | None:
     """The stored configuration that matches a printed number's setting (fvcore counts before
@@ -385,16 +356,6 @@ def _latency_text(r) -> str:
 
 def _with_ratio(text: str, ratio: float) -> str:
     return text if text == NA or missing(ratio) else f"{text}, {fmt_times(ratio)}"
-
-
-# ------------------------------------------------------------------------------ failures
-def failures_table(all_rows: pd.DataFrame) -> Table | None:
-    bad = all_rows[all_rows["status"] != "ok"]
-    if bad.empty:
-        return None
-    rows = [[r["status"], config_title(r), (r["error"] or "")[:100]] for r in bad.to_dict("records")]
-    return table("", [("status", False),
-                 ("configuration", False), ("message", False)], rows)
 
 
 # A table function takes the successful rows and returns tables (possibly none).

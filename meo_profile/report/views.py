@@ -13,7 +13,6 @@ columns say their unit in their name (`gflops`).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,7 +23,7 @@ from meo_profile.core.identity import config_fields
 from meo_profile.core.paper import meo_flops_ratio_closed_form
 from meo_profile.results.record import ENV_FIELDS, IDENTITY_FIELDS, Result
 from models.catalog import HOST_NAMES
-from models.spec import SPEC_FIELDS, Spec
+from models.spec import SPEC_FIELDS
 from models.variants import VARIANTS
 
 COLUMNS = IDENTITY_FIELDS + SPEC_FIELDS + Result.measured_fields() + ENV_FIELDS
@@ -46,28 +45,43 @@ VANILLA = ("moe", "moe-seq")
 MERGED = ("meo", "meo-token")
 # ------------------------------------------------------------------------------- rows in
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One row per configuration with every schema column, numbers numeric.
-
-    Records of the same configuration (a resumed or repeated sweep) merge: the newest non-null
-    value of each field wins, so a flops-only record and a latency-only one make one row.
-    """
+    """One row per record with every schema column, numbers numeric. Nothing is filled in: the
+    store refuses records without their required fields (results/record.py), and a value a
+    record does not hold stays null."""
     df = pd.DataFrame(list(records))
     df = df.reindex(columns=list(dict.fromkeys([*COLUMNS, *df.columns])))
-    for col, default in SPEC_DEFAULTS.items():
-        # a record older than a spec field ran its default
-        df[col] = df[col].fillna(default)
     for col in NUMERIC:
         df[col] = pd.to_numeric(df[col], errors="coerce")
-    df["status"] = df["status"].fillna("ok")
     return df.assign(distrusted=below_bound(df))
 
 
-SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Spec)
-                 if f.default is not None and f.default is not dataclasses.MISSING}
+# --------------------------------------------------------------------------- outcomes
+def _outcome_keys(df: pd.DataFrame) -> pd.Series:
+    """One key per measurement asked for: the configuration on its machine and the metrics
+    (a flops-only record and a timed one of the same spec are two measurements)."""
+    metrics = [",".join(sorted(m)) if isinstance(m, list) else "" for m in df["metrics"]]
+    configs = df[list(CONFIG_KEY)].itertuples(index=False, name=None)
+    return pd.Series([f"{c!r}|{m}" for c, m in zip(configs, metrics)], index=df.index)
+
+
+def outcomes(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(latest, fixed): the newest record of each measurement, and the failures a later record
+    of the same measurement fixed (history, not a configuration that did not complete)."""
+    if df.empty:
+        return df, df
+    ordered = df.assign(_key=_outcome_keys(df)) \
+        .sort_values("created_utc", na_position="first", kind="stable")
+    latest = ordered.groupby("_key", sort=False).tail(1)
+    fixed_keys = set(latest.loc[latest["status"] == "ok", "_key"])
+    earlier = ordered.drop(index=latest.index)
+    fixed = earlier[(earlier["status"] != "ok") & earlier["_key"].isin(fixed_keys)]
+    return latest.drop(columns="_key"), fixed.drop(columns="_key")
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The successful records, one row per configuration (see `prepare`), with a device label."""
+    """The successful records, one row per configuration with a device label. Records of one
+    configuration (a resumed or repeated sweep) merge: the newest non-null value of each field
+    wins, so a flops-only record and a latency-only one make one row."""
     ok = df[df["status"] == "ok"].sort_values("created_utc", na_position="first", kind="stable")
     if ok.empty:
         return ok.assign(device_label=pd.Series(dtype=object))

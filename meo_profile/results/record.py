@@ -13,7 +13,9 @@ import functools
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -22,11 +24,23 @@ from typing import Any
 import torch
 
 from models.spec import Spec
+from models.variants import VARIANTS
 
 SCHEMA_VERSION = 1
 # A field with this metadata is a detail kept beside the record in memory, never stored.
 NOT_STORED = {"stored": False}
 IDENTITY_FIELDS = ("schema_version", "run_id", "created_utc", "status", "error")
+STATUSES = ("ok", "oom", "error")
+# What a stored line must carry to be a record: how it ended and which configuration it
+# measured. Every record this project has written has them (these spec fields are stored since
+# schema 1), so nothing is filled in with defaults: a line without them is reported as
+# unreadable. A spec field added later is not required (older records lack it); variant knobs
+# are stored as null by the variants they do not apply to.
+REQUIRED_FIELDS = ("status", "host", "variant", "num_experts", "top_k", "d_model", "d_ff",
+                   "seq_len", "batch_size", "dtype", "device", "impl", "expert_unit", "seed",
+                   "mode", "layers", "n_ce", "ce_init", "threshold", "granularity", "max_k",
+                   "capacity_factor", "router_scale")
+NULLABLE_FIELDS = frozenset(k for v in VARIANTS.values() for k in v.knobs)
 
 
 @dataclass
@@ -88,6 +102,10 @@ class Result:
     experts_touched_mean: float | None = None  # distinct experts a MoE layer ran, mean over layers
     # fidelity (compressed experts): ||y - y_full|| / ||y_full||
     rel_l2_error: float | None = None
+    # provenance: how the latency was measured (TimingOptions, null when nothing was timed),
+    # and the command line that produced the record
+    timing_options: dict[str, Any] | None = None
+    command: str | None = field(default_factory=lambda: invocation())
     # identity and environment
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     created_utc: str = field(
@@ -143,6 +161,15 @@ class Result:
         return self.update(**timing.to_fields())
 
 
+def invocation(argv: list[str] | None = None) -> str:
+    """The command line this process runs, as a user would type it: `meo-profile ARGS` for the
+    command line (console script or `python -m cli`), the program and its arguments otherwise."""
+    argv = sys.argv if argv is None else argv
+    program = os.path.basename(argv[0]) if argv else "python"
+    name = "meo-profile" if program in ("meo-profile", "cli.py", "cli") else program
+    return shlex.join([name, *argv[1:]])
+
+
 ENV_FIELDS = ("torch_version", "fvcore_version", "transformers_version", "python_version",
               "device_name", "num_threads", "git_commit")
 
@@ -157,7 +184,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         "python_version": platform.python_version(),
         "device_name": device_name(device),
         "num_threads": torch.get_num_threads(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
 
 
@@ -174,7 +201,7 @@ def device_name(device: str) -> str:
     return f"{model} ({os.cpu_count()} cores)"
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, timeout=5,
@@ -182,6 +209,18 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """Why a stored JSON object is not a readable record (None when it is one)."""
+    absent = [f for f in REQUIRED_FIELDS if f not in record
+              or (record[f] is None and f not in NULLABLE_FIELDS)]
+    if absent:
+        shown = ", ".join(absent[:4]) + (f" and {len(absent) - 4} more" if len(absent) > 4 else "")
+        return f"missing required field(s) {shown}"
+    if record["status"] not in STATUSES:
+        return f"status {record['status']!r} is none of {', '.join(STATUSES)}"
+    return None
 
 
 def to_json_line(result: Result) -> str:

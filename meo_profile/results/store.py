@@ -1,8 +1,9 @@
 """The results store: `results.jsonl` (one record a line, appended and flushed as measured),
 `results.csv` regenerated from it, and `environment.json` beside them.
 
-Loading tolerates what an interrupted writer leaves: a truncated or unreadable line is reported
-and skipped, never a crash.
+Loading tolerates what an interrupted writer or a hand edit leaves: a truncated line, bytes that
+are not UTF-8, or an object without the record's required fields is reported and skipped, never
+a crash and never filled in with defaults.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from meo_profile.results.record import Result, to_json_line
+from meo_profile.core.errors import BadInput
+from meo_profile.results.record import Result, record_problem, to_json_line
 
 RESULTS_FILE = "results.jsonl"
 CSV_FILE = "results.csv"
@@ -41,19 +43,36 @@ def load(path: str | Path) -> Loaded:
     file = results_path(path)
     if not file.exists():
         return loaded
-    with open(file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as e:
-                loaded.skipped.append(f"{file.name}:{lineno}: {e.__class__.__name__}: {str(e)[:80]}")
-                continue
-            loaded.records.append(record)
+    try:
+        lines = file.read_bytes().split(b"\n")
+    except OSError as e:
+        raise BadInput(f"{str(file)!r}: cannot read it ({e.strerror or e})") from None
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            record = parse_line(raw)
+        except ValueError as e:
+            loaded.skipped.append(f"{file.name}:{lineno}: {str(e)[:100]}")
+            continue
+        loaded.records.append(record)
     return loaded
+
+
+def parse_line(raw: bytes) -> dict[str, Any]:
+    """One stored line as a record; ValueError saying why it is not one."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    except ValueError as e:
+        raise ValueError(f"not JSON ({e})") from None
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    problem = record_problem(record)
+    if problem:
+        raise ValueError(problem)
+    return record
 
 
 def read_environment(directory: str | Path) -> dict[str, Any]:

@@ -22,8 +22,9 @@ from typing import Any
 import yaml
 
 from meo_profile.core.errors import BadInput
+from meo_profile.core.inputs import read_text, split_list
 from meo_profile.measure.run import MEASUREMENTS
-from models.spec import FLAG_OF, SPEC_FIELDS, Spec, SpecError
+from models.spec import FLAG_OF, SPEC_FIELDS, Spec, SpecError, flag_of
 
 # flag spelling -> spec field, so config files and axis flags take what the CLI shows
 _ALIASES = {flag.lstrip("-").replace("-", "_"): name for name, flag in FLAG_OF.items()}
@@ -137,9 +138,7 @@ def typed_value(key: str, name: str, value: Any) -> Any:
 def load_config(path: str | Path) -> Grid:
     """A grid from a YAML file; errors name the key (exit 2 at the command line)."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise GridError(f"--config {str(path)!r}: cannot read ({e.strerror})") from None
+        data = yaml.safe_load(read_text(path, "--config"))
     except yaml.YAMLError as e:
         raise GridError(f"--config {str(path)!r}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -165,14 +164,12 @@ def _block_entry(entry: Any, metrics: tuple[str, ...], index: int) -> Block:
 def parse_axis_flag(name: str, text: str) -> list[Any]:
     """`--top-k 1,2,4` -> [1, 2, 4], typed like the spec field (a bad item names the flag)."""
     typ = _FIELD_TYPES[name]
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise GridError(f"{FLAG_OF.get(name, '--' + name.replace('_', '-'))}: empty list")
+    items = split_list(text, flag_of(name))
     try:
         return [typ(t) for t in items]
     except ValueError:
-        raise GridError(f"{FLAG_OF.get(name, '--' + name.replace('_', '-'))} {text!r}: "
-                        f"expected comma-separated {typ.__name__} values") from None
+        raise GridError(f"{flag_of(name)} {text!r}: expected comma-separated {typ.__name__} "
+                        "values") from None
 
 
 _FIELD_TYPES = {

@@ -3,17 +3,20 @@ are stored, and how to ask again after an interruption."""
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meo_profile.core.units import parse_bytes
+from meo_profile.core.identity import MACHINE_FIELD
+from meo_profile.core.inputs import output_dir, split_list
+from meo_profile.measure.preflight import MemoryEstimate, estimate, memory_limit
 from meo_profile.measure.run import check_request
 from meo_profile.measure.timing import TimingOptions
+from meo_profile.results.record import device_name, invocation
+from meo_profile.results.store import load
 from meo_profile.sweep.grid import Block, Grid, GridError, load_config, parse_metrics
 from meo_profile.sweep.presets import PRESETS
-from meo_profile.sweep.run import SweepOptions
+from meo_profile.sweep.run import SweepOptions, job_key, stored_keys
 from models import Spec
 
 Job = tuple[Spec, tuple[str, ...]]
@@ -49,29 +52,57 @@ class SweepPlan:
     jobs: list[Job]
     options: SweepOptions
     impossible: int  # grid combinations left out: top-k above the expert count
+    estimate: str | None = None  # a preset's measured duration, as `meo-profile presets` says
 
 
-def plan_sweep(preset: str | None, config: Path | None, axes: dict[str, list[Any]],
-               metrics: str | None, out: Path | None, resume: bool, max_memory: str | None,
-               timing: TimingOptions) -> SweepPlan:
-    """What `meo-profile sweep` runs. Every job is checked to be measurable before the first
-    one runs, so bad input stops the sweep at once rather than halfway."""
-    grid, name = plan_grid(preset, config, axes, parse_metrics(metrics.split(",")) if metrics else None)
+def plan_sweep(preset: str | None, config: str | Path | None, axes: dict[str, list[Any]],
+               metrics: str | None, out: str | Path | None, resume: bool,
+               max_memory_bytes: int | None, timing: TimingOptions) -> SweepPlan:
+    """What `meo-profile sweep` runs. Every job is checked to be measurable, and the output
+    directory writable, before the first one runs, so bad input stops the sweep at once rather
+    than halfway."""
+    asked = parse_metrics(split_list(metrics, "--metrics")) if metrics is not None else None
+    grid, name = plan_grid(preset, config, axes, asked)
     jobs, impossible = grid.expand()
     for spec, measurements in jobs:
         check_request(spec, measurements, timing=timing)
-    try:
-        limit = parse_bytes(max_memory) if max_memory else None
-    except ValueError as e:
-        raise GridError(str(e)) from None
-    options = SweepOptions(out=out or Path("reports") / name, resume=resume,
-                           max_memory_bytes=limit, timing=timing)
-    return SweepPlan(jobs, options, impossible)
+    out = output_dir(Path("reports") / name if out is None else out, "--out")
+    options = SweepOptions(out=out, resume=resume, max_memory_bytes=max_memory_bytes,
+                           timing=timing)
+    return SweepPlan(jobs, options, impossible, PRESETS[name].estimate if name in PRESETS else None)
+
+
+# -------------------------------------------------------------------------------- dry run
+@dataclass
+class PlannedJob:
+    spec: Spec
+    metrics: tuple[str, ...]
+    stored: bool  # resume would skip it
+    memory: MemoryEstimate | None  # for jobs that build the model (latency, memory)
+    fits: bool = True
+
+
+def preview(plan: SweepPlan) -> list[PlannedJob]:
+    """`sweep --dry-run`: each job, whether it is stored already, and its memory estimate
+    against the limit (a job above it would be recorded as oom). Nothing is built."""
+    options = plan.options
+    done = stored_keys(load(options.out).records) if options.resume else set()
+    limits: dict[str, int] = {}
+    out = []
+    for spec, metrics in plan.jobs:
+        key = job_key({**spec.to_dict(), MACHINE_FIELD: device_name(spec.device)}, metrics,
+                      options.timing.to_dict())
+        memory = estimate(spec) if "latency" in metrics or "memory" in metrics else None
+        if memory is not None and spec.device not in limits:
+            limits[spec.device] = memory_limit(spec.device, options.max_memory_bytes)[0]
+        fits = memory is None or memory.total_bytes <= limits[spec.device]
+        out.append(PlannedJob(spec, metrics, key in done, memory, fits))
+    return out
 
 
 def command_line(argv: list[str]) -> str:
-    """The sweep command as typed (the report names the command that produced its data)."""
-    return shlex.join(["meo-profile", *argv])
+    """The sweep command as typed (the report names the command that rendered it)."""
+    return invocation(["meo-profile", *argv])
 
 
 def resume_command(argv: list[str]) -> str:

@@ -70,16 +70,19 @@ class SweepSummary:
 
 
 # ------------------------------------------------------------------------------- identity
-def job_key(fields: dict[str, Any], metrics) -> tuple:
+def job_key(fields: dict[str, Any], metrics, timing_options: dict | None = None) -> tuple:
     """What makes two records the same measurement: the configuration, on the same machine (a
-    resumed sweep on another machine measures again), with the same metrics."""
-    return config_key(fields, machine=True), tuple(sorted(metrics or ()))
+    resumed sweep on another machine measures again), with the same metrics and, when it is
+    timed, the same timing options (a latency taken with other options is measured again)."""
+    timed = "latency" in (metrics or ())
+    options = tuple(sorted((timing_options or {}).items())) if timed else ()
+    return config_key(fields, machine=True), tuple(sorted(metrics or ())), options
 
 
 def stored_keys(records: list[dict[str, Any]]) -> set[tuple]:
     """Configurations a resumed sweep skips: those stored with a result. A failed row stays
     in the file (nothing is lost) and its configuration is tried again."""
-    return {job_key(r, r.get("metrics")) for r in records
+    return {job_key(r, r.get("metrics"), r.get("timing_options")) for r in records
             if r.get("status") == "ok"}
 
 
@@ -155,9 +158,9 @@ def run_sweep(jobs: list[tuple[Spec, tuple[str, ...]]], options: SweepOptions,
             summary.set_aside = start_over(options.out)
         store = Store(options.out)
         done = stored_keys(store.records()) if options.resume else set()
-        guard = with_time(summary, "load guard", LoadGuard(timed_targets(jobs, done)).start)
+        guard = with_time(summary, "load guard", LoadGuard(timed_targets(jobs, done, options.timing)).start)
         for spec, metrics in jobs:
-            if _key(spec, metrics) in done:
+            if _key(spec, metrics, options.timing) in done:
                 summary.already_stored += 1
                 progress("skip", spec, None)
                 continue
@@ -185,14 +188,16 @@ def run_sweep(jobs: list[tuple[Spec, tuple[str, ...]]], options: SweepOptions,
     return summary
 
 
-def _key(spec: Spec, metrics) -> tuple:
-    return job_key({**spec.to_dict(), MACHINE_FIELD: device_name(spec.device)}, metrics)
+def _key(spec: Spec, metrics, timing: TimingOptions) -> tuple:
+    return job_key({**spec.to_dict(), MACHINE_FIELD: device_name(spec.device)}, metrics,
+                   timing.to_dict())
 
 
-def timed_targets(jobs: list[tuple[Spec, tuple[str, ...]]], done: set[tuple]) -> list[tuple[str, str]]:
+def timed_targets(jobs: list[tuple[Spec, tuple[str, ...]]], done: set[tuple],
+                  timing: TimingOptions) -> list[tuple[str, str]]:
     """(device, dtype) pairs this run will time: the load guard probes their peaks."""
     return sorted({(spec.device, spec.dtype) for spec, metrics in jobs
-                   if "latency" in metrics and _key(spec, metrics) not in done})
+                   if "latency" in metrics and _key(spec, metrics, timing) not in done})
 
 
 def with_time(summary: SweepSummary, phase: str, fn: Callable[[], Any]) -> Any:

@@ -8,10 +8,11 @@ import xml.etree.ElementTree as ET
 from rich.markup import escape
 from rich.table import Table
 
-from meo_profile.check.claim import Verdict
+from meo_profile.check.claim import UNMEASURED_HINT, VERDICTS, Verdict
 from meo_profile.check.compare import Comparison, Row, format_cell, format_change
+from meo_profile.check.run import CheckRun
 
-VERDICT_STYLE = {"pass": "green", "fail": "bold red", "pending": "yellow",
+VERDICT_STYLE = {"pass": "green", "fail": "bold red", "pending": "yellow", "unmeasured": "yellow",
                  "ok": "green", "improved": "green", "regression": "bold red",
                  "changed": "bold red", "failed": "bold red", "no verdict": "yellow",
                  "not measured": "yellow"}
@@ -27,48 +28,60 @@ def check_table(verdicts: list[Verdict]) -> Table:
     table = Table(title="meo-profile check", caption="FLOPs = 2 x MACs; ratios are numerator / "
                   "denominator at the same configuration; details with --json")
     table.add_column("claim", no_wrap=True)
-    for col in ("quantity", "expected", "measured", "verdict"):
+    for col in ("verdict", "quantity", "expected", "measured"):  # the verdict beside its claim
         table.add_column(col, overflow="fold")
     for v in verdicts:
-        table.add_row(v.name, escape(v.quantity), escape(v.expected), escape(v.measured),
-                      _styled(v.verdict))
+        table.add_row(v.name, _styled(v.verdict), escape(v.quantity), escape(v.expected),
+                      escape(v.measured))
     return table
 
 
 def check_lines(verdicts: list[Verdict]) -> list[str]:
-    """One line per claim that did not pass: what failed, or why it is pending."""
+    """One line per claim that did not pass: what failed, why it is pending, what is missing."""
     return [f"{v.verdict}: {v.name}: {v.detail} [{v.source}]"
-            for v in verdicts if v.verdict != "pass"]
+            for v in verdicts if v.verdict not in ("pass", "unmeasured")] + \
+        [f"unmeasured: {v.name}: {v.detail}" for v in verdicts if v.verdict == "unmeasured"]
 
 
-def check_summary(verdicts: list[Verdict], errors: list[str]) -> str:
-    counts = {k: sum(v.verdict == k for v in verdicts) for k in ("pass", "fail", "pending")}
-    text = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no claims judged"
-    return text + (f", {len(errors)} matched no record" if errors else "")
+def check_summary(run: CheckRun) -> str:
+    """'4 pass, 2 unmeasured (...)': the verdicts counted, and what the exit code means."""
+    counts = {k: run.count(k) for k in VERDICTS}
+    text = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no claims"
+    if counts["unmeasured"]:
+        text += (f" ({'failures: --require-all' if run.require_all else 'not failures'}; "
+                 f"{UNMEASURED_HINT})")
+    if not run.judged and not run.failed:
+        text += "; no claim could be judged"
+    return text + (f", {len(run.errors)} could not be judged" if run.errors else "")
 
 
-def junit_xml(verdicts: list[Verdict], errors: list[str], suite: str = "meo-profile check") -> str:
-    """JUnit XML: one test case per claim; fail -> <failure>, pending -> <skipped>, a claim
-    whose selection matched no record -> <error>."""
+def junit_xml(verdicts: list[Verdict], errors: list[str], suite: str = "meo-profile check",
+              require_all: bool = False) -> str:
+    """JUnit XML: one test case per claim; fail -> <failure>, pending and unmeasured ->
+    <skipped> (unmeasured -> <failure> with `require_all`), a claim that is bad input ->
+    <error>."""
     root = ET.Element("testsuites")
-    fails = sum(v.verdict == "fail" for v in verdicts)
-    skipped = sum(v.verdict == "pending" for v in verdicts)
+    failing = {"fail", "unmeasured"} if require_all else {"fail"}
+    fails = sum(v.verdict in failing for v in verdicts)
+    skipped = sum(v.verdict in ("pending", "unmeasured") and v.verdict not in failing
+                  for v in verdicts)
     ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(verdicts) + len(errors)),
                        failures=str(fails), errors=str(len(errors)), skipped=str(skipped))
     for v in verdicts:
         case = ET.SubElement(ts, "testcase", classname="meo_profile.claims", name=v.name)
         text = (f"{v.quantity}: expected {v.expected}, measured {v.measured}\n"
                 f"{v.detail}\nsource: {v.source}")
-        if v.verdict == "fail":
-            ET.SubElement(case, "failure", message=v.detail[:500], type="ClaimFailed").text = text
-        elif v.verdict == "pending":
+        if v.verdict in failing:
+            kind = "ClaimFailed" if v.verdict == "fail" else "ClaimUnmeasured"
+            ET.SubElement(case, "failure", message=v.detail[:500], type=kind).text = text
+        elif v.verdict in ("pending", "unmeasured"):
             ET.SubElement(case, "skipped", message=v.detail[:500])
         else:
             ET.SubElement(case, "system-out").text = text
     for error in errors:
         name = error.split("'")[1] if error.count("'") >= 2 else "claims"
         case = ET.SubElement(ts, "testcase", classname="meo_profile.claims", name=name)
-        ET.SubElement(case, "error", message=error[:500], type="NoMatchingRecord").text = error
+        ET.SubElement(case, "error", message=error[:500], type="BadClaim").text = error
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 

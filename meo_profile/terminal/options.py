@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import typing
 from collections.abc import Callable
+from importlib.metadata import version
 from typing import Annotated, Any
 
 import typer
 
 from meo_profile.core.errors import BadInput
+from meo_profile.core.inputs import describe_os_error, output_file
+from meo_profile.core.units import parse_bytes
+from meo_profile.results.record import git_commit
 from meo_profile.sweep.grid import parse_axis_flag
 from models.catalog import HF_HOST_HELP, HOST_NAMES, NATIVE_MOE_IMPLS
 from models.spec import (
@@ -68,18 +73,79 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+TRACEBACK_VARIABLE = "MEO_PROFILE_TRACEBACK"  # set to 1 to see the traceback of a failure
+
+
+def as_exit(e: BaseException) -> typer.Exit:
+    """Any exception as one line on stderr and its exit code: bad input (a SpecError from a
+    configuration, a BadInput from a file, a path or a flag's value) is 2; an OS error met while
+    running (a full disk, a file that vanished) and anything unexpected are 1."""
+    if isinstance(e, (SpecError, BadInput)):
+        return fail(str(e))
+    if isinstance(e, OSError):
+        return fail(describe_os_error(e), code=1)
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    return fail(f"{type(e).__name__}: {first} (set {TRACEBACK_VARIABLE}=1 for the traceback)",
+                code=1)
+
+
 def exits_on_bad_input(command: Callable) -> Callable:
-    """Bad input raised anywhere in `command` (a SpecError from a configuration, a BadInput
-    from a file or a flag's value) becomes its one line on stderr and exit code 2."""
+    """Every exception raised in `command`, other than the command line's own exits, becomes one
+    line on stderr and an exit code (see `as_exit`): never a traceback, unless asked for."""
 
     @functools.wraps(command)  # keeps the signature Typer reads
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (SpecError, BadInput) as e:
-            raise fail(str(e)) from None
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as e:
+            if os.environ.get(TRACEBACK_VARIABLE) and not isinstance(e, (SpecError, BadInput)):
+                raise
+            raise as_exit(e) from None
 
     return wrapper
+
+
+# ------------------------------------------------------------------------ typed options
+def parse_size(text: str) -> int:
+    """`--max-memory 8GiB` -> bytes (a bad size is a usage error: one line, exit 2)."""
+    try:
+        return parse_bytes(text, flag="")
+    except ValueError as e:
+        raise typer.BadParameter(str(e).strip()) from None
+
+
+def int_in(least: int, most: int) -> Callable[[str], int]:
+    """A parser for an integer option in least..most (a bad value is a usage error naming it)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise typer.BadParameter(f"{text!r}: expected an integer") from None
+        if not least <= value <= most:
+            raise typer.BadParameter(f"{text!r}: must be an integer in {least}..{most}")
+        return value
+
+    return parse
+
+
+MaxMemory = Annotated[int | None, typer.Option(
+    "--max-memory", parser=parse_size, metavar="SIZE",
+    help="Memory a configuration may use, e.g. 8GiB (default: 90% of what the device has free); "
+         "a configuration whose estimate is above it is refused (a sweep records it as oom).")]
+
+
+def writable_file(flag: str) -> Callable[[str | None], str | None]:
+    """An option callback: the file named can be written (checked before any work)."""
+    return lambda value: None if value is None else str(output_file(value, flag))
+
+
+def version_text() -> str:
+    """`meo-profile --version`: the package version and the commit it runs from."""
+    commit = git_commit()
+    return f"meo-profile {version('meo-profile')}" + (f" (commit {commit})" if commit else "")
 
 
 def with_spec(command: Callable) -> Callable:

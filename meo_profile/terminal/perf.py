@@ -110,7 +110,6 @@ def ops_table(summary: TraceSummary, top: int = 20) -> Table:
         share = r.self_ms / a.op_self_ms_total if a.op_self_ms_total else 0.0
         table.add_row(r.name, str(r.calls), f"{r.self_ms / per:.3f}", f"{share:.1%}",
                       f"{r.total_ms / per:.3f}")
-    table.caption = f"trace: {summary.trace_path}"
     return table
 
 

@@ -1,10 +1,22 @@
-"""Terminal rendering: rich tables built from results. Renderers never measure."""
+"""Terminal rendering: rich tables built from results. Renderers never measure.
+
+Tables fit the terminal, 80 columns, or a pipe (rich assumes 80 there) without cutting a
+value: text wraps at spaces, and a table whose values cannot fit side by side is split into
+several tables of whole columns, each repeating the leading (label) columns. Sentences that hold
+paths or commands are printed without rich's line breaking, so a path is never split (the
+terminal wraps the line; a copy and paste gets it whole).
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from meo_profile.core.identity import spec_title
 from meo_profile.core.units import fmt_giga
@@ -12,8 +24,82 @@ from meo_profile.results.record import Result
 from models import Spec
 
 
-def print_table(table: Table) -> None:
-    Console().print(table)
+def print_table(table: Table, console: Console | None = None) -> None:
+    """`table` fitted to the console (see the module doc): its title and caption as text
+    wrapped to the console's width, the columns split over several tables if need be."""
+    console = console or Console()
+    title, caption = table.title, table.caption
+    parts = fit_width(table, console.width)
+    for i, part in enumerate(parts):
+        part.title = part.caption = None
+        heading = title if i == 0 else f"{title or ''} (continued)".strip()
+        if heading:
+            console.print(Text.from_markup(str(heading), style="italic"), highlight=False)
+        console.print(part)
+    if caption:
+        console.print(Text.from_markup(str(caption), style="dim"), highlight=False)
+
+
+def print_line(text: str, console: Console | None = None) -> None:
+    """One sentence, not broken by rich (see the module doc)."""
+    (console or Console()).print(text, soft_wrap=True, highlight=False)
+
+
+def _column_range(column, console: Console) -> tuple[int, int]:
+    """(narrowest, widest) content width of a column: its longest word (a number is one word)
+    and its longest cell, header included."""
+    options = console.options.update(max_width=10**6)
+    sizes = [Measurement.get(console, options, cell) for cell in [column.header, *column.cells]]
+    return max(m.minimum for m in sizes), max(m.maximum for m in sizes)
+
+
+def _frame_width(columns: int) -> int:
+    """Characters a bordered table spends around its cells: a rule before every column and
+    after the last, one space of padding on each side of a cell."""
+    return 3 * columns + 1
+
+
+def fit_width(table: Table, width: int) -> list[Table]:
+    """`table`, or its columns split over several tables that each fit `width` without cutting
+    a word or a number: the leading columns repeated in each part. Columns get fixed widths: each
+    at least its longest word, the rest of the line shared by how much more each would take."""
+    console = Console(width=width)
+    ranges = [_column_range(c, console) for c in table.columns]
+    if sum(high for _, high in ranges) + _frame_width(len(ranges)) <= width:
+        return [table]
+    keys = _key_columns(ranges, width)
+    groups: list[list[int]] = [[]]
+    for i in range(len(keys), len(ranges)):
+        trial = [*keys, *groups[-1], i]
+        if groups[-1] and sum(ranges[j][0] for j in trial) + _frame_width(len(trial)) > width:
+            groups.append([])
+        groups[-1].append(i)
+    return [_part(table, [*keys, *group], ranges, width) for group in groups]
+
+
+def _key_columns(ranges: list[tuple[int, int]], width: int) -> list[int]:
+    """The leading columns repeated in every part: the first, and those after it while all of
+    them take at most a quarter of the line (E and k of a speedup table, not a long label)."""
+    keys, used = [0], ranges[0][1] + 3
+    for i in range(1, len(ranges) - 1):
+        used += ranges[i][1] + 3
+        if used > width // 4:
+            break
+        keys.append(i)
+    return keys
+
+
+def _part(table: Table, indices: list[int], ranges: list[tuple[int, int]], width: int) -> Table:
+    """A copy of `table` with only the columns at `indices`, each at a fixed width."""
+    part = copy.copy(table)
+    part.columns = [dataclasses.replace(table.columns[i], overflow="fold") for i in indices]
+    lows = [ranges[i][0] for i in indices]
+    wants = [ranges[i][1] - ranges[i][0] for i in indices]
+    spare = max(0, width - _frame_width(len(indices)) - sum(lows))
+    total = sum(wants) or 1
+    for column, low, want in zip(part.columns, lows, wants):
+        column.width = low + min(want, spare * want // total)
+    return part
 
 
 def checks_table(checks, spec: Spec) -> Table:
@@ -92,25 +178,26 @@ def print_counts(result: Result, by_module: bool, by_operator: bool, depth: int)
     variant records beside its count, and the closed form when it was held against."""
     counts, spec = result.counts, result.spec
     console = Console()
-    console.print(counts_table(counts, spec))
-    console.print(params_line(counts))
-    console.print(skipped_line(counts))
+    print_table(counts_table(counts, spec), console)
+    print_line(params_line(counts), console)
+    print_line(skipped_line(counts), console)
     if result.host_router_gates is not None:  # a native host: whose router ran says a lot
-        console.print(routers_line(result.router_gates, result.host_router_gates))
+        print_line(routers_line(result.router_gates, result.host_router_gates), console)
     if counts.note:
-        console.print(f"note: {counts.note}")
+        print_line(f"note: {counts.note}", console)
     if by_operator:
-        console.print(mapping_table("MACs by operator", "operator", counts.macs_by_operator))
+        print_table(mapping_table("MACs by operator", "operator", counts.macs_by_operator), console)
     if by_module:
         modules = modules_to_depth(counts.macs_by_module, depth)
-        console.print(mapping_table(f"MACs by module (depth <= {depth})", "module", modules))
+        print_table(mapping_table(f"MACs by module (depth <= {depth})", "module", modules), console)
     record = result.to_dict()
     for name, text in EXTRA_LABELS.items():
         value = record.get(name)
         if value is not None:
-            console.print(f"{text}: {value:.4g}" if isinstance(value, float) else f"{text}: {value:,}")
+            print_line(f"{text}: {value:.4g}" if isinstance(value, float) else f"{text}: {value:,}",
+                       console)
     if result.cross_check is not None:
-        console.print(comparison_table(counts, result.cross_check.analytic, spec))
+        print_table(comparison_table(counts, result.cross_check.analytic, spec), console)
 
 
 def routers_line(used: str | None, own: str) -> str:
@@ -133,16 +220,16 @@ def print_sweep_summary(summary, out, skipped: list[str]) -> None:
     console = Console(stderr=True)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items())) or "nothing new"
     if summary.set_aside:
-        console.print(f"previous results kept as {summary.set_aside}")
-    console.print(f"sweep: {summary.total} configurations; measured {summary.measured} ({counts}); "
-                  f"{summary.already_stored} already stored; results in {out}")
+        print_line(f"previous results kept as {summary.set_aside}", console)
+    print_line(f"sweep: {summary.total} configurations; measured {summary.measured} ({counts}); "
+               f"{summary.already_stored} already stored; results in {out}", console)
     wall = max(summary.wall_s, 1e-9)
     phases = ", ".join(f"{name} {s:.1f} s ({s / wall:.0%})" for name, s in summary.phases_s.most_common())
-    console.print(f"wall {summary.wall_s:.1f} s: {phases or 'no work'}")
+    print_line(f"wall {summary.wall_s:.1f} s: {phases or 'no work'}", console)
     for line in summary.load_warnings:
-        console.print(f"[yellow]warning:[/] {line}")
+        print_line(f"[yellow]warning:[/] {line}", console)
     for line in skipped:
-        console.print(f"[yellow]skipped unreadable line[/] {line}")
+        print_line(f"[yellow]skipped unreadable line[/] {escape(line)}", console)
 
 
 def presets_text(presets) -> str:
