@@ -3,6 +3,7 @@ are stored, and how to ask again after an interruption."""
 
 from __future__ import annotations
 
+import functools
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,12 +12,12 @@ from typing import Any
 from meo_profile.core.units import parse_bytes
 from meo_profile.measure.run import check_request
 from meo_profile.measure.timing import TimingOptions
+from meo_profile.sweep.choice import ExecutorChoice
+from meo_profile.sweep.executors import Site
 from meo_profile.sweep.grid import Block, Grid, GridError, load_config, parse_metrics
 from meo_profile.sweep.presets import PRESETS
-from meo_profile.sweep.run import SweepOptions
-from models import Spec
-
-Job = tuple[Spec, tuple[str, ...]]
+from meo_profile.sweep.run import Job, Jobs, SweepOptions
+from models.spec import planned_for
 
 
 def plan_grid(preset: str | None, config: Path | None, axes: dict[str, list[Any]],
@@ -46,27 +47,42 @@ def plan_grid(preset: str | None, config: Path | None, axes: dict[str, list[Any]
 
 @dataclass
 class SweepPlan:
-    jobs: list[Job]
+    jobs: Jobs  # a function of the workers' Site: the grid expanded for their device
+    total: int  # configurations in the grid
     options: SweepOptions
     impossible: int  # grid combinations left out: top-k above the expert count
 
 
 def plan_sweep(preset: str | None, config: Path | None, axes: dict[str, list[Any]],
                metrics: str | None, out: Path | None, resume: bool, max_memory: str | None,
-               timing: TimingOptions) -> SweepPlan:
-    """What `meo-profile sweep` runs. Every job is checked to be measurable before the first
-    one runs, so bad input stops the sweep at once rather than halfway."""
+               timing: TimingOptions, executor: ExecutorChoice | None = None) -> SweepPlan:
+    """What `meo-profile sweep` runs. Every job is checked to be measurable before any worker
+    starts, so bad input stops the sweep at once rather than halfway.
+
+    `device: auto` means the workers' device, known once they report (executors.Site). Here
+    the grid is checked as the workers would see it: this machine's for the local executor;
+    for remote ones, as if they had a GPU (so a CPU-only driver can plan a GPU sweep; CPU
+    workers then refuse `device: cuda` when they report)."""
+    executor = executor or ExecutorChoice()
     grid, name = plan_grid(preset, config, axes, parse_metrics(metrics.split(",")) if metrics else None)
-    jobs, impossible = grid.expand()
+    with planned_for(None if executor.name == "local" else "cuda"):
+        jobs, impossible = grid.expand()
     for spec, measurements in jobs:
         check_request(spec, measurements)
     try:
         limit = parse_bytes(max_memory) if max_memory else None
     except ValueError as e:
         raise GridError(str(e)) from None
-    options = SweepOptions(out=out or Path("reports") / name, resume=resume,
-                           max_memory_bytes=limit, timing=timing)
-    return SweepPlan(jobs, options, impossible)
+    out = out or Path("reports") / name
+    options = SweepOptions(out=out, resume=resume, max_memory_bytes=limit, timing=timing,
+                           executor=executor.make(out))
+    return SweepPlan(functools.partial(jobs_for, grid), len(jobs), options, impossible)
+
+
+def jobs_for(grid: Grid, site: Site) -> list[Job]:
+    """The grid's jobs for workers at `site`: `device: auto` resolves to their device."""
+    with planned_for(site.device):
+        return grid.expand()[0]
 
 
 def command_line(argv: list[str]) -> str:

@@ -1,13 +1,18 @@
-"""`meo-profile sweep`: run a grid, store every record as it is measured, report at the end.
+"""`meo-profile sweep`: the driver. It plans the grid for the device its workers report,
+skips what is stored, hands the rest to an executor (this process, Ray actors, Slurm jobs: see
+`executors.py`), and is the only writer of `results.jsonl`, appending each record as it comes
+back.
 
-Guarantees:
-- each record is appended and fsynced as soon as it is measured: a killed sweep loses at most
-  the configuration in flight; `--resume` (the default) skips configurations already stored
-  with a result for the same device, so rerunning the same command finishes the set (failed
-  rows are tried again; the failure stays on record);
-- a failing configuration is a row (`oom` or `error`), and the sweep goes on;
-- Ctrl-C finishes the configuration in flight, writes it, says how to resume, exits 130
-  (a second Ctrl-C stops at once);
+Guarantees, whatever the executor:
+- each record is appended and fsynced as it arrives: a killed driver loses at most the
+  configurations in flight; `--resume` (the default) skips configurations already stored with a
+  result for the same machine (the workers' machine, as they report it) and metrics, so
+  rerunning the same command finishes the set (failed rows are tried again; the failure stays
+  on record);
+- a failing configuration is a row (`oom` or `error`), and so is a worker that dies (an
+  `error` naming it); the sweep goes on;
+- Ctrl-C or SIGTERM stops after the configurations in flight (a second one, or SIGTERM's grace
+  running out, at once): see `stopping.py`; the CSV is written, the caller prints how to resume;
 - one live sweep per output directory (an advisory lock the OS drops if the process dies).
 """
 
@@ -16,23 +21,25 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from meo_profile.core.errors import BadInput
 from meo_profile.core.identity import MACHINE_FIELD, config_key
 from meo_profile.measure.run import measure
 from meo_profile.measure.timing import TimingOptions
-from meo_profile.results.record import Result, device_name, environment
+from meo_profile.results.record import Result
 from meo_profile.results.store import Store, load
+from meo_profile.sweep.executors import Executor, Failure, LocalExecutor, Site
+from meo_profile.sweep.stopping import StopNow, Stopping
 from models import Spec
 from models.spec import SpecError
 
+Job = tuple[Spec, tuple[str, ...]]
 LOCK_FILE = ".sweep.lock"
 
 
@@ -46,6 +53,7 @@ class SweepOptions:
     resume: bool = True
     max_memory_bytes: int | None = None
     timing: TimingOptions = field(default_factory=TimingOptions)
+    executor: Executor = field(default_factory=LocalExecutor)
 
 
 @dataclass
@@ -55,8 +63,15 @@ class SweepSummary:
     statuses: Counter = field(default_factory=Counter)
     phases_s: Counter = field(default_factory=Counter)  # counting, building, timing, writing
     wall_s: float = 0.0
-    interrupted: bool = False
     set_aside: Path | None = None  # --fresh: where the previous results were moved
+    workers: str = ""  # what ran the configurations (the executor's Site.description)
+    parallel: bool = False  # phases are summed over workers that ran at once
+    stopped_by: int | None = None  # the signal that stopped the sweep
+    exit_code: int | None = None  # 128 + that signal
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped_by is not None
 
     @property
     def measured(self) -> int:
@@ -108,29 +123,44 @@ class SweepLock:
             os.close(self.fd)
 
 
-# ------------------------------------------------------------------------------ interrupt
-class StopAfterCurrent:
-    """First SIGINT: finish the configuration in flight, then stop. Second: stop now."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> StopAfterCurrent:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._previous)
-
-
 # ---------------------------------------------------------------------------------- runner
-ProgressFn = Callable[[str, Spec | None, Result | None], None]  # event, spec, result
+class Progress(Protocol):
+    """What a sweep tells whoever watches: events ("skip", "start", "done") per configuration
+    with its record once there is one, and notes (workers, stopping) as they happen."""
+
+    def __call__(self, event: str, spec: Spec, record: dict[str, Any] | None) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+
+class Silent:
+    def __call__(self, event: str, spec: Spec, record: dict[str, Any] | None) -> None:
+        return None
+
+    def note(self, text: str) -> None:
+        return None
+
+
+SILENT = Silent()
+
+
+@dataclass(frozen=True)
+class MeasureJob:
+    """What a worker runs for each job: the one measuring path with the sweep's settings.
+    Returns the record as a dict (what crosses a process boundary) and seconds per phase."""
+
+    timing: TimingOptions
+    max_memory_bytes: int | None = None
+
+    def __call__(self, job: Job) -> tuple[dict[str, Any], dict[str, float]]:
+        spec, metrics = job
+        phases: Counter = Counter()
+        try:
+            result = measure(spec, metrics, timing=self.timing,
+                             max_memory_bytes=self.max_memory_bytes, phases=phases)
+        except SpecError as e:  # planned sweeps are checked up front; a hand-made job list
+            result = Result(spec, metrics=list(metrics), status="error", error=str(e))
+        return result.to_dict(), dict(phases)
 
 
 def start_over(out: Path) -> Path | None:
@@ -143,46 +173,90 @@ def start_over(out: Path) -> Path | None:
     return aside
 
 
-def run_sweep(jobs: list[tuple[Spec, tuple[str, ...]]], options: SweepOptions,
-              progress: ProgressFn = lambda *a: None) -> SweepSummary:
-    """Measure every job not yet stored; append each record as it finishes."""
-    summary = SweepSummary(total=len(jobs))
+Jobs = Sequence[Job] | Callable[[Site], Sequence[Job]]
+
+
+def run_sweep(jobs: Jobs, options: SweepOptions, progress: Progress = SILENT) -> SweepSummary:
+    """Measure every job not yet stored; append each record as it comes back. `jobs` may be
+    a function of the workers' Site (a grid planned for their device)."""
+    summary = SweepSummary(parallel=options.executor.name != "local")
     start = time.perf_counter()
-    with SweepLock(options.out), StopAfterCurrent() as stop:
+    with SweepLock(options.out), Stopping(progress.note) as stop:
         if not options.resume:  # under the lock: never move a live sweep's file
             summary.set_aside = start_over(options.out)
-        store = Store(options.out)
-        done = stored_keys(store.records()) if options.resume else set()
-        for spec, metrics in jobs:
-            if job_key({**spec.to_dict(), MACHINE_FIELD: device_name(spec.device)}, metrics) in done:
-                summary.already_stored += 1
-                progress("skip", spec, None)
-                continue
-            progress("start", spec, None)
-            try:
-                result = measure(spec, metrics, timing=options.timing,
-                                 max_memory_bytes=options.max_memory_bytes, phases=summary.phases_s)
-            except SpecError as e:  # planned sweeps are checked up front; a hand-made job list
-                result = Result(spec, metrics=list(metrics), status="error", error=str(e))
-            t = time.perf_counter()
-            store.append(result)
-            summary.phases_s["writing"] += time.perf_counter() - t
-            summary.statuses[result.status] += 1
-            progress("done", spec, result)
-            if stop.requested:
-                summary.interrupted = True
-                break
+        store, site, planned = Store(options.out), None, []
+        try:
+            site = options.executor.start()
+            summary.workers = site.description
+            progress.note(f"workers: {site.description}")
+            planned = list(jobs(site) if callable(jobs) else jobs)
+            summary.total = len(planned)
+            todo = not_stored(planned, store, site, options.resume, summary, progress)
+            drive(todo, options, site, store, stop, summary, progress)
+        except StopNow:
+            pass  # what is stored stays; the caller says how to resume
+        finally:
+            stop.settle()  # from here on a signal changes nothing: clean up, write the CSV
+            options.executor.close()
+        summary.stopped_by, summary.exit_code = stop.signum, stop.exit_code
         t = time.perf_counter()
         store.write_csv()
-        write_environment(options.out, {spec.device for spec, _ in jobs})
+        if site is not None:
+            write_environment(options.out, {spec.device for spec, _ in planned}, site)
         summary.phases_s["writing"] += time.perf_counter() - t
     summary.wall_s = time.perf_counter() - start
     return summary
 
 
-def write_environment(out: Path, devices: set[str]) -> Path:
+def not_stored(jobs: list[Job], store: Store, site: Site, resume: bool, summary: SweepSummary,
+               progress: Progress) -> list[Job]:
+    """The jobs to run: those without a result stored for the workers' machine."""
+    done = stored_keys(store.records()) if resume else set()
+    todo = []
+    for spec, metrics in jobs:
+        if job_key({**spec.to_dict(), MACHINE_FIELD: site.machine(spec.device)}, metrics) in done:
+            summary.already_stored += 1
+            progress("skip", spec, None)
+        else:
+            todo.append((spec, metrics))
+    return todo
+
+
+def drive(todo: list[Job], options: SweepOptions, site: Site, store: Store, stop: Stopping,
+          summary: SweepSummary, progress: Progress) -> None:
+    """Hand the jobs to the executor; store each outcome as it arrives."""
+    work = MeasureJob(options.timing, options.max_memory_bytes)
+    outcomes = options.executor.run(todo, work, stop.requested,
+                                    lambda job: progress("start", job[0], None))
+    for (spec, metrics), outcome in outcomes:
+        if isinstance(outcome, Failure):
+            if stop.requested() and outcome.error.startswith("WorkerDied"):
+                continue  # killed along with the stop: abandoned, resume measures it again
+            record, phases = failure_record(spec, metrics, outcome, site), {}
+        else:
+            record, phases = outcome
+        t = time.perf_counter()
+        with stop.holding():  # a second Ctrl-C waits for the line to be whole
+            store.append(record)
+        summary.phases_s.update(phases)
+        summary.phases_s["writing"] += time.perf_counter() - t
+        summary.statuses[record["status"]] += 1
+        progress("done", spec, record)
+
+
+def failure_record(spec: Spec, metrics: tuple[str, ...], failure: Failure,
+                   site: Site) -> dict[str, Any]:
+    """An `error` row for a job whose worker gave nothing back: it names that worker, in the
+    environment the workers reported (the driver's own may be another machine)."""
+    env = {**site.environment(spec.device), "worker": failure.worker}
+    return Result(spec, metrics=list(metrics), status="error", error=failure.error,
+                  env=env).to_dict()
+
+
+def write_environment(out: Path, devices: set[str], site: Site) -> Path:
+    """The environment of each device the sweep used, as the workers reported it."""
     path = out / "environment.json"
-    path.write_text(json.dumps({d: environment(d) for d in sorted(devices)}, indent=2) + "\n")
+    path.write_text(json.dumps({d: site.environment(d) for d in sorted(devices)}, indent=2) + "\n")
     return path
 
 

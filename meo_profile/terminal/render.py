@@ -126,8 +126,13 @@ def print_sweep_summary(summary, out, skipped: list[str]) -> None:
     console.print(f"sweep: {summary.total} configurations; measured {summary.measured} ({counts}); "
                   f"{summary.already_stored} already stored; results in {out}")
     wall = max(summary.wall_s, 1e-9)
-    phases = ", ".join(f"{name} {s:.1f} s ({s / wall:.0%})" for name, s in summary.phases_s.most_common())
-    console.print(f"wall {summary.wall_s:.1f} s: {phases or 'no work'}")
+    if summary.parallel:  # workers ran at once: their seconds add up past the wall time
+        phases = ", ".join(f"{name} {s:.1f} s" for name, s in summary.phases_s.most_common())
+        console.print(f"wall {summary.wall_s:.1f} s; worker time: {phases or 'no work'} "
+                      f"({summary.workers})", markup=False)
+    else:
+        phases = ", ".join(f"{name} {s:.1f} s ({s / wall:.0%})" for name, s in summary.phases_s.most_common())
+        console.print(f"wall {summary.wall_s:.1f} s: {phases or 'no work'}")
     for line in skipped:
         console.print(f"[yellow]skipped unreadable line[/] {line}")
 
