@@ -56,24 +56,41 @@ def _unique(df: pd.DataFrame, col: str) -> str:
     return ", ".join(sorted(values)) or NA
 
 
-SETUP_FIELDS = (("device", "device"), ("machine", "device_name"), ("dtype", "dtype"),
+SETUP_FIELDS = (("device", "device"), ("machine", "device_name"), ("workers", "worker"),
+                ("dtype", "dtype"),
                 ("torch", "torch_version"), ("fvcore", "fvcore_version"),
                 ("transformers", "transformers_version"), ("python", "python_version"),
                 ("threads", "num_threads"), ("timer", "timer"), ("allocator", "allocator"),
                 ("memory method", "mem_method"),
                 ("git commit", "git_commit"))
+WORKERS_NAMED = 8  # more than this many workers are counted, not listed
 
 
 def setup_table(all_rows: pd.DataFrame, skipped_lines: int = 0, command: str | None = None) -> Table:
-    """What produced the results: the command, machines, numerics, library versions, counts."""
-    rows = [["command", command]] if command else []
-    rows += [[name, _unique(all_rows, col)] for name, col in SETUP_FIELDS]
-    counts = all_rows["status"].value_counts()
-    rows.append(["records", ", ".join(f"{counts.get(s, 0)} {s}" for s in
-                                      ("ok", "oom", "error"))])
+    """What produced the results: the command, machines, workers, numerics, library versions,
+    counts; one column per machine when the records come from more than one."""
+    machines = sorted(str(m) for m in pd.unique(all_rows["device_name"].dropna())) \
+        if "device_name" in all_rows else []
+    groups = ([("value", all_rows)] if len(machines) < 2 else
+              [(m, all_rows[all_rows["device_name"] == m]) for m in machines])
+    rows = [["command", command, *[""] * (len(groups) - 1)]] if command else []
+    rows += [[name, *(_setup_value(g, col) for _, g in groups)] for name, col in SETUP_FIELDS
+             if not (col == "device_name" and len(groups) > 1)]  # the machines head the columns
+    rows.append(["records", *(_status_counts(g) for _, g in groups)])
     if skipped_lines:
-        rows.append(["unreadable lines", str(skipped_lines)])
-    return table("Setup", [("field", False), ("value", False)], rows)
+        rows.append(["unreadable lines", str(skipped_lines), *[""] * (len(groups) - 1)])
+    return table("Setup", [("field", False), *((name, False) for name, _ in groups)], rows)
+
+
+def _setup_value(df: pd.DataFrame, col: str) -> str:
+    if col == "worker" and col in df and df[col].nunique() > WORKERS_NAMED:
+        return f"{df[col].nunique()} workers"
+    return _unique(df, col)
+
+
+def _status_counts(df: pd.DataFrame) -> str:
+    counts = df["status"].value_counts()
+    return ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "oom", "error"))
 
 
 # ------------------------------------------------------------------------------ paper

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import signal
 import time
 from collections import deque
 from typing import Any
@@ -105,6 +106,7 @@ class RayExecutor:
             return
         if self.address is None:
             export_sys_path()  # workers of a local Ray import the project from where we do
+        sigterm = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(address=self.address or "local", include_dashboard=False,
                      log_to_driver=False, logging_level=logging.WARNING)
@@ -112,6 +114,8 @@ class RayExecutor:
             raise BadInput(f"--ray-address {self.address!r}: {first_line(e)}") from None
         except Exception as e:  # e.g. its GCS did not come up in time on a loaded machine
             raise WorkerSetupError(f"--executor ray: Ray did not start: {_cause_line(e)}") from None
+        finally:  # ray.init makes SIGTERM end the driver at once; the sweep's own handler stays
+            signal.signal(signal.SIGTERM, sigterm)
         self._started_ray = self.address is None
 
     def _pool_shape(self) -> tuple[int, dict[str, int]]:

@@ -157,6 +157,8 @@ class SubmititExecutor:
                 self._launch(fn, pending, in_flight, free_slots, started)
             if should_stop():
                 self._cancel_queued(in_flight)
+            if not in_flight:  # stopped: what was never handed out stays for the resume
+                return
             finished = [s for s in in_flight if s.done()]
             if not finished:
                 time.sleep(POLL_S)
