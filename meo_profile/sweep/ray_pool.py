@@ -135,7 +135,7 @@ class RayExecutor:
     def _gather(self, refs: list) -> list:
         """ray.get, waking every POLL_S (signals), and refusing to wait past START_TIMEOUT_S."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayError
 
         deadline = time.monotonic() + START_TIMEOUT_S
         while len(ray.wait(refs, num_returns=len(refs), timeout=POLL_S)[0]) < len(refs):
@@ -144,7 +144,7 @@ class RayExecutor:
                                        f"{START_TIMEOUT_S:.0f} s (does the cluster have the resources?)")
         try:
             return ray.get(refs)
-        except RayActorError as e:
+        except RayError as e:  # e.g. the project does not import on a node
             raise WorkerSetupError(f"--executor ray: workers cannot start: {_cause_line(e)}") from None
 
     def close(self) -> None:

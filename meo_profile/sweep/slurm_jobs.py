@@ -104,7 +104,8 @@ class SubmititExecutor:
     def _probe(self) -> dict[str, dict[str, Any]]:
         if self.cluster != "debug":
             export_sys_path()
-        sjob = self._submit(self._executor(), probe_environments, [True])[0]
+        # through _job_entry, which never raises: a raising debug job opens a debugger
+        sjob = self._submit(self._executor(), functools.partial(_job_entry, probe_environments), [True])[0]
         while not sjob.done():
             time.sleep(POLL_S)
         outcome = self._collect(sjob)
