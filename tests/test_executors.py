@@ -76,18 +76,24 @@ def identity(record: dict) -> tuple:
 
 
 # -------------------------------------------------------------------- same as local
-def test_quick_preset_through_ray_stores_what_local_stores(ray_session, tmp_path):
-    from meo_profile.sweep.ray_pool import RayExecutor
+@pytest.mark.parametrize("engine", ["ray", "slurm-debug"])
+def test_quick_preset_through_an_engine_stores_what_local_stores(engine, tmp_path, request):
+    if engine == "ray":
+        request.getfixturevalue("ray_session")
+        from meo_profile.sweep.ray_pool import RayExecutor
 
+        executor, workers = RayExecutor(), "ray: 1 worker(s) of 2 CPU(s) on 1 node(s)"
+    else:
+        executor, workers = slurm("debug")(tmp_path / "engine"), "slurm (debug)"
     grid, _ = plan_grid("quick", None, {}, ("flops",))  # counts: exact, so comparable
     jobs = functools.partial(jobs_for, grid)
     run_sweep(jobs, SweepOptions(tmp_path / "local", timing=FAST))
-    summary = run_sweep(jobs, SweepOptions(tmp_path / "ray", timing=FAST, executor=RayExecutor()))
-    local, remote = load(tmp_path / "local").records, load(tmp_path / "ray").records
-    assert summary.statuses == {"ok": 13} and summary.workers.startswith("ray: 1 worker(s) of 2 CPU")
+    summary = run_sweep(jobs, SweepOptions(tmp_path / "engine", timing=FAST, executor=executor))
+    local, remote = load(tmp_path / "local").records, load(tmp_path / "engine").records
+    assert summary.statuses == {"ok": 13} and summary.workers.startswith(workers)
     assert sorted(map(identity, remote)) == sorted(map(identity, local))
     assert {r["worker"] for r in remote} == {socket.gethostname()}
-    again = run_sweep(jobs, SweepOptions(tmp_path / "ray", timing=FAST))  # the local executor
+    again = run_sweep(jobs, SweepOptions(tmp_path / "engine", timing=FAST))  # the local executor
     assert (again.measured, again.already_stored) == (0, 13)
 
 
