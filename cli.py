@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from meo_profile.sweep.choice import ExecutorChoice
 from meo_profile.terminal import render
 from meo_profile.terminal.options import (
     TRACEBACK_VARIABLE,
@@ -24,6 +25,7 @@ from meo_profile.terminal.options import (
     int_in,
     version_text,
     with_axes,
+    with_executor,
     with_spec,
     writable_file,
 )
@@ -185,8 +187,10 @@ def trace(spec: Spec, out: TraceOut = "trace.json", json_out: JsonFlag = False, 
 
 @app.command(rich_help_panel="Sweep")
 @with_axes
+@with_executor
 def sweep(
     axes: dict,
+    executor: ExecutorChoice,
     preset: Annotated[str | None, typer.Option("--preset", help="A built-in grid (see `meo-profile presets`); default: default.")] = None,
     config: Annotated[str | None, typer.Option("--config", help="A YAML grid file (see README).")] = None,
     out: Annotated[str | None, typer.Option("--out", help="Results directory; default: reports/<preset>.")] = None,
@@ -205,6 +209,7 @@ def sweep(
     """Run a grid of configurations; every record is stored as it is measured; report at the end."""
     from meo_profile.measure.timing import TimingOptions
     from meo_profile.report.document import render_report
+    from meo_profile.sweep.executors import WorkerSetupError
     from meo_profile.sweep.plan import command_line, plan_sweep, preview, resume_command
     from meo_profile.sweep.run import run_sweep, skipped_lines
     from meo_profile.terminal.progress import run_with_progress
@@ -212,7 +217,7 @@ def sweep(
 
     options = TimingOptions(warmup=warmup, min_run_time=min_run_time, cpu_allocator=cpu_allocator,
                             timing_mode=timing)
-    plan = plan_sweep(preset, config, axes, metrics, out, resume, max_memory, options)
+    plan = plan_sweep(preset, config, axes, metrics, out, resume, max_memory, options, executor)
     if dry_run:
         print_plan(plan, preview(plan))
         return
@@ -220,7 +225,10 @@ def sweep(
     if plan.impossible:
         typer.echo(f"{plan.impossible} grid combinations left out: top-k above the expert count",
                    err=True)
-    summary = run_with_progress(run_sweep, plan.jobs, plan.options, quiet)
+    try:
+        summary = run_with_progress(run_sweep, plan.jobs, plan.options, quiet, plan.total)
+    except WorkerSetupError as e:  # no worker could run anything: one line, a run-time failure
+        raise fail(str(e), code=1) from None
     render.print_sweep_summary(summary, out, skipped_lines(out))
     if report and not summary.interrupted:
         path = render_report(out, out, command=command_line(sys.argv[1:]))
@@ -228,7 +236,7 @@ def sweep(
     if summary.interrupted:
         typer.echo(f"interrupted after {summary.measured} new records (stored in {out}); "
                    f"resume with: {resume_command(sys.argv[1:])}", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(summary.exit_code)
     if strict and summary.failed:
         raise typer.Exit(1)
 

@@ -9,8 +9,11 @@ the implementation that ran beside how it was chosen.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,28 @@ MODES = ("inference", "train")
 INT_LIMITS = {"num_experts": 2**16, "top_k": 2**16, "d_model": 2**20, "d_ff": 2**22,
               "layers": 2**10, "seq_len": 2**40, "batch_size": 2**40}
 MAX_SEED = 2**62
+
+# The device of the workers a sweep driver plans for, when they are not this process (a Ray
+# cluster, Slurm jobs): `auto` resolves to it and `cuda` is valid without a GPU here.
+_WORKERS_DEVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar("workers_device",
+                                                                            default=None)
+
+
+@contextlib.contextmanager
+def planned_for(device: str | None) -> Iterator[None]:
+    """Make specs for workers whose device is `device` ("cuda" or "cpu"; None: this process)."""
+    token = _WORKERS_DEVICE.set(device)
+    try:
+        yield
+    finally:
+        _WORKERS_DEVICE.reset(token)
+
+
+def _cuda_where_it_runs() -> tuple[bool, str]:
+    workers = _WORKERS_DEVICE.get()
+    if workers is None:
+        return torch.cuda.is_available(), "this machine"
+    return workers == "cuda", "the workers"
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -89,10 +114,11 @@ class Spec:
             raise SpecError("d_model", self.d_model, f"must be an even multiple of {self.host}'s {shape.heads} heads (rotary embeddings)")
         if shape.seq2seq and self.layers % 2:
             raise SpecError("layers", self.layers, f"{self.host} splits layers between encoder and decoder: use an even number")
+        has_cuda, where = _cuda_where_it_runs()
         if self.device == "auto":
-            self._set("device", "cuda" if torch.cuda.is_available() else "cpu")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise SpecError("device", "cuda", "no CUDA device is available on this machine")
+            self._set("device", "cuda" if has_cuda else "cpu")
+        if self.device == "cuda" and not has_cuda:
+            raise SpecError("device", "cuda", f"no CUDA device is available on {where}")
         if not _positive_number(self.router_scale):
             raise SpecError("router_scale", self.router_scale, "must be a finite number > 0")
         self._validate_knob_values()

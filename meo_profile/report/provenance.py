@@ -20,32 +20,53 @@ def _unique(df: pd.DataFrame, col: str) -> str:
     return ", ".join(sorted(values)) or NA
 
 
-SETUP_FIELDS = (("device", "device"), ("machine", "device_name"), ("dtype", "dtype"),
-                ("torch", "torch_version"), ("fvcore", "fvcore_version"),
+SETUP_FIELDS = (("device", "device"), ("machine", "device_name"), ("workers", "worker"),
+                ("dtype", "dtype"), ("torch", "torch_version"), ("fvcore", "fvcore_version"),
                 ("transformers", "transformers_version"), ("python", "python_version"),
                 ("threads", "num_threads"), ("timer", "timer"), ("timing mode", "timing_mode"),
                 ("allocator", "allocator"), ("memory method", "mem_method"),
                 ("git commit", "git_commit"))
+WORKERS_NAMED = 8  # more than this many workers are counted, not listed
 
 
 def setup_table(all_rows: pd.DataFrame, skipped_lines: int = 0, command: str | None = None,
                 load_warnings: Iterable[str] = ()) -> Table:
     """What produced the results: the commands that measured them, the one that rendered
-    them, machines, numerics, library versions, timing options, outcomes, and the load the
-    sweep ran under when its guard saw contention."""
-    rows = [["produced by", c] for c in producing_commands(all_rows)]
-    rows += [["rendered by", command]] if command else []
-    rows += [[name, _unique(all_rows, col)] for name, col in SETUP_FIELDS]
-    rows.append(["timing options", _timing_options(all_rows)])
-    latest, fixed = views.outcomes(all_rows)
+    them, machines, workers, numerics, library versions, timing options, outcomes, and the load
+    the sweep ran under when its guard saw contention; one column per machine when the records
+    come from more than one."""
+    machines = sorted(str(m) for m in pd.unique(all_rows["device_name"].dropna())) \
+        if "device_name" in all_rows else []
+    groups = ([("value", all_rows)] if len(machines) < 2 else
+              [(m, all_rows[all_rows["device_name"] == m]) for m in machines])
+
+    def across(name: str, value: str) -> list[str]:  # a row that is the same for every machine
+        return [name, value, *[""] * (len(groups) - 1)]
+
+    rows = [across("produced by", c) for c in producing_commands(all_rows)]
+    rows += [across("rendered by", command)] if command else []
+    rows += [[name, *(_setup_value(g, col) for _, g in groups)] for name, col in SETUP_FIELDS
+             if not (col == "device_name" and len(groups) > 1)]  # the machines head the columns
+    rows.append(["timing options", *(_timing_options(g) for _, g in groups)])
+    rows.append(["configurations", *(_outcomes(g) for _, g in groups)])
+    if skipped_lines:
+        rows.append(across("unreadable lines", str(skipped_lines)))
+    rows += [across("load warning", w) for w in load_warnings]
+    return table("Setup", [("field", False), *((name, False) for name, _ in groups)], rows)
+
+
+def _setup_value(df: pd.DataFrame, col: str) -> str:
+    if col == "worker" and col in df and df[col].nunique() > WORKERS_NAMED:
+        return f"{df[col].nunique()} workers"
+    return _unique(df, col)
+
+
+def _outcomes(df: pd.DataFrame) -> str:
+    latest, fixed = views.outcomes(df)
     counts = latest["status"].value_counts()
     outcome = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "oom", "error"))
-    rows.append(["configurations", f"{len(latest)}: {outcome} (each one's latest record)"
-                 + (f"; {len(fixed)} earlier failures fixed since" if len(fixed) else "")])
-    if skipped_lines:
-        rows.append(["unreadable lines", str(skipped_lines)])
-    rows += [["load warning", w] for w in load_warnings]
-    return table("Setup", [("field", False), ("value", False)], rows)
+    return (f"{len(latest)}: {outcome} (each one's latest record)"
+            + (f"; {len(fixed)} earlier failures fixed since" if len(fixed) else ""))
 
 
 def producing_commands(all_rows: pd.DataFrame) -> list[str]:

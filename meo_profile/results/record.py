@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shlex
+import socket
 import subprocess
 import sys
 import uuid
@@ -171,7 +172,7 @@ def invocation(argv: list[str] | None = None) -> str:
 
 
 ENV_FIELDS = ("torch_version", "fvcore_version", "transformers_version", "python_version",
-              "device_name", "num_threads", "git_commit")
+              "device_name", "worker", "num_threads", "git_commit")
 
 
 @functools.cache
@@ -183,6 +184,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         "transformers_version": version("transformers"),
         "python_version": platform.python_version(),
         "device_name": device_name(device),
+        "worker": worker_name(device),
         "num_threads": torch.get_num_threads(),
         "git_commit": git_commit(),
     }
@@ -199,6 +201,21 @@ def device_name(device: str) -> str:
     except (OSError, StopIteration):
         pass
     return f"{model} ({os.cpu_count()} cores)"
+
+
+def worker_name(device: str) -> str:
+    """Where a record was measured: the node, and `:gpuN` for a CUDA record (N the physical
+    index the scheduler gave this process: Slurm's own variables first, since under cgroup
+    confinement CUDA_VISIBLE_DEVICES reads 0 in every job; then CUDA_VISIBLE_DEVICES, which
+    Ray sets per actor; else the device torch uses)."""
+    node = socket.gethostname()
+    if device != "cuda":
+        return node
+    for var in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"):
+        first = os.environ.get(var, "").split(",")[0].strip()
+        if first and first not in ("-1", "NoDevFiles"):
+            return f"{node}:gpu{first}"
+    return f"{node}:gpu{torch.cuda.current_device()}"
 
 
 def git_commit() -> str | None:

@@ -115,9 +115,11 @@ class Store:
                 if f.read(1) != b"\n":
                     f.write(b"\n")
 
-    def append(self, result: Result) -> None:
+    def append(self, result: Result | dict[str, Any]) -> None:
+        """One record (a Result, or its dict as it came back from a worker), as one line."""
+        line = to_json_line(result) if isinstance(result, Result) else json.dumps(result, default=str)
         with open(self.file, "a", encoding="utf-8") as f:
-            f.write(to_json_line(result) + "\n")
+            f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
 

@@ -3,6 +3,7 @@ are stored, and how to ask again after an interruption."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,13 @@ from meo_profile.measure.run import check_request
 from meo_profile.measure.timing import TimingOptions
 from meo_profile.results.record import device_name, invocation
 from meo_profile.results.store import load
+from meo_profile.sweep.choice import ExecutorChoice
+from meo_profile.sweep.executors import Site
 from meo_profile.sweep.grid import Block, Grid, GridError, load_config, parse_metrics
 from meo_profile.sweep.presets import PRESETS
-from meo_profile.sweep.run import SweepOptions, job_key, stored_keys
+from meo_profile.sweep.run import Job, Jobs, SweepOptions, job_key, stored_keys
 from models import Spec
-
-Job = tuple[Spec, tuple[str, ...]]
+from models.spec import planned_for
 
 
 def plan_grid(preset: str | None, config: Path | None, axes: dict[str, list[Any]],
@@ -49,27 +51,44 @@ def plan_grid(preset: str | None, config: Path | None, axes: dict[str, list[Any]
 
 @dataclass
 class SweepPlan:
-    jobs: list[Job]
+    jobs: Jobs  # a function of the workers' Site: the grid expanded for their device
+    total: int  # configurations in the grid
     options: SweepOptions
     impossible: int  # grid combinations left out: top-k above the expert count
     estimate: str | None = None  # a preset's measured duration, as `meo-profile presets` says
+    checked: list[Job] | None = None  # the jobs as planned and checked here (for --dry-run)
 
 
 def plan_sweep(preset: str | None, config: str | Path | None, axes: dict[str, list[Any]],
                metrics: str | None, out: str | Path | None, resume: bool,
-               max_memory_bytes: int | None, timing: TimingOptions) -> SweepPlan:
+               max_memory_bytes: int | None, timing: TimingOptions,
+               executor: ExecutorChoice | None = None) -> SweepPlan:
     """What `meo-profile sweep` runs. Every job is checked to be measurable, and the output
-    directory writable, before the first one runs, so bad input stops the sweep at once rather
-    than halfway."""
+    directory writable, before any worker starts, so bad input stops the sweep at once rather
+    than halfway.
+
+    `device: auto` means the workers' device, known once they report (executors.Site). Here
+    the grid is checked as the workers would see it: this machine's for the local executor;
+    for remote ones, as if they had a GPU (so a CPU-only driver can plan a GPU sweep; CPU
+    workers then refuse `device: cuda` when they report)."""
+    executor = executor or ExecutorChoice()
     asked = parse_metrics(split_list(metrics, "--metrics")) if metrics is not None else None
     grid, name = plan_grid(preset, config, axes, asked)
-    jobs, impossible = grid.expand()
+    with planned_for(None if executor.name == "local" else "cuda"):
+        jobs, impossible = grid.expand()
     for spec, measurements in jobs:
         check_request(spec, measurements, timing=timing)
     out = output_dir(Path("reports") / name if out is None else out, "--out")
     options = SweepOptions(out=out, resume=resume, max_memory_bytes=max_memory_bytes,
-                           timing=timing)
-    return SweepPlan(jobs, options, impossible, PRESETS[name].estimate if name in PRESETS else None)
+                           timing=timing, executor=executor.make(out))
+    return SweepPlan(functools.partial(jobs_for, grid), len(jobs), options, impossible,
+                     PRESETS[name].estimate if name in PRESETS else None, jobs)
+
+
+def jobs_for(grid: Grid, site: Site) -> list[Job]:
+    """The grid's jobs for workers at `site`: `device: auto` resolves to their device."""
+    with planned_for(site.device):
+        return grid.expand()[0]
 
 
 # -------------------------------------------------------------------------------- dry run
@@ -84,12 +103,13 @@ class PlannedJob:
 
 def preview(plan: SweepPlan) -> list[PlannedJob]:
     """`sweep --dry-run`: each job, whether it is stored already, and its memory estimate
-    against the limit (a job above it would be recorded as oom). Nothing is built."""
+    against the limit (a job above it would be recorded as oom). Nothing is built and no
+    worker starts: the jobs are as planned here, stored ones matched against this machine."""
     options = plan.options
     done = stored_keys(load(options.out).records) if options.resume else set()
     limits: dict[str, int] = {}
     out = []
-    for spec, metrics in plan.jobs:
+    for spec, metrics in plan.checked or []:
         key = job_key({**spec.to_dict(), MACHINE_FIELD: device_name(spec.device)}, metrics,
                       options.timing.to_dict())
         memory = estimate(spec) if "latency" in metrics or "memory" in metrics else None

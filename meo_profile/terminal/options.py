@@ -20,6 +20,7 @@ from meo_profile.core.errors import BadInput
 from meo_profile.core.inputs import describe_os_error, output_file
 from meo_profile.core.units import parse_bytes
 from meo_profile.results.record import git_commit
+from meo_profile.sweep.choice import ExecutorChoice, parse_params
 from meo_profile.sweep.grid import parse_axis_flag
 from models.catalog import HF_HOST_HELP, HOST_NAMES, NATIVE_MOE_IMPLS
 from models.spec import (
@@ -183,6 +184,45 @@ def with_axes(command: Callable) -> Callable:
         given = {name: kwargs.pop(name) for name, *_ in SPEC_OPTIONS}
         axes = {name: parse_axis_flag(name, text) for name, text in given.items() if text is not None}
         return command(axes=axes, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own + added)
+    return wrapper
+
+
+def _exec_opt(flag: str, help: str) -> Any:
+    return typer.Option(flag, help=help, rich_help_panel="Where it runs")
+
+
+# (ExecutorChoice field, type, default, option): the flags of `sweep --executor`.
+EXECUTOR_OPTIONS: list[tuple[str, Any, Any, Any]] = [
+    ("name", str, "local", _exec_opt("--executor", "local (this process), ray (one worker per GPU, or CPU workers) or slurm (submitit jobs; local processes without Slurm).")),
+    ("ray_address", str | None, None, _exec_opt("--ray-address", "ray: a running cluster's address, or auto to join the one on this node; default: start a private Ray here.")),
+    ("ray_cpu_workers", int, 1, _exec_opt("--ray-cpu-workers", "ray without GPUs: workers sharing the CPUs (more than one makes timings compete).")),
+    ("slurm_cluster", str, "auto", _exec_opt("--slurm-cluster", "slurm: slurm, local (subprocesses here), debug (in this process) or auto (Slurm where present, else local).")),
+    ("slurm_partition", str | None, None, _exec_opt("--slurm-partition", "slurm: the partition to submit to.")),
+    ("slurm_gpus_per_job", int, 0, _exec_opt("--slurm-gpus-per-job", "slurm: GPUs per job (one configuration per job).")),
+    ("slurm_cpus_per_job", int | None, None, _exec_opt("--slurm-cpus-per-job", "slurm: CPUs per job; default: the cluster's.")),
+    ("slurm_time_min", int, 60, _exec_opt("--slurm-time-min", "slurm: time limit per job, minutes.")),
+    ("slurm_array_parallelism", int | None, None, _exec_opt("--slurm-array-parallelism", "slurm: jobs running at once; default: Slurm's throttle on Slurm, 1 locally (one per GPU set with --slurm-gpus-per-job).")),
+    ("slurm_params", list[str] | None, None, _exec_opt("--slurm-param", "slurm: KEY=VALUE added as #SBATCH --KEY=VALUE (account, qos, constraint...); repeatable.")),
+]
+
+
+def with_executor(command: Callable) -> Callable:
+    """Give `command(executor: ExecutorChoice, ...)` the `--executor` flags, checked (one line
+    and exit 2 on a bad value) before the command runs."""
+    hints = typing.get_type_hints(command, include_extras=True)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation))
+           for p in inspect.signature(command).parameters.values() if p.name != "executor"]
+    added = [inspect.Parameter("executor_" + name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                               annotation=Annotated[typ, option])
+             for name, typ, default, option in EXECUTOR_OPTIONS]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        given = {name: kwargs.pop("executor_" + name) for name, *_ in EXECUTOR_OPTIONS}
+        given["slurm_params"] = parse_params(given["slurm_params"])
+        return command(executor=ExecutorChoice(**given), **kwargs)
 
     wrapper.__signature__ = inspect.Signature(own + added)
     return wrapper

@@ -34,13 +34,17 @@ class BarProgress:
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
 
-    def __call__(self, event: str, spec, result) -> None:
+    def __call__(self, event: str, spec, record) -> None:
         if event == "start":
             self.progress.update(self.task, description=spec_title(spec))
             return
         self.progress.advance(self.task)
-        if result is not None and result.status != "ok":
-            self.progress.console.print(f"[yellow]{result.status}[/]: {spec_title(spec)}: {result.error}")
+        if record is not None and record["status"] != "ok":
+            self.progress.console.print(f"[yellow]{record['status']}[/]: {spec_title(spec)}: "
+                                        f"{record['error']}")
+
+    def note(self, text: str) -> None:
+        self.progress.console.print(text, markup=False, highlight=False)
 
 
 class LogProgress:
@@ -55,18 +59,23 @@ class LogProgress:
     def __exit__(self, *exc) -> None:
         return None
 
-    def __call__(self, event: str, spec, result) -> None:
+    def __call__(self, event: str, spec, record) -> None:
         if event == "start":
             return
         self.done += 1
-        status = "stored already" if result is None else result.status
-        detail = f" ({result.error})" if result is not None and result.error else ""
-        print(f"[{self.done}/{self.total}] {status}: {spec_title(spec)}{detail}", file=sys.stderr,
-              flush=True)
+        status = "stored already" if record is None else record["status"]
+        detail = f" ({record['error']})" if record is not None and record.get("error") else ""
+        where = f" on {record['worker']}" if record is not None and record.get("worker") else ""
+        print(f"[{self.done}/{self.total}] {status}: {spec_title(spec)}{where}{detail}",
+              file=sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
 
 
-def run_with_progress(run, jobs, options, quiet: bool):
-    """Run a sweep under a progress display: a bar on a terminal, log lines otherwise."""
-    display = LogProgress(len(jobs)) if quiet or not sys.stderr.isatty() else BarProgress(len(jobs))
+def run_with_progress(run, jobs, options, quiet: bool, total: int):
+    """Run a sweep of `total` configurations under a progress display: a bar on a terminal,
+    log lines otherwise."""
+    display = LogProgress(total) if quiet or not sys.stderr.isatty() else BarProgress(total)
     with display:
         return run(jobs, options, display)

@@ -224,8 +224,13 @@ def print_sweep_summary(summary, out, skipped: list[str]) -> None:
     print_line(f"sweep: {summary.total} configurations; measured {summary.measured} ({counts}); "
                f"{summary.already_stored} already stored; results in {out}", console)
     wall = max(summary.wall_s, 1e-9)
-    phases = ", ".join(f"{name} {s:.1f} s ({s / wall:.0%})" for name, s in summary.phases_s.most_common())
-    print_line(f"wall {summary.wall_s:.1f} s: {phases or 'no work'}", console)
+    if summary.parallel:  # workers ran at once: their seconds add up past the wall time
+        phases = ", ".join(f"{name} {s:.1f} s" for name, s in summary.phases_s.most_common())
+        print_line(f"wall {summary.wall_s:.1f} s; worker time: {phases or 'no work'} "
+                   f"({summary.workers})", console)
+    else:
+        phases = ", ".join(f"{name} {s:.1f} s ({s / wall:.0%})" for name, s in summary.phases_s.most_common())
+        print_line(f"wall {summary.wall_s:.1f} s: {phases or 'no work'}", console)
     for line in summary.load_warnings:
         print_line(f"[yellow]warning:[/] {line}", console)
     for line in skipped:
