@@ -3,6 +3,10 @@ and the identity that lets a sweep resume whatever implementation won."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from meo_profile.core.identity import config_key, requested_impl
@@ -154,3 +158,30 @@ def test_compare_matches_auto_records_whatever_won_and_names_both():
     assert result.ok and not result.missing
     latency = next(r for r in result.rows if r.field == "latency_ms_median")
     assert latency.verdict == "improved" and "impl gather -> fused" in latency.note
+
+
+SPY_ON_THE_ALLOCATOR = """
+import sys
+from meo_profile.measure import process, run
+from meo_profile.measure.timing import TimingOptions
+from models import Spec
+
+seen = []
+real = run.autotune
+def spy(spec, **kw):
+    seen.append(process.in_force())
+    return real(spec, **kw)
+run.autotune = spy
+spec = Spec(variant="meo", host="layer", d_model=32, d_ff=64, num_experts=4, top_k=2, seq_len=8,
+            batch_size=4, device="cpu")
+run.measure(spec, ("latency",), timing=TimingOptions(warmup=0, min_run_time=0.01))
+print(seen)
+"""
+
+
+def test_candidates_are_timed_under_the_allocator_the_timing_uses(tmp_path):
+    # a fresh process: the allocator setting is applied once per process, before the choice
+    proc = subprocess.run([sys.executable, "-c", SPY_ON_THE_ALLOCATOR], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['glibc-retain']"

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from meo_profile.measure import process
 from meo_profile.measure.preflight import available_bytes
 from meo_profile.measure.timing import Clock, CudaEventClock, HostClock, timed_calls
 from meo_profile.measure.workload import Workload
@@ -112,9 +113,11 @@ def cache_path() -> Path:
 
 
 def cache_key(spec: Spec) -> str:
-    """(device name, torch version, every spec field but impl, seed and device) as text."""
+    """(device name, torch version, the CPU allocator in force, every spec field but impl,
+    seed and device) as text: the allocator changes which merge is faster on a CPU."""
     shape = {f: getattr(spec, f) for f in SPEC_FIELDS if f not in NOT_SHAPE}
-    return json.dumps([device_name(spec.device), torch.__version__, shape], sort_keys=True)
+    malloc = process.in_force() if spec.device == "cpu" else None
+    return json.dumps([device_name(spec.device), torch.__version__, malloc, shape], sort_keys=True)
 
 
 def read_cache(path: Path) -> dict[str, Any]:
