@@ -33,9 +33,10 @@ def count(spec: Spec, source: str = "fvcore", max_memory_bytes: int | None = Non
         try:
             counts = analytic.count(spec)
         except SpecError:  # no closed form either (XMoE): the memory is what stops the count
-            raise SpecError("variant", spec.variant, f"its count depends on routing, which needs a "
-                            f"forward on real weights, and {e}: scale the host down (--layers, "
-                            "--d-model, --d-ff)") from None
+            raise SpecError("variant", spec.variant, "its count depends on routing, which needs a "
+                            f"forward on real weights: about {human_bytes(e.need_bytes)} here, "
+                            f"above the {human_bytes(e.limit_bytes)} limit; scale the host down "
+                            "(--layers, --d-model, --d-ff) or raise --max-memory") from None
         counts.note = (f"fvcore would trace real weights (about {human_bytes(e.need_bytes)}, "
                        f"above the {human_bytes(e.limit_bytes)} limit); closed form used")
         return counts
