@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from meo_profile.measure import analytic_native
-from meo_profile.measure.fvcore_count import Counts
+from meo_profile.measure.counts import Counts
 from models.catalog import host_shape
 from models.spec import Spec, SpecError
 

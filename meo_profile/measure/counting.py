@@ -9,7 +9,8 @@ from typing import Any
 
 from meo_profile.core.units import human_bytes
 from meo_profile.measure import analytic
-from meo_profile.measure.fvcore_count import Counts, count_fvcore
+from meo_profile.measure.counts import Counts
+from meo_profile.measure.fvcore_count import count_fvcore
 from meo_profile.measure.preflight import DoesNotFit
 from models import Spec, SpecError
 

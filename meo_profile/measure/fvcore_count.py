@@ -27,12 +27,12 @@ import math
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from meo_profile.measure import stacks
+from meo_profile.measure.counts import Counts
 from meo_profile.measure.preflight import check_fits
 from models import Spec, build_model, make_inputs
 from models.catalog import host_shape
@@ -48,34 +48,6 @@ _SURFACED_OPS = ("aten::relu", "aten::relu_", "aten::clamp", "aten::clamp_", "at
                  "aten::__and__", "aten::bitwise_not", "aten::masked_fill", "aten::max",
                  "aten::gather", "aten::index", "aten::index_put_", "aten::nonzero")
 HEAD_MODULE_NAMES = ("cls", "lm_head")  # BERT's MLM head; GPT-2/T5/BART language-model heads
-
-
-@dataclass
-class Counts:
-    """A forward's multiply-adds by part, and parameters. Produced by a counter, rendered
-    elsewhere."""
-
-    macs: int
-    macs_by_part: dict[str, int]
-    params_total: int
-    params_active: int
-    source: str  # "fvcore" or "analytic"
-    count_device: str | None = None
-    unsupported_ops: dict[str, int] = field(default_factory=dict)
-    macs_by_operator: dict[str, int] = field(default_factory=dict)
-    macs_by_module: dict[str, int] = field(default_factory=dict)
-    note: str | None = None
-    routing: dict = field(default_factory=dict)  # XMoE: experts chosen per token, dropped pairs
-
-    @property
-    def flops(self) -> int:
-        return 2 * self.macs
-
-    def record_fields(self) -> dict:
-        return {"macs": self.macs, "flops": self.flops, "flops_source": self.source,
-                "count_device": self.count_device, "unsupported_ops": dict(self.unsupported_ops),
-                "macs_by_part": dict(self.macs_by_part), "params_total": self.params_total,
-                "params_active": self.params_active, "count_note": self.note, **self.routing}
 
 
 # ------------------------------------------------------------------------------- handles

@@ -20,10 +20,8 @@ These are fvcore's counts (`flops_source: fvcore`): traced, combined by exact ar
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # for annotations only: the counter imports this module
-    from meo_profile.measure.fvcore_count import Counts
+from meo_profile.measure.counts import Counts
 
 ADDITIVE_MAPS = ("macs_by_part", "macs_by_operator", "unsupported_ops")
 ADDITIVE_TOTALS = ("macs", "params_total", "params_active")
