@@ -11,11 +11,12 @@ Cases (`--cases`, comma-separated):
 Each case also times MEO's merges alone against their bytes bound: the distinct experts the
 routing touched read once, B merged matrices written.
 
-Bound (`bound_ms`, one function, to be pointed at measure/roofline's phase-wise bound when it
-lands): phases run one after another, so the merge's bytes and the rest's roofline add up:
-    bound = merge bytes / bandwidth + max(other macs / matmul peak, other bytes / bandwidth)
-with today's byte model (measure/roofline.py: distinct experts read once, activations, merged
-weights written and read) and peaks measured here (matmul of the dtype, copy bandwidth).
+Bound (`bound_ms`): the project's phase-wise roofline (measure/roofline.py, phase_work.py):
+phases run one after another, so the bound is the sum over phases of
+    max(phase MACs / matmul peak, phase bytes / bandwidth)
+with the experts' bytes counted once per distinct expert the routing touched, activations,
+merged weights written, and peaks measured here (matmul of the dtype, copy bandwidth). The
+merges alone and OLMoE's experts (built without a Spec) state their phases' work the same way.
 TFLOP/s counts 2 x the non-merge multiply-adds; GB/s the bytes the bound counts.
 
 Timing: CPU, torch.utils.benchmark with all threads, in interleaved rounds (load from other
@@ -48,13 +49,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from meo_profile.measure import process  # noqa: E402
-from meo_profile.measure.analytic import count  # noqa: E402
-from meo_profile.measure.roofline import (  # noqa: E402
-    DevicePeaks,
-    bytes_moved,
-    device_peaks,
-    expected_distinct,
-)
+from meo_profile.measure.phase_work import Work, expected_distinct, phase_work  # noqa: E402
+from meo_profile.measure.roofline import DevicePeaks, device_peaks  # noqa: E402
 from meo_profile.measure.timing import Timing, TimingOptions, time_call  # noqa: E402
 from meo_profile.measure.workload import Workload  # noqa: E402
 from meo_profile.results.record import environment  # noqa: E402
@@ -81,11 +77,18 @@ class Row:
     case: str
     name: str  # "variant (impl)" or "merge (impl)"
     step: Callable[[], object] = field(repr=False)
-    macs: int  # multiply-adds outside the merge (the matmul work)
-    merge_bytes: float  # bytes the merge phase must move
-    other_bytes: float  # bytes everything else must move
+    work: dict[str, Work]  # phase -> multiply-adds and bytes it must move at least
     timing: Timing | None = None
     graph_ms: float | None = None
+
+    @property
+    def macs(self) -> float:
+        """Multiply-adds outside the merge: the matmul work TFLOP/s is about."""
+        return sum(w.macs for phase, w in self.work.items() if phase != "merge")
+
+    @property
+    def bytes(self) -> float:
+        return sum(w.bytes for w in self.work.values())
 
     @property
     def ms(self) -> float:
@@ -94,10 +97,9 @@ class Row:
 
 # ---------------------------------------------------------------------------------- the bound
 def bound_ms(row: Row, peaks: DevicePeaks) -> float:
-    """Merge bytes, then everything else at its roofline (see the module doc)."""
-    merge = row.merge_bytes / peaks.bytes_per_s
-    rest = max(row.macs / peaks.macs_per_s, row.other_bytes / peaks.bytes_per_s)
-    return (merge + rest) * 1e3
+    """The phase-wise bound of the row's work (see the module doc)."""
+    return 1e3 * sum(max(w.macs / peaks.macs_per_s, w.bytes / peaks.bytes_per_s)
+                     for w in row.work.values())
 
 
 # ---------------------------------------------------------------------------------- the rows
@@ -107,28 +109,13 @@ def runnable(variant: str, spec: Spec, loops: bool) -> list[str]:
             and (impl not in CUDA_ONLY or spec.device == "cuda") and (loops or impl != "loop")]
 
 
-def merged_bytes(spec: Spec, model) -> float:
-    """MEO's merge phase: the distinct experts read once and B merged matrices written."""
-    itemsize = torch.empty((), dtype=next(model.parameters()).dtype).element_size()
-    total = 0.0
-    for layer in sparse_layers(model):
-        per = layer.experts.expert_numel * itemsize
-        total += (expected_distinct(layer.experts.num_experts, spec.top_k, spec.batch_size)
-                  + spec.batch_size) * per
-    return total
-
-
 def spec_rows(case: str, base: Spec, loops: bool) -> list[Row]:
     rows = []
     for variant in VARIANT_ROWS:
         for impl in runnable(variant, base.replace(variant=variant), loops):
             spec = base.replace(variant=variant, impl=impl)
             work = Workload.build(spec)
-            macs = count(spec)
-            merge = merged_bytes(spec, work.model) if variant == "meo" else 0.0
-            rows.append(Row(case, f"{variant} ({impl})", work.step,
-                            macs.macs - macs.macs_by_part.get("merge", 0), merge,
-                            bytes_moved(spec, work.model) - merge))
+            rows.append(Row(case, f"{variant} ({impl})", work.step, phase_work(spec, work.model)))
     return rows + merge_rows(case, base)
 
 
@@ -150,7 +137,7 @@ def merge_rows(case: str, base: Spec) -> list[Row]:
         distinct = index.unique().numel()
         itemsize = gates.element_size()
         moved = sum((distinct + spec.batch_size) * b.expert_numel * itemsize for b in banks)
-        rows.append(Row(case, f"merge ({impl})", step, 0, moved, 0.0))
+        rows.append(Row(case, f"merge ({impl})", step, {"merge": Work(0, moved)}))
     return rows
 
 
@@ -172,14 +159,15 @@ def olmoe_rows(device: str, dtype: torch.dtype, loops: bool, scale: int = 1) -> 
         impls = [i for i in impls if i != "hf-batched_mm"]
     for impl in impls:
         layer = TokenMoE(bank, router, impl)
-        rows.append(Row("olmoe", f"moe ({impl})", _inference(layer, x), N * k * P, 0.0,
-                        expected_distinct(E, k, N) * P * itemsize + activations))
+        experts = Work(N * k * P, expected_distinct(E, k, N) * P * itemsize + activations)
+        rows.append(Row("olmoe", f"moe ({impl})", _inference(layer, x), {"experts": experts}))
     merges = [i for i in VARIANTS["meo"].impls if i not in CUDA_ONLY or device == "cuda"]
     for impl in merges:
         layer = MergedExperts(bank, router, impl)
         merge = (expected_distinct(E, k, B) + B) * P * itemsize
-        rows.append(Row("olmoe", f"meo ({impl})", _inference(layer, x), N * P, merge,
-                        B * P * itemsize + N * (2 * H + 3 * F) * itemsize))
+        experts = Work(N * P, B * P * itemsize + N * (2 * H + 3 * F) * itemsize)
+        rows.append(Row("olmoe", f"meo ({impl})", _inference(layer, x),
+                        {"merge": Work(0, merge), "experts": experts}))
     return rows
 
 
@@ -242,7 +230,7 @@ def summarize(rows: list[Row], peaks: DevicePeaks) -> dict:
         table.append({"case": row.case, "name": row.name, "ms": row.ms,
                       "eager_ms": row.timing.median_ms, "graph_ms": row.graph_ms,
                       "tflops": 2 * row.macs / row.ms / 1e9,
-                      "gbps": (row.merge_bytes + row.other_bytes) / row.ms / 1e6,
+                      "gbps": row.bytes / row.ms / 1e6,
                       "bound_ms": bound, "roofline_ratio": row.ms / bound,
                       "share_of_matmul_peak": row.macs / row.ms / 1e3 / peaks.macs_per_s,
                       "warnings": row.timing.warnings})
@@ -303,7 +291,8 @@ def goals(table: list[dict], device: str) -> dict:
 
 def render(summary: dict, title: str) -> list:
     table = Table(title=title, caption="TFLOP/s: 2 x non-merge multiply-adds per second; "
-                  "GB/s: the bytes the bound counts per second; bound: merge bytes + roofline")
+                  "GB/s: the bytes the bound counts per second; bound: the phase-wise "
+                  "roofline (sum over phases)")
     for col in ("case", "implementation", "ms", "TFLOP/s", "GB/s", "bound ms", "x bound"):
         table.add_column(col, justify="left" if col in ("case", "implementation") else "right")
     for e in summary["rows"]:
