@@ -2,7 +2,7 @@
 
 BERT-Small/Base/Large x k in 1, 2, 4, 8, 16, 32 x vanilla MoE vs MEO (E = 32, L = 128, B = 1),
 each counted by fvcore on the meta device (no weights in memory: bert-large at 32 experts per
-linear would be ~26 GB of float32), from traces of one and two encoder blocks extrapolated to
+linear would be ~26 GB of float32), from one trace of a single encoder block extrapolated to
 the host's depth, exactly (meo_profile/measure/stacks.py). The time includes the first
 count's imports. Goal (issue 16): under 10 s in total on a 2-core CPU (24.8 s before).
 

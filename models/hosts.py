@@ -49,11 +49,13 @@ class HostShape:
     router_gates: str | None = None  # the model's own router convention (models/discover.py)
     impls: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # --impl per variant, where the host's own
     check: Callable[[Any], None] | None = None  # validates a spec's sizes against the host's config
-    # Every block of a stack (of each stack, for seq2seq) runs the same ops on the same shapes,
-    # but for the first: FLOP counting may trace one and two blocks and extrapolate, exactly
-    # (meo_profile/measure/stacks.py). A host whose blocks differ (dense first layers, MoE every
-    # other layer, alternating attention) must leave it False.
+    # Every block of a stack (of each stack, for seq2seq) runs the same ops on the same shapes:
+    # FLOP counting may trace a short stack and extrapolate, exactly (meo_profile/measure/
+    # stacks.py). A host whose blocks differ (dense first layers, MoE every other layer,
+    # alternating attention) must leave it False; one whose first block alone differs (T5's
+    # relative position bias) says so with `first_block_differs`.
     uniform_blocks: bool = False
+    first_block_differs: bool = False
 
 
 class FFNBlock(nn.Module):
@@ -178,7 +180,7 @@ HOSTS: dict[str, HostShape] = {
                       uniform_blocks=True),
     # seq2seq hosts: `layers` counts encoder + decoder blocks (6 + 6)
     "t5-small": HostShape(512, 2048, 12, 8, vocab=32128, build=_build_t5, inputs="ids", bias=False,
-                         seq2seq=True, uniform_blocks=True),
+                         seq2seq=True, uniform_blocks=True, first_block_differs=True),
     "bart-base": HostShape(768, 3072, 12, 12, vocab=50265, build=_build_bart, inputs="ids",
                           seq2seq=True, uniform_blocks=True),
 }

@@ -14,8 +14,9 @@ from meo_profile.measure import analytic, fvcore_count
 from meo_profile.measure.counting import count, disagreements
 from meo_profile.measure.fvcore_count import count_fvcore
 from meo_profile.measure.preflight import DoesNotFit, check_fits
-from models import Spec, build_model
+from models import Spec, build_model, make_inputs
 from models.catalog import host_shape
+from models.native_configs import own_sizes
 
 VARIANTS = ["dense", "moe", "moe-seq", "meo", "meo-token", "ce"]
 GRID = list(itertools.product(VARIANTS, [(4, 1), (8, 2), (6, 6)], [(1, 16), (3, 7)]))
@@ -178,14 +179,16 @@ STACKED = [(host, variant, impl) for host in ("bert-small", "gpt2", "t5-small", 
                                                "olmoe", "phimoe")
            for variant, impl in (("dense", "auto"), ("moe", "auto"), ("meo", "gather"),
                                  ("ce", "grouped"))]
+STACKED += [(host, "moe", "auto") for host in ("mixtral", "qwen2-moe", "qwen3-moe")]
 
 
 @pytest.mark.parametrize("host, variant, impl", STACKED)
-def test_a_stack_counted_from_two_short_traces_equals_the_full_trace(host, variant, impl):
+def test_a_stack_counted_from_one_short_trace_equals_the_full_trace(host, variant, impl):
     """Every field of the count, per-module breakdown included, to the integer."""
     shape = host_shape(host)
     per_stack = 2 if shape.seq2seq else 1
-    d_model = 64 if shape.native else 4 * shape.heads  # a native host scales its own heads
+    # a width each host's attention takes: a native host keeps its head count (rotary: even widths)
+    d_model = 2 * own_sizes(host).heads if shape.native else 4 * shape.heads
     spec = Spec(host=host, variant=variant, impl=impl, d_model=d_model, d_ff=24,
                 layers=4 * per_stack, num_experts=4, top_k=2, seq_len=6, batch_size=2)
     assert fvcore_count.stacked(spec)
@@ -200,4 +203,25 @@ def test_meta_counts_are_shared_across_dtype_device_and_seed_and_handed_out_as_c
     first.macs_by_part["experts"] = -1  # a caller's copy: the cached count is untouched
     again = fvcore_count.count_on_meta(spec.replace(dtype="bfloat16", seed=7))
     assert again.macs_by_part["experts"] > 0 and again.macs == first.macs
-    assert not fvcore_count.stacked(spec.replace(layers=2))  # as short as the two traces
+    assert not fvcore_count.stacked(spec.replace(layers=1))  # as short as the trace
+    # T5's first block differs from the rest: its trace holds two blocks per stack
+    assert not fvcore_count.stacked(Spec(host="t5-small", variant="meo", layers=4))
+    assert fvcore_count.stacked(Spec(host="t5-small", variant="meo", layers=6))
+
+
+def test_a_count_on_real_tensors_traces_the_model_it_is_handed():
+    """A sweep that times a data-dependent implementation hands its built model to the counter:
+    the count is the same as from a fresh build, and is of the model handed over (XMoE's
+    routing, hence its MACs, follows the weights; another seed's weights count differently)."""
+    spec = Spec(variant="xmoe", num_experts=8, d_model=16, d_ff=32, router_scale=8.0,
+                threshold=0.9, seq_len=32, batch_size=4)
+    fresh = count_fvcore(spec)
+    handed = count_fvcore(spec, built=(build_model(spec), make_inputs(spec)))
+    assert dataclasses.asdict(handed) == dataclasses.asdict(fresh)
+    other = spec.replace(seed=1)
+    other_built = count_fvcore(spec, built=(build_model(other), make_inputs(other)))
+    assert other_built.routing != fresh.routing
+    assert other_built.macs == count_fvcore(other).macs != fresh.macs
+    # a model in train mode is not what a count describes: the counter builds its own
+    trained = spec.replace(mode="train", seed=1)
+    assert count_fvcore(spec, built=(build_model(trained), make_inputs(trained))).macs == fresh.macs

@@ -7,6 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from torch import nn
+
 from meo_profile.core.units import human_bytes
 from meo_profile.measure import analytic
 from meo_profile.measure.counts import Counts
@@ -23,12 +26,17 @@ COUNTERS: dict[str, Callable[[Spec, int | None], Counts]] = {
 SOURCES = (*COUNTERS, "both")
 
 
-def count(spec: Spec, source: str = "fvcore", max_memory_bytes: int | None = None) -> Counts:
+def count(spec: Spec, source: str = "fvcore", max_memory_bytes: int | None = None,
+          built: tuple[nn.Module, tuple[torch.Tensor, ...]] | None = None) -> Counts:
     """Count with `source`; a traced count that would need more memory than the machine has
     (data-dependent implementations must run on real weights) falls back to the closed form,
     which tests prove equal, and the record says `analytic`. Without a closed form (XMoE,
-    whose cost depends on where its router sends tokens) that is bad input: scale down."""
+    whose cost depends on where its router sends tokens) that is bad input: scale down.
+    `built`: the spec's model and inputs, already on their device, for a traced count that
+    needs real tensors (see count_fvcore)."""
     try:
+        if source == "fvcore":
+            return count_fvcore(spec, max_memory_bytes, built)
         return COUNTERS[source](spec, max_memory_bytes)
     except DoesNotFit as e:
         try:

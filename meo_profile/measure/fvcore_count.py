@@ -27,6 +27,7 @@ import math
 import warnings
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -34,6 +35,7 @@ from torch import nn
 from meo_profile.measure import stacks
 from meo_profile.measure.counts import Counts
 from meo_profile.measure.preflight import check_fits
+from meo_profile.measure.stacks import block_roots
 from models import Spec, build_model, make_inputs
 from models.catalog import host_shape
 from models.compressed import CompressedVectors
@@ -86,15 +88,16 @@ def _fused_merge(inputs, outputs) -> int:
     return batch_k * (math.prod(_shape(inputs[0])[1:]) + (bias[1] if bias else 0))
 
 
-def _zero_recorder(seen: Counter):
-    def make(op: str):
-        def handle(inputs, outputs) -> int:
-            seen[op] += 1
-            return 0
+# An op fvcore would skip without a word is given a handle that records one call under this
+# prefix: fvcore then keeps its calls per module, like the ops it reports as unsupported.
+CALLS = "calls:"
 
-        return handle
 
-    return make
+def _record_call(op: str):
+    def handle(inputs, outputs) -> Counter:
+        return Counter({CALLS + op: 1})
+
+    return handle
 
 
 HANDLES = {
@@ -128,14 +131,19 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def count_fvcore(spec: Spec, max_memory_bytes: int | None = None) -> Counts:
+def count_fvcore(spec: Spec, max_memory_bytes: int | None = None,
+                 built: tuple[nn.Module, tuple[torch.Tensor, ...]] | None = None) -> Counts:
     """Trace one forward of the spec's model with fvcore; meta device where shapes allow (else
-    on real tensors, within `max_memory_bytes` or the free memory: DoesNotFit)."""
+    on real tensors, within `max_memory_bytes` or the free memory: DoesNotFit). `built`, the
+    spec's model in eval mode and its inputs where a caller holds them already (a sweep that
+    times the configuration), is traced instead of building them again."""
     try:
         return count_on_meta(spec)
     except (RuntimeError, NotImplementedError, TypeError):
         # data-dependent shapes (the per-expert loops, threshold routing) need real tensors;
         # so do some meta kernels under tracing (a conv1d shape check raises TypeError there)
+        if built is not None and not built[0].training:
+            return _Trace.of_model(*built, device=spec.device).counts()
         real = "cpu" if spec.device == "meta" else spec.device
         check_fits(spec.replace(device=real, mode="inference"), max_memory_bytes)  # a forward
         return _count_on(spec, real)
@@ -149,7 +157,7 @@ _META_COUNTS_KEPT = 512
 
 def count_on_meta(spec: Spec) -> Counts:
     """The meta-device count of `spec`, traced once per counting-relevant configuration; a
-    stack of identical blocks is traced with one and two blocks (measure/stacks.py)."""
+    stack of identical blocks is traced with one block per stack (measure/stacks.py)."""
     key = spec.replace(device="meta", dtype="float32", seed=0)
     if key not in _META_COUNTS:
         if len(_META_COUNTS) >= _META_COUNTS_KEPT:
@@ -164,53 +172,107 @@ def forget_counts() -> None:
 
 
 def stacked(spec: Spec) -> bool:
-    """Whether the count may come from one- and two-block traces: the host's blocks all cost
-    the same, and the model has more than two per stack (else the trace is as short)."""
+    """Whether the count may come from a shorter trace: the host's blocks all cost the same,
+    and the model has more blocks per stack than that trace."""
     shape = host_shape(spec.host)
-    return shape.uniform_blocks and spec.layers // _per_stack(spec) > 2
+    return shape.uniform_blocks and spec.layers // _per_stack(spec) > _traced_blocks(spec)
 
 
 def _per_stack(spec: Spec) -> int:
     return 2 if host_shape(spec.host).seq2seq else 1  # encoder + decoder: one block each
 
 
+def _traced_blocks(spec: Spec) -> int:
+    """Blocks per stack in the short trace: the first block, and one more where it differs."""
+    return 2 if host_shape(spec.host).first_block_differs else 1
+
+
 def _count_stack(spec: Spec) -> Counts:
-    one, two = (_count_on(spec.replace(layers=n * _per_stack(spec)), "meta") for n in (1, 2))
-    return stacks.extend(one, two, spec.layers // _per_stack(spec))
+    traced_blocks = _traced_blocks(spec)
+    trace = _Trace.of(spec.replace(layers=traced_blocks * _per_stack(spec)), "meta")
+    roots = block_roots(trace.ops, traced_blocks - 1)
+    if len(roots) != _per_stack(spec):  # blocks not found by name: trace the whole model
+        return _count_on(spec, "meta")
+    return stacks.extend(trace.counts(), trace.counts(roots), roots,
+                         spec.layers // _per_stack(spec))
 
 
 def _count_on(spec: Spec, device: str) -> Counts:
-    # grouped_mm's meta kernel accepts bf16 only; multiply-add counts do not depend on dtype
-    build_spec = spec.replace(dtype="bfloat16") if device == "meta" else spec
-    model = build_model(build_spec, device=device).eval()
-    inputs = make_inputs(build_spec, device=device)
-    with _quiet(), torch.no_grad():
-        from fvcore.nn import FlopCountAnalysis  # its import warns about torch.jit: inside _quiet
+    return _Trace.of(spec, device).counts()
 
-        zero_ops: Counter = Counter()
-        analysis = FlopCountAnalysis(model, inputs)
-        analysis.set_op_handle(**HANDLES)
-        record_zero = _zero_recorder(zero_ops)
-        analysis.set_op_handle(**{op: record_zero(op) for op in _SURFACED_OPS})
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        analysis.tracer_warnings("none")
-        total = int(analysis.total())
-        skipped = Counter(analysis.unsupported_ops()) + zero_ops
-        by_module_op = analysis.by_module_and_operator()
-    params_total = sum(p.numel() for p in model.parameters())
-    routing = routing_summary(model) if device != "meta" else {}
-    return Counts(
-        macs=total,
-        macs_by_part=parts_from_modules(model, by_module_op),
-        params_total=params_total,
-        params_active=params_total - inactive_params(model),
-        source="fvcore",
-        count_device=device,
-        unsupported_ops=dict(sorted(skipped.items())),
-        macs_by_operator={k: int(v) for k, v in analysis.by_operator().items()},
-        macs_by_module={k: int(v) for k, v in analysis.by_module().items()},
-        routing=routing,
-    )
+
+@dataclass
+class _Trace:
+    """One fvcore-traced forward: MACs and recorded calls per module and operator (each module
+    holds its descendants' ops, as fvcore counts), and the ops fvcore left unsupported."""
+
+    model: nn.Module
+    device: str
+    ops: dict[str, Counter]
+    unsupported: dict[str, Counter]
+
+    @classmethod
+    def of(cls, spec: Spec, device: str) -> _Trace:
+        # grouped_mm's meta kernel accepts bf16 only; multiply-add counts do not depend on dtype
+        build_spec = spec.replace(dtype="bfloat16") if device == "meta" else spec
+        model = build_model(build_spec, device=device).eval()
+        return cls.of_model(model, make_inputs(build_spec, device=device), device)
+
+    @classmethod
+    def of_model(cls, model: nn.Module, inputs: tuple[torch.Tensor, ...], device: str) -> _Trace:
+        with _quiet(), torch.no_grad():
+            # fvcore's import warns about torch.jit: inside _quiet
+            from fvcore.nn import FlopCountAnalysis
+
+            analysis = FlopCountAnalysis(model, inputs)
+            analysis.set_op_handle(**HANDLES)
+            analysis.set_op_handle(**{op: _record_call(op) for op in _SURFACED_OPS})
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            analysis.tracer_warnings("none")
+            ops = analysis.by_module_and_operator()
+            unsupported = {name: analysis.unsupported_ops(name) for name in ops}
+        return cls(model, device, ops, unsupported)
+
+    def counts(self, roots: list[str] | None = None) -> Counts:
+        """The count of the modules `roots` (with their descendants), or of the whole model."""
+        roots = roots or [""]
+        under = [n for n in self.ops if any(_within(n, r) for r in roots)]
+        macs = {n: _macs(self.ops[n]) for n in under}
+        by_operator, skipped = Counter(), Counter()
+        for root in roots:
+            by_operator.update(macs[root])
+            skipped.update(self.unsupported[root])
+            skipped.update({op[len(CALLS):]: n for op, n in self.ops[root].items()
+                            if op.startswith(CALLS)})
+        modules = [self.model.get_submodule(r) for r in roots]
+        params_total = sum(p.numel() for p in _unique_params(modules))
+        return Counts(
+            macs=sum(by_operator.values()),
+            macs_by_part=parts_from_modules(self.model, macs),
+            params_total=params_total,
+            params_active=params_total - sum(inactive_params(m) for m in modules),
+            source="fvcore",
+            count_device=self.device,
+            unsupported_ops=dict(sorted(skipped.items())),
+            macs_by_operator={k: int(v) for k, v in by_operator.items()},
+            macs_by_module={n: int(sum(m.values())) for n, m in macs.items()},
+            routing=routing_summary(self.model) if self.device != "meta" else {},
+        )
+
+
+def _within(name: str, root: str) -> bool:
+    return not root or name == root or name.startswith(f"{root}.")
+
+
+def _macs(ops: Counter) -> Counter:
+    return Counter({op: n for op, n in ops.items() if not op.startswith(CALLS)})
+
+
+def _unique_params(modules: list[nn.Module]) -> list[nn.Parameter]:
+    seen: dict[int, nn.Parameter] = {}
+    for module in modules:
+        seen.update((id(p), p) for p in module.parameters())
+    return list(seen.values())
 
 
 def inactive_params(model: nn.Module) -> int:

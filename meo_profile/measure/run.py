@@ -121,17 +121,20 @@ def _measure_into(result: Result, measurements, source, timing, max_memory_bytes
         choice = choose_impl(result.spec, measurements)
     result.spec = spec = result.spec.replace(impl=choice.impl)
     result.update(**choice.to_fields())
-    if "flops" in measurements:
+    work = None
+    if "latency" in measurements or "memory" in measurements:
+        with timed(phases, "building"):
+            work = Workload.build(spec)
+    if "flops" in measurements:  # a count on real tensors traces the timed model, if any
+        built = (work.model, work.inputs) if work is not None and spec.mode == "inference" else None
         with timed(phases, "counting"):
             result.add_counts(count(spec, "fvcore" if source == "both" else source,
-                                    max_memory_bytes))
+                                    max_memory_bytes, built))
             if source == "both":
                 result.cross_check = cross_check(result.counts, spec)
             result.update(**fidelity_fields(spec))
-    if "latency" not in measurements and "memory" not in measurements:
+    if work is None:
         return
-    with timed(phases, "building"):
-        work = Workload.build(spec)
     with timed(phases, "timing"):
         if "latency" in measurements:
             time_workload(result, work, timing, memory="memory" in measurements)

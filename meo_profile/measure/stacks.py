@@ -1,17 +1,19 @@
-"""A stack of identical blocks, counted from two short traces.
+"""A stack of identical blocks, counted from one short trace.
 
 fvcore's cost is its trace: one traced forward, whose time grows with the number of blocks (a
-24-block bert-large takes ten times a 2-block one). Where every block of a stack costs the same
-(the host says so: `HostShape.uniform_blocks`), the counts of a model with n blocks per stack
-follow exactly from two traced models, with one and with two blocks per stack:
+24-block bert-large takes twenty times a 1-block one). Where every block of a stack costs the
+same (the host says so: `HostShape.uniform_blocks`), a model of n blocks per stack follows
+exactly from a model with t of them, traced once, and the count of its last block (each stack's
+block t-1, read from the same trace by module):
 
-    count(n) = count(1) + (n - 1) * (count(2) - count(1))
+    count(n) = count(t) + (n - t) * count(block t-1)
 
 for every additive quantity: MACs, MACs by part and by operator, ops counted as 0 (calls),
-parameters total and active. Per-module MACs are rebuilt by name: a module outside the blocks
-keeps its count (a container of blocks grows like the total), and a module of the second block
-of a stack is repeated for blocks 2..n under its own index. The first block may differ from the
-others (T5's relative position bias lives in block 0) and is traced, never repeated.
+parameters total and active. t is 1, or 2 where the first block differs from the rest (T5's
+relative position bias lives in block 0: `HostShape.first_block_differs`), so the first block is
+traced, never repeated. Per-module MACs are rebuilt by name: a module of the repeated block is
+repeated under each new index, a module outside the blocks gains the repeated blocks it holds
+(the model, a stack), and every other module keeps its traced count.
 tests/test_flops.py holds the result equal to the full trace, field by field, on every host.
 
 These are fvcore's counts (`flops_source: fvcore`): traced, combined by exact arithmetic.
@@ -20,26 +22,12 @@ These are fvcore's counts (`flops_source: fvcore`): traced, combined by exact ar
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 from meo_profile.measure.counts import Counts
 
 ADDITIVE_MAPS = ("macs_by_part", "macs_by_operator", "unsupported_ops")
 ADDITIVE_TOTALS = ("macs", "params_total", "params_active")
-
-
-def extend(one: Counts, two: Counts, blocks: int) -> Counts:
-    """Counts of `blocks` blocks per stack from the traces with one and two (blocks >= 1)."""
-    extra = blocks - 1
-    totals = {f: getattr(one, f) + extra * (getattr(two, f) - getattr(one, f))
-              for f in ADDITIVE_TOTALS}
-    maps = {f: _extend_map(getattr(one, f), getattr(two, f), extra) for f in ADDITIVE_MAPS}
-    return dataclasses.replace(two, **totals, **maps,
-                               macs_by_module=_extend_modules(one.macs_by_module,
-                                                              two.macs_by_module, extra))
-
-
-def _extend_map(one: dict[str, int], two: dict[str, int], extra: int) -> dict[str, int]:
-    return {k: one.get(k, 0) + extra * (two[k] - one.get(k, 0)) for k in two}
 
 
 def block_index(name: str) -> int | None:
@@ -48,17 +36,46 @@ def block_index(name: str) -> int | None:
     return next((i for i, part in enumerate(name.split(".")) if part.isdigit()), None)
 
 
-def _extend_modules(one: dict[str, int], two: dict[str, int], extra: int) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for name, macs in two.items():
+def block_roots(names: Iterable[str], index: int) -> list[str]:
+    """The block modules numbered `index`, one per stack (`...encoder.layer.0`, and for a
+    seq2seq model `...encoder.block.0` and `...decoder.block.0`)."""
+    roots = []
+    for name in names:
         at = block_index(name)
-        if at is None:  # the model, a stack, the embeddings, the head
-            out[name] = one.get(name, 0) + extra * (macs - one.get(name, 0))
-            continue
         parts = name.split(".")
-        if parts[at] == "0":
+        if at is not None and at == len(parts) - 1 and parts[at] == str(index):
+            roots.append(name)
+    return sorted(roots)
+
+
+def extend(traced: Counts, block: Counts, roots: list[str], blocks: int) -> Counts:
+    """Counts of `blocks` blocks per stack, from a trace whose last block per stack is `roots`
+    (counted alone as `block`)."""
+    first_new = int(roots[0].split(".")[-1]) + 1  # blocks traced per stack
+    extra = blocks - first_new
+    totals = {f: getattr(traced, f) + extra * getattr(block, f) for f in ADDITIVE_TOTALS}
+    maps = {f: _add_map(getattr(traced, f), getattr(block, f), extra) for f in ADDITIVE_MAPS}
+    modules = _extend_modules(traced.macs_by_module, block.macs_by_module, roots,
+                              range(first_new, blocks))
+    return dataclasses.replace(traced, **totals, **maps, macs_by_module=modules)
+
+
+def _add_map(base: dict[str, int], block: dict[str, int], times: int) -> dict[str, int]:
+    return {k: base.get(k, 0) + times * block.get(k, 0) for k in sorted(set(base) | set(block))}
+
+
+def _extend_modules(traced: dict[str, int], block: dict[str, int], roots: list[str],
+                    new_indices: range) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name, macs in traced.items():
+        if block_index(name) is None:  # the model, a stack, the embeddings, the head
+            held = sum(block[r] for r in roots if not name or r.startswith(f"{name}."))
+            out[name] = macs + len(new_indices) * held
+        else:
             out[name] = macs
-            continue
-        for block in range(1, extra + 1):  # the second block, repeated under each index
-            out[".".join([*parts[:at], str(block), *parts[at + 1:]])] = macs
+    for name, macs in block.items():  # the repeated block, under each new index
+        at = block_index(name)
+        parts = name.split(".")
+        for index in new_indices:
+            out[".".join([*parts[:at], str(index), *parts[at + 1:]])] = macs
     return out
