@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -32,11 +33,14 @@ def noop(job):
 
 
 def sweep_once(preset: str, executor: str) -> dict:
-    with tempfile.TemporaryDirectory() as out:
+    """One sweep as on a fresh machine: an empty output directory and an empty cache directory
+    (`--impl auto`'s choices are cached there; a warm cache would favour the later runs)."""
+    with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as cache:
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "cli", "sweep", "--preset", preset, "--out", out,
                                "--quiet", "--no-report", "--executor", executor],
-                              cwd=ROOT, capture_output=True, text=True)
+                              cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "XDG_CACHE_HOME": cache})
         process_s = time.perf_counter() - t
     text = proc.stderr.replace("\n", " ")
     wall = re.search(r"wall ([\d.]+) s", text)
