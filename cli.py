@@ -38,8 +38,14 @@ class App(typer.Typer):
     through `exits_on_bad_input`; what option callbacks raise is answered here."""
 
     def command(self, *args, **kwargs):
-        register = super().command(*args, **kwargs)
-        return lambda fn: register(exits_on_bad_input(fn))
+        def register(fn):
+            # the command list shows the docstring's first paragraph as one line (Typer would
+            # keep its line breaks there and wrap mid-sentence)
+            summary = " ".join((fn.__doc__ or "").split("\n\n")[0].split())
+            options = {"short_help": summary, **kwargs} if summary else kwargs
+            return typer.Typer.command(self, *args, **options)(exits_on_bad_input(fn))
+
+        return register
 
     def __call__(self, *args, **kwargs):
         try:

@@ -120,3 +120,13 @@ def test_empty_paths_and_names_are_one_line_and_exit_2(capsys, args):
 def test_version_prints_one_line(capsys):
     code, out, err = run_cli(["--version"], capsys)
     assert code == 0 and out.startswith("meo-profile ") and len(out.splitlines()) == 1
+
+
+def test_the_command_list_shows_each_summary_as_one_reflowed_paragraph(capsys, monkeypatch):
+    """A docstring's line breaks do not reach the command list (they made rows break mid-line)."""
+    monkeypatch.setenv("COLUMNS", "400")  # wide enough that no summary wraps
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0
+    for summary in ("exit 1 when a claim fails, 2 when none could be judged.",
+                    "device time by kernel and by phase (CUDA), host operators by self time"):
+        assert summary in out
