@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from meo_profile.models import Spec
 
 from meo_profile.sweep.choice import ExecutorChoice
 from meo_profile.terminal import render
@@ -29,7 +30,6 @@ from meo_profile.terminal.options import (
     with_spec,
     writable_file,
 )
-from models import Spec
 
 
 class App(typer.Typer):

@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
+from meo_profile.models import Spec  # noqa: E402
+
 from meo_profile.measure.counting import count  # noqa: E402
-from models import Spec  # noqa: E402
 
 HOSTS = ("bert-small", "bert-base", "bert-large")
 TOP_K = (1, 2, 4, 8, 16, 32)

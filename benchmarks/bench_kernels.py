@@ -48,17 +48,18 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
+from meo_profile.models import Spec, build_model, sparse_layers  # noqa: E402
+from meo_profile.models.experts import ExpertBank  # noqa: E402
+from meo_profile.models.layers import MergedExperts, TokenMoE  # noqa: E402
+from meo_profile.models.routing import Router  # noqa: E402
+from meo_profile.models.variants import CUDA_ONLY, VARIANTS  # noqa: E402
+
 from meo_profile.measure import process  # noqa: E402
 from meo_profile.measure.phase_work import Work, expected_distinct, phase_work  # noqa: E402
 from meo_profile.measure.roofline import DevicePeaks, device_peaks  # noqa: E402
 from meo_profile.measure.timing import Timing, TimingOptions, time_call  # noqa: E402
 from meo_profile.measure.workload import Workload  # noqa: E402
 from meo_profile.results.record import environment  # noqa: E402
-from models import Spec, build_model, sparse_layers  # noqa: E402
-from models.experts import ExpertBank  # noqa: E402
-from models.layers import MergedExperts, TokenMoE  # noqa: E402
-from models.routing import Router  # noqa: E402
-from models.variants import CUDA_ONLY, VARIANTS  # noqa: E402
 
 PAPER = dict(host="layer", d_model=768, d_ff=3072, num_experts=16, top_k=4, batch_size=8,
              seq_len=128)

@@ -36,6 +36,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
+from meo_profile.models import Spec  # noqa: E402
+
 from meo_profile.measure import process as allocator  # noqa: E402
 from meo_profile.measure.analytic import count  # noqa: E402
 from meo_profile.measure.process import CPU_ALLOCATORS  # noqa: E402
@@ -44,7 +46,6 @@ from meo_profile.measure.step_timing import time_step  # noqa: E402
 from meo_profile.measure.timing import TIMING_MODES, Timing, TimingOptions  # noqa: E402
 from meo_profile.measure.workload import Workload  # noqa: E402
 from meo_profile.results.record import environment  # noqa: E402
-from models import Spec  # noqa: E402
 
 SHAPES = {
     "paper": dict(d_model=768, d_ff=3072, num_experts=16, top_k=4, batch_size=8, seq_len=128),

@@ -6,15 +6,14 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
+from meo_profile.models.catalog import host_shape
+from meo_profile.models.experts import ExpertBank
+from meo_profile.models.hosts import Site, SwiGLU
+from meo_profile.models.layers import SparseLayer
+from meo_profile.models.routing import Router
+from meo_profile.models.spec import Spec
+from meo_profile.models.variants import VARIANTS
 from torch import nn
-
-from models.catalog import host_shape
-from models.experts import ExpertBank
-from models.hosts import Site, SwiGLU
-from models.layers import SparseLayer
-from models.routing import Router
-from models.spec import Spec
-from models.variants import VARIANTS
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

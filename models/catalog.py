@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.errors import SpecError
-from models.hosts import HOSTS, HostShape
-from models.native import NATIVE_MOE_IMPLS, native_shape
-from models.native_configs import HF_PREFIX, PUBLISHED
-from models.variants import VARIANTS
+from meo_profile.models.errors import SpecError
+from meo_profile.models.hosts import HOSTS, HostShape
+from meo_profile.models.native import NATIVE_MOE_IMPLS, native_shape
+from meo_profile.models.native_configs import HF_PREFIX, PUBLISHED
+from meo_profile.models.variants import VARIANTS
 
 HOST_NAMES = (*HOSTS, *PUBLISHED)
 HF_HOST_HELP = f"{HF_PREFIX}PATH (a transformers MoE config.json, or a folder holding one)"

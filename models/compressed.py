@@ -21,12 +21,11 @@ hidden 4096) needs. Vectors start at ones, so a fresh layer is top-m routing wit
 from __future__ import annotations
 
 import torch
+from meo_profile.models.experts import ExpertBank, Scales
+from meo_profile.models.layers import TOKEN_DISPATCH, SparseLayer, TokenMoE
+from meo_profile.models.phases import phase
+from meo_profile.models.routing import Router, Routing
 from torch import nn
-
-from models.experts import ExpertBank, Scales
-from models.layers import TOKEN_DISPATCH, SparseLayer, TokenMoE
-from models.phases import phase
-from models.routing import Router, Routing
 
 # How the vectors start: the paper's ones, or a trained-like spread around them so that
 # fidelity and numerical checks see vectors that actually rescale.

@@ -201,7 +201,9 @@ def merge_fused(w: torch.Tensor, b: torch.Tensor | None, index: torch.Tensor,
                 gates: torch.Tensor) -> tuple:
     """One Triton launch reading each sequence's k experts once (CUDA; see
     models/kernels/fused_merge.py): B*k*P multiply-adds, as `gather`."""
-    from models.kernels.fused_merge import merge_fused_expert  # imports triton: only when used
+    from meo_profile.models.kernels.fused_merge import (
+        merge_fused_expert,  # imports triton: only when used
+    )
 
     return merge_fused_expert(w, b, index, gates)
 

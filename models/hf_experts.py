@@ -14,9 +14,8 @@ here is transformers' OLMoE experts class holding the bank's own parameters (sha
 from __future__ import annotations
 
 import torch
-
-from models.experts import ExpertBank
-from models.routing import Routing
+from meo_profile.models.experts import ExpertBank
+from meo_profile.models.routing import Routing
 
 HF_IMPLS = {"hf-eager": "eager", "hf-batched_mm": "batched_mm", "hf-grouped_mm": "grouped_mm"}
 
@@ -54,7 +53,7 @@ def hf_experts(bank: ExpertBank, impl: str) -> torch.nn.Module:
 
 
 def dispatch_hf(impl: str):
-    """A token-level dispatch (`models.layers.TOKEN_DISPATCH`) through transformers' kernel."""
+    """A token-level dispatch (`meo_profile.models.layers.TOKEN_DISPATCH`) through transformers' kernel."""
 
     def dispatch(bank: ExpertBank, x: torch.Tensor, routing: Routing,
                  scales: list | None = None) -> torch.Tensor:

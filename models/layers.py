@@ -13,12 +13,11 @@ S = N*k (token, expert) pairs. Every layer maps (B, T, d_in) -> (B, T, d_out).
 from __future__ import annotations
 
 import torch
+from meo_profile.models.experts import ExpertBank, Scales, group_offsets
+from meo_profile.models.hf_experts import HF_IMPLS, dispatch_hf
+from meo_profile.models.phases import phase
+from meo_profile.models.routing import Router, Routing
 from torch import nn
-
-from models.experts import ExpertBank, Scales, group_offsets
-from models.hf_experts import HF_IMPLS, dispatch_hf
-from models.phases import phase
-from models.routing import Router, Routing
 
 
 class SparseLayer(nn.Module):

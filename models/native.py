@@ -23,12 +23,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from torch import nn
-
-from models.discover import MoEBlock, MoELayoutError, find_moe_blocks
-from models.errors import SpecError
-from models.hosts import FFNBlock, HostShape, LogitsOnly, Site, SwiGLU
-from models.native_configs import (
+from meo_profile.models.discover import MoEBlock, MoELayoutError, find_moe_blocks
+from meo_profile.models.errors import SpecError
+from meo_profile.models.hosts import FFNBlock, HostShape, LogitsOnly, Site, SwiGLU
+from meo_profile.models.native_configs import (
     PUBLISHED,
     check_sizes,
     is_hf,
@@ -36,6 +34,7 @@ from models.native_configs import (
     own_sizes,
     quiet_transformers,
 )
+from torch import nn
 
 # `--impl` of `moe` on a native host: transformers' experts implementations, by their names
 # there with an `hf-` prefix (the first is the default: transformers' own where supported).

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.errors import SpecError
+from meo_profile.models.errors import SpecError
 
 HF_PREFIX = "hf:"
 

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from models.catalog import host_shape
-from models.errors import FLAG_OF, SpecError, flag_of  # noqa: F401 (their home was here)
-from models.variants import VARIANTS
+from meo_profile.models.catalog import host_shape
+from meo_profile.models.errors import FLAG_OF, SpecError, flag_of  # noqa: F401 (their home was here)
+from meo_profile.models.variants import VARIANTS
 
 EXPERT_UNITS = ("linear", "ffn")
 DTYPES = ("float32", "bfloat16", "float16")

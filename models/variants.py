@@ -20,15 +20,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.compressed import CompressedExperts
-from models.experts import ExpertBank
-from models.hf_experts import HF_IMPLS
-from models.hosts import HOSTS
-from models.layers import MergedExperts, SequenceMoE, SparseLayer, TokenMoE
-from models.routing import Router
-from models.xmoe import XMoE
+from meo_profile.models.compressed import CompressedExperts
+from meo_profile.models.experts import ExpertBank
+from meo_profile.models.hf_experts import HF_IMPLS
+from meo_profile.models.hosts import HOSTS
+from meo_profile.models.layers import MergedExperts, SequenceMoE, SparseLayer, TokenMoE
+from meo_profile.models.routing import Router
+from meo_profile.models.xmoe import XMoE
 
-# The factories and rules take a `models.spec.Spec`, which validates against this table and so
+# The factories and rules take a `meo_profile.models.spec.Spec`, which validates against this table and so
 # is not imported here: it is typed as Any.
 Spec = Any
 LayerFactory = Callable[[ExpertBank, Router, Spec], SparseLayer]
@@ -68,7 +68,7 @@ def fused_merge_needs(spec: Spec) -> str | None:
     if spec.mode == "train":
         return "the fused merge has no backward: use gather or dense to train"
     if spec.device == "cuda":
-        from models.kernels.fused_merge import unavailable  # imports triton: only here
+        from meo_profile.models.kernels.fused_merge import unavailable  # imports triton: only here
 
         return unavailable("cuda")
     return None

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+from meo_profile.models.experts import ExpertBank
+from meo_profile.models.layers import SparseLayer, dispatch_loop, run_sorted
+from meo_profile.models.phases import phase
+from meo_profile.models.routing import Router, Routing, threshold_routing
 from torch import nn
-
-from models.experts import ExpertBank
-from models.layers import SparseLayer, dispatch_loop, run_sorted
-from models.phases import phase
-from models.routing import Router, Routing, threshold_routing
 
 MIN_CAPACITY = 4  # the DeepSpeed MoE layer's default, which XMoE's code keeps
 

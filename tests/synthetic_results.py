@@ -9,8 +9,9 @@ MEO, compressed experts and XMoE at one expert budget (FFN experts), for the met
 
 from __future__ import annotations
 
+from meo_profile.models import Spec
+
 from meo_profile.results.record import Result
-from models import Spec
 
 ENV = {"torch_version": "2.13.0", "fvcore_version": "0.1.5.post20221221",
        "transformers_version": "5.0.0", "python_version": "3.12.3",

@@ -6,15 +6,16 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("models", "meo_profile")
+# folder -> import name: the repository's `models/` folder installs as `meo_profile.models`
+PACKAGES = {"models": "meo_profile.models", "meo_profile": "meo_profile"}
 
 
 def project_modules() -> dict[str, Path]:
     """Dotted name -> file, for cli.py and every module of the project's packages."""
     modules = {"cli": ROOT / "cli.py"}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
+    for folder, package in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = (package, *path.relative_to(ROOT / folder).with_suffix("").parts)
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             modules[name] = path
     return modules
@@ -96,7 +97,7 @@ def test_no_import_cycle_in_the_project():
 
 # Layers from the bottom up: a module imports only from its own package or a lower layer.
 # Packages on one layer (check, report) do not import each other.
-LAYERS = (("models",), ("meo_profile.core",), ("meo_profile.results",), ("meo_profile.measure",),
+LAYERS = (("meo_profile.models",), ("meo_profile.core",), ("meo_profile.results",), ("meo_profile.measure",),
           ("meo_profile.check", "meo_profile.report"), ("meo_profile.sweep",),
           ("meo_profile.terminal",), ("cli",))
 MAX_LINES = 450
@@ -132,3 +133,27 @@ def test_meo_profile_is_subpackages_and_no_module_is_long():
     long = {name: n for name, path in project_modules().items()
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_every_package_folder_is_installed_under_its_import_name():
+    """pyproject.toml lists the packages (see its comment): a new subpackage must be listed, or
+    an installed (non-editable) copy would lack it."""
+    import tomllib
+
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    folders = {name for name, path in project_modules().items() if path.name == "__init__.py"}
+    assert set(listed["packages"]) == folders
+    assert listed["package-dir"] == {"meo_profile.models": "models"}
+
+
+def test_the_model_family_imports_from_a_folder_holding_its_own_models_package(tmp_path):
+    """A user's `models/` in the working directory (common in ML projects) is not this tool's."""
+    import subprocess
+    import sys
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("raise ImportError('the user models')\n")
+    code = "from meo_profile.models import Spec; print(Spec().variant)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "meo"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from meo_profile.models import Spec
 
 from meo_profile.core.identity import config_key, requested_impl
 from meo_profile.measure import autotune as at
@@ -15,7 +16,6 @@ from meo_profile.measure.run import measure
 from meo_profile.measure.timing import HostClock, TimingOptions
 from meo_profile.measure.workload import Workload
 from meo_profile.sweep.run import job_key, stored_keys
-from models import Spec
 
 TINY = dict(host="layer", d_model=32, d_ff=64, num_experts=4, top_k=2, seq_len=8, batch_size=2,
             device="cpu")
@@ -164,7 +164,7 @@ SPY_ON_THE_ALLOCATOR = """
 import sys
 from meo_profile.measure import process, run
 from meo_profile.measure.timing import TimingOptions
-from models import Spec
+from meo_profile.models import Spec
 
 seen = []
 real = run.autotune

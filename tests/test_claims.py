@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from meo_profile.models import Spec
 from typer.testing import CliRunner
 
 from cli import app
@@ -23,7 +24,6 @@ from meo_profile.core.units import parse_fraction, parse_number
 from meo_profile.measure import fvcore_count as flops
 from meo_profile.results.record import Result
 from meo_profile.results.store import load
-from models import Spec
 
 
 def cli(*args: str):
@@ -179,8 +179,9 @@ def test_a_variant_the_code_cannot_build_is_pending(tmp_path):
 def test_ce_claim_waits_while_the_counter_ignores_compression(monkeypatch):
     """Before counting supported compressed experts, it counted k whole experts per token for
     every MoE layer; the ce claim must then be pending, not judged on a wrong count."""
+    from meo_profile.models.layers import SparseLayer
+
     from meo_profile.check.run import _probe
-    from models.layers import SparseLayer
 
     def k_of_e_experts(model):  # the generic rule: (E - k) experts of each layer are idle
         return sum((m.experts.num_experts - m.router.top_k) * m.experts.expert_numel

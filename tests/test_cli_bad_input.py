@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from meo_profile.models.spec import INT_LIMITS, MAX_SEED
 
 from cli import app
-from models.spec import INT_LIMITS, MAX_SEED
 
 # Cheap to build if a bad value ever slipped through, so a miss fails fast instead of hanging.
 TINY = ["--host", "layer", "--d-model", "8", "--d-ff", "16", "--seq-len", "4", "--batch-size",

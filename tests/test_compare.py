@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from meo_profile.models import Spec
 from typer.testing import CliRunner
 
 from cli import app
@@ -17,7 +18,6 @@ from meo_profile.check.compare import (
     thresholds,
 )
 from meo_profile.results.record import Result
-from models import Spec
 
 CPU = "Test CPU (2 cores)"
 

@@ -5,13 +5,12 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meo_profile.models import Spec, build_model, make_inputs, sparse_layers
+from meo_profile.models.build import layers_as, make_sparse_layer
+from meo_profile.models.compressed import CompressedExperts, model_rel_l2_error, rel_l2_error
+from meo_profile.models.layers import TokenMoE
+from meo_profile.models.routing import Router
 from torch import nn
-
-from models import Spec, build_model, make_inputs, sparse_layers
-from models.build import layers_as, make_sparse_layer
-from models.compressed import CompressedExperts, model_rel_l2_error, rel_l2_error
-from models.layers import TokenMoE
-from models.routing import Router
 
 TINY = dict(d_model=16, d_ff=24, seq_len=5, batch_size=3)
 

@@ -9,14 +9,14 @@ from fractions import Fraction
 
 import pytest
 import torch
+from meo_profile.models import Spec, build_model, make_inputs
+from meo_profile.models.catalog import host_shape
+from meo_profile.models.native_configs import own_sizes
 
 from meo_profile.measure import analytic, fvcore_count
 from meo_profile.measure.counting import count, disagreements
 from meo_profile.measure.fvcore_count import count_fvcore
 from meo_profile.measure.preflight import DoesNotFit, check_fits
-from models import Spec, build_model, make_inputs
-from models.catalog import host_shape
-from models.native_configs import own_sizes
 
 VARIANTS = ["dense", "moe", "moe-seq", "meo", "meo-token", "ce"]
 GRID = list(itertools.product(VARIANTS, [(4, 1), (8, 2), (6, 6)], [(1, 16), (3, 7)]))

@@ -19,8 +19,8 @@ import torch
 pytest.importorskip("triton")
 pytest.importorskip("numpy")  # the interpreter runs on numpy
 
-from models.experts import merge_dense, merge_gather  # noqa: E402
-from models.kernels import fused_merge as fm  # noqa: E402
+from meo_profile.models.experts import merge_dense, merge_gather  # noqa: E402
+from meo_profile.models.kernels import fused_merge as fm  # noqa: E402
 
 U32 = 2.0**-24
 

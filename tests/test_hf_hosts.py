@@ -6,11 +6,11 @@ import sys
 
 import pytest
 import torch
+from meo_profile.models import Spec, SpecError, build_model, make_inputs, sparse_layers
 
 from meo_profile.measure import analytic
 from meo_profile.measure.counting import disagreements
 from meo_profile.measure.fvcore_count import count_fvcore
-from models import Spec, SpecError, build_model, make_inputs, sparse_layers
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=512, max_position_embeddings=256)
@@ -89,7 +89,7 @@ def test_each_familys_config_saved_by_transformers_counts_and_rescales(host, tmp
     """save_pretrained also writes fields the class derives (Qwen3-MoE's num_local_experts at
     the class default, DeepSeek-V3's qk_head_dim): read back, and rescaled, they must not
     override the file's own values or what the new sizes derive."""
-    from models.native import host_config
+    from meo_profile.models.native import host_config
 
     width = {"qwen2-moe": 56, "olmoe": 32}.get(host, 64)
     named = Spec(host=host, variant="moe", d_model=width, d_ff=32, layers=2, num_experts=8,
@@ -104,7 +104,7 @@ def test_each_familys_config_saved_by_transformers_counts_and_rescales(host, tmp
 
 
 def test_the_published_mixtral_as_a_users_file_counts_as_the_named_host(tmp_path):
-    from models.native_configs import PUBLISHED
+    from meo_profile.models.native_configs import PUBLISHED
 
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"model_type": "mixtral", **PUBLISHED["mixtral"].fields}))

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from meo_profile.models import Spec, build_model
+from meo_profile.models.experts import ExpertBank
+from meo_profile.models.hf_experts import HF_IMPLS, refusal
+from meo_profile.models.layers import TOKEN_DISPATCH, dispatch_grouped
+from meo_profile.models.routing import Router
 
 from meo_profile.check.verify import verify
-from models import Spec, build_model
-from models.experts import ExpertBank
-from models.hf_experts import HF_IMPLS, refusal
-from models.layers import TOKEN_DISPATCH, dispatch_grouped
-from models.routing import Router
 
 
 def swiglu_bank_and_routing(E=6, k=2, d=32, d_ff=16, N=40, dtype=torch.float32, seed=0):

@@ -3,12 +3,12 @@
 import os
 
 import pytest
+from meo_profile.models import Spec, SpecError
 
 from meo_profile.core.errors import BadInput
 from meo_profile.core.inputs import output_dir, output_file, read_text, split_list
 from meo_profile.core.units import parse_bytes
 from meo_profile.measure.timing import TimingOptions
-from models import Spec, SpecError
 
 
 @pytest.mark.parametrize("text", ["1,,2", "1,2,", ",1", "", " , "])

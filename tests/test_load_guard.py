@@ -6,6 +6,7 @@ import itertools
 import json
 
 import pytest
+from meo_profile.models import Spec
 
 from meo_profile.measure import load_guard
 from meo_profile.measure.load_guard import LoadGuard, LoadProbe, load_warnings
@@ -13,7 +14,6 @@ from meo_profile.measure.roofline import DevicePeaks, best_ms
 from meo_profile.measure.timing import TimingOptions
 from meo_profile.results.store import load_warnings as stored_warnings
 from meo_profile.sweep.run import SweepOptions, run_sweep
-from models import Spec
 
 MATMUL_MACS, COPY_BYTES = 1e9, 1e8  # work of one probe call
 

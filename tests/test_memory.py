@@ -3,6 +3,7 @@ cost for MEO (the merged weights autograd keeps for the backward) made visible."
 
 import pytest
 import torch
+from meo_profile.models import Spec, sparse_layers
 
 from meo_profile.measure.memory import (
     AllocProfile,
@@ -13,7 +14,6 @@ from meo_profile.measure.memory import (
 )
 from meo_profile.measure.phase_work import expert_bytes
 from meo_profile.measure.workload import Workload
-from models import Spec, sparse_layers
 
 MB = 1_000_000
 TINY = dict(host="layer", num_experts=8, top_k=2, d_model=64, d_ff=128, seq_len=16, batch_size=4,

@@ -6,6 +6,7 @@ import re
 
 import pytest
 from matplotlib.colors import to_hex
+from meo_profile.models import Spec
 from synthetic_results import (
     CE_REL_L2_ERROR,
     XMOE_CHOSEN,
@@ -19,7 +20,6 @@ from meo_profile.report import document as report
 from meo_profile.report import figures, tables, views
 from meo_profile.report.findings import methods_compared
 from meo_profile.sweep.presets import METHODS_LAYER, PRESETS
-from models import Spec
 
 SECTION = "Four methods at one expert budget"
 

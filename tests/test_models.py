@@ -4,11 +4,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meo_profile.models import Spec, build_model, make_inputs, sparse_layers
+from meo_profile.models.build import layers_as
+from meo_profile.models.routing import Router
 
 from meo_profile.check.verify import check_single_expert, verify
-from models import Spec, build_model, make_inputs, sparse_layers
-from models.build import layers_as
-from models.routing import Router
 
 TINY = dict(d_model=32, d_ff=48, seq_len=6, batch_size=3)
 
@@ -166,7 +166,7 @@ def test_verify_passes_in_bfloat16_layer_by_layer():
 
 
 def test_verify_catches_a_merge_that_ignores_the_gates(monkeypatch):
-    from models import experts
+    from meo_profile.models import experts
 
     def unweighted(w, b, index, gates):  # every selected expert at weight 1/k
         return experts.merge_gather(w, b, index, torch.full_like(gates, 1 / gates.shape[1]))

@@ -3,17 +3,17 @@ on the meta device for counts, scaled down for forward passes, every variant, of
 
 import pytest
 import torch
+from meo_profile.models import Spec, SpecError, build_model, make_inputs, sparse_layers
+from meo_profile.models.catalog import host_shape, router_gates
+from meo_profile.models.discover import find_moe_blocks
+from meo_profile.models.native import NAMED_ROUTER_GATES, NativeMoE, WithSharedExperts, host_config
+from meo_profile.models.native_configs import PUBLISHED
 
 from meo_profile.measure import analytic
 from meo_profile.measure.counting import count, disagreements
 from meo_profile.measure.fvcore_count import count_fvcore, inactive_params
 from meo_profile.measure.phase_work import phase_bytes
 from meo_profile.measure.run import measure
-from models import Spec, SpecError, build_model, make_inputs, sparse_layers
-from models.catalog import host_shape, router_gates
-from models.discover import find_moe_blocks
-from models.native import NAMED_ROUTER_GATES, NativeMoE, WithSharedExperts, host_config
-from models.native_configs import PUBLISHED
 
 HOSTS = tuple(PUBLISHED)
 # Scaled down: head counts stay the model's, so d_model must split into even heads where the
@@ -123,9 +123,8 @@ def test_swapped_variants_keep_the_shared_experts_and_their_gate(host):
 
 
 def test_a_block_that_combines_shared_experts_otherwise_is_refused():
+    from meo_profile.models.native import check_shared_combine
     from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
-
-    from models.native import check_shared_combine
 
     class SharedTwice(Qwen2MoeSparseMoeBlock):  # a family that adds its shared expert again
         def forward(self, h):

@@ -4,12 +4,12 @@
 import time
 
 import pytest
+from meo_profile.models import Spec
 
 from cli import app
 from meo_profile.measure import analytic
 from meo_profile.measure.preflight import DoesNotFit, check_fits, estimate, weight_bytes
 from meo_profile.measure.run import measure
-from models import Spec
 
 SMALL = dict(d_ff=128, num_experts=4, top_k=2, seq_len=32, batch_size=4, device="cpu")
 

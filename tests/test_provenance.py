@@ -4,6 +4,8 @@ report shows each configuration's latest outcome and keeps the commands that pro
 
 import json
 
+from meo_profile.models import Spec
+
 from meo_profile.measure.run import measure
 from meo_profile.measure.timing import TimingOptions
 from meo_profile.report import document, provenance, views
@@ -11,7 +13,6 @@ from meo_profile.results.record import Result, invocation, record_problem
 from meo_profile.results.store import load
 from meo_profile.sweep.grid import Block, Grid
 from meo_profile.sweep.run import SweepOptions, run_sweep
-from models import Spec
 
 TINY = dict(host="layer", d_model=16, d_ff=32, seq_len=8, batch_size=2, num_experts=4, top_k=2,
             device="cpu")

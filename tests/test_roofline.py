@@ -8,6 +8,8 @@ import math
 
 import pytest
 import torch
+from meo_profile.models import Spec, build_model, make_inputs, sparse_layers
+from meo_profile.models.layers import experts_touched
 
 from meo_profile.measure import roofline as roofline_module
 from meo_profile.measure.phase_work import (
@@ -22,8 +24,6 @@ from meo_profile.measure.phase_work import (
 from meo_profile.measure.roofline import DevicePeaks, configuration_bound, device_peaks, roofline
 from meo_profile.measure.run import measure
 from meo_profile.measure.timing import TimingOptions
-from models import Spec, build_model, make_inputs, sparse_layers
-from models.layers import experts_touched
 
 TINY = dict(host="layer", num_experts=8, top_k=2, d_model=64, d_ff=128, seq_len=16, batch_size=4,
             device="cpu")

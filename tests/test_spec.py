@@ -4,8 +4,7 @@ import subprocess
 import sys
 
 import pytest
-
-from models import Spec, SpecError
+from meo_profile.models import Spec, SpecError
 
 
 @pytest.mark.parametrize("kwargs, flag", [

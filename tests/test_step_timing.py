@@ -7,13 +7,13 @@ import subprocess
 import sys
 
 import pytest
+from meo_profile.models import Spec
+from meo_profile.models.spec import SpecError
 
 from meo_profile.measure.run import measure
 from meo_profile.measure.step_timing import DeviceTools, NotCapturable, StepTiming, time_step
 from meo_profile.measure.timing import HostClock, Timing, TimingOptions, time_with_clock
 from meo_profile.measure.workload import Workload
-from models import Spec
-from models.spec import SpecError
 
 TINY = dict(host="layer", num_experts=4, top_k=2, d_model=32, d_ff=64, seq_len=8, batch_size=2,
             device="cpu")

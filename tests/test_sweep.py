@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from meo_profile.models import SpecError
 
 from meo_profile.measure.timing import TimingOptions
 from meo_profile.results.store import Store, load
@@ -16,7 +17,6 @@ from meo_profile.sweep.grid import Block, Grid, GridError, load_config, parse_ax
 from meo_profile.sweep.plan import plan_grid
 from meo_profile.sweep.presets import PRESETS
 from meo_profile.sweep.run import SweepLock, SweepOptions, run_sweep
-from models import SpecError
 
 TINY_AXES = ["--host", "layer", "--d-model", "16", "--d-ff", "32", "--seq-len", "8",
              "--batch-size", "2", "--device", "cpu", "--min-run-time", "0.02", "--warmup", "1"]

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from meo_profile.models import Spec, SpecError
+from meo_profile.models.spec import planned_for
 from synthetic_results import ENV
 from typer.testing import CliRunner
 
@@ -25,8 +27,6 @@ from meo_profile.sweep.executors import Failure, Site
 from meo_profile.sweep.plan import jobs_for, plan_grid, plan_sweep
 from meo_profile.sweep.run import SweepOptions, SweepSummary, failure_record, not_stored, run_sweep
 from meo_profile.sweep.stopping import StopNow, Stopping
-from models import Spec, SpecError
-from models.spec import planned_for
 
 FAST = TimingOptions(warmup=1, min_run_time=0.02)
 H200 = "NVIDIA H200"

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from meo_profile.models.spec import SpecError
 
 from meo_profile.measure.timing import (
     MIN_RUNS,
@@ -20,7 +21,6 @@ from meo_profile.measure.timing import (
     time_call,
     time_with_clock,
 )
-from models.spec import SpecError
 
 
 class FakeClock:

@@ -6,13 +6,13 @@ import subprocess
 import sys
 
 import pytest
+from meo_profile.models import Spec
+from meo_profile.models.phases import PHASES
+from meo_profile.models.spec import SpecError
 
 from meo_profile.core.errors import BadInput
 from meo_profile.measure.trace import kernel_time, summarize_file, trace
 from meo_profile.measure.workload import Workload
-from models import Spec
-from models.phases import PHASES
-from models.spec import SpecError
 
 TINY = dict(host="layer", num_experts=4, top_k=2, d_model=64, d_ff=128, seq_len=16, batch_size=2,
             device="cpu")

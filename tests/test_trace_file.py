@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from meo_profile.models.phases import PHASES
 
 from meo_profile.measure.trace_file import (
     OTHER,
@@ -18,7 +19,6 @@ from meo_profile.measure.trace_file import (
     per_step,
 )
 from meo_profile.measure.trace_names import short_kernel_name
-from models.phases import PHASES
 
 H200_TRACE = Path(__file__).parent / "data" / "meo-layer-trace.json"
 DEVICE_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}

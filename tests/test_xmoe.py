@@ -6,12 +6,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meo_profile.models import Spec, build_model, make_inputs, sparse_layers
+from meo_profile.models.build import layers_as, make_sparse_layer
+from meo_profile.models.routing import Routing
+from meo_profile.models.xmoe import XMoE, expert_capacity, queue_positions, routing_summary
 from torch import nn
-
-from models import Spec, build_model, make_inputs, sparse_layers
-from models.build import layers_as, make_sparse_layer
-from models.routing import Routing
-from models.xmoe import XMoE, expert_capacity, queue_positions, routing_summary
 
 D = 8
 
@@ -71,7 +70,7 @@ def output_by_hand(layer: XMoE, x: torch.Tensor) -> torch.Tensor:
 
 
 def _route(layer: XMoE, x: torch.Tensor) -> Routing:
-    from models.routing import threshold_routing
+    from meo_profile.models.routing import threshold_routing
 
     probs = layer.router.logits(x).softmax(dim=-1, dtype=torch.float32)
     return threshold_routing(probs, layer.threshold, layer.max_k)
@@ -224,7 +223,7 @@ def test_routing_summary_pools_tokens_over_layers():
 
 def test_p90_is_the_nearest_rank():
     layer = xmoe_layer(E=4)
-    from models.xmoe import RoutingStats
+    from meo_profile.models.xmoe import RoutingStats
 
     layer.last_routing_stats = RoutingStats(torch.tensor([1] * 9 + [4]), torch.tensor(0))
     assert routing_summary(layer)["experts_per_token_p90"] == 1.0  # 9 of 10 chose one

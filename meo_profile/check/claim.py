@@ -25,8 +25,8 @@ from meo_profile.check.quantities import Quantity
 from meo_profile.core.errors import BadInput
 from meo_profile.core.identity import config_key, symbol
 from meo_profile.core.units import format_value
-from models.spec import Spec, SpecError
-from models.variants import VARIANTS
+from meo_profile.models.spec import Spec, SpecError
+from meo_profile.models.variants import VARIANTS
 
 
 class ClaimError(BadInput):

@@ -14,7 +14,7 @@ from meo_profile.check.expectations import EXPECT_KEYS, EXPECTATIONS, Approx, Li
 from meo_profile.check.probes import PROBES
 from meo_profile.check.quantities import CLAIM_METRICS, MACS_PER, PARTS, Quantity
 from meo_profile.core.inputs import read_text
-from models.spec import SPEC_FIELDS
+from meo_profile.models.spec import SPEC_FIELDS
 
 BUILTIN = "claims_builtin.yaml"  # shipped beside this module (package data)
 

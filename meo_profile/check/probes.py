@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from meo_profile.measure.counting import count
-from models import VARIANTS, Spec, build_model, make_inputs, sparse_layers
+from meo_profile.models import VARIANTS, Spec, build_model, make_inputs, sparse_layers
 
 # A model small enough that building, tracing and running it costs well under a second.
 TINY = dict(host="layer", d_model=64, d_ff=128, num_experts=4, top_k=2, seq_len=8, batch_size=2,
@@ -25,7 +25,7 @@ def registered(variant: str) -> str | None:
     """The variant has a layer in the model family (`dense` keeps the host's own FFN)."""
     if variant == "dense" or (variant in VARIANTS and VARIANTS[variant].layer is not None):
         return None
-    return f"variant {variant!r} is not built yet (no layer in models.variants.VARIANTS)"
+    return f"variant {variant!r} is not built yet (no layer in meo_profile.models.variants.VARIANTS)"
 
 
 def counted(variant: str) -> str | None:

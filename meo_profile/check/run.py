@@ -19,8 +19,8 @@ from meo_profile.check.probes import PROBES
 from meo_profile.core.identity import spec_title
 from meo_profile.core.inputs import output_dir
 from meo_profile.measure.run import measure, preflight
+from meo_profile.models import Spec
 from meo_profile.results.store import Store, load, results_path
-from models import Spec
 
 
 @functools.cache

@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass
 import torch
 
 from meo_profile.measure.preflight import check_fits
-from models import Spec, build_model, make_inputs, sparse_layers
-from models.catalog import host_shape
-from models.layers import MergedExperts, SparseLayer
-from models.native import NativeMoE
-from models.spec import SpecError
-from models.variants import CUDA_ONLY, VARIANTS
+from meo_profile.models import Spec, build_model, make_inputs, sparse_layers
+from meo_profile.models.catalog import host_shape
+from meo_profile.models.layers import MergedExperts, SparseLayer
+from meo_profile.models.native import NativeMoE
+from meo_profile.models.spec import SpecError
+from meo_profile.models.variants import CUDA_ONLY, VARIANTS
 
 # Relative tolerance per dtype: float32 reorders sums (merge-then-matmul vs matmul-then-sum).
 TOLERANCE = {"float32": 1e-5, "float16": 5e-3, "bfloat16": 3e-2}
@@ -128,7 +128,7 @@ def kernel_setting(impl: str, device: str):
     if impl not in CUDA_ONLY:
         yield None
         return
-    from models.kernels import fused_merge
+    from meo_profile.models.kernels import fused_merge
 
     with fused_merge.interpreted() if device == "cpu" else contextlib.nullcontext():
         yield fused_merge.unavailable(device)

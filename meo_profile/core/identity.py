@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from models.spec import SPEC_FIELDS, Spec
-from models.variants import VARIANTS
+from meo_profile.models.spec import SPEC_FIELDS, Spec
+from meo_profile.models.variants import VARIANTS
 
 MACHINE_FIELD = "device_name"
 SYMBOLS = {"num_experts": "E", "top_k": "k", "batch_size": "B", "seq_len": "L", "d_model": "d",

@@ -26,8 +26,8 @@ from collections.abc import Callable
 
 from meo_profile.measure import analytic_native
 from meo_profile.measure.counts import Counts
-from models.catalog import host_shape
-from models.spec import Spec, SpecError
+from meo_profile.models.catalog import host_shape
+from meo_profile.models.spec import Spec, SpecError
 
 LAYER_NORM_MACS_PER_ELEMENT = 5  # fvcore's rule for an affine layer_norm
 

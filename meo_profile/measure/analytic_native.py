@@ -23,8 +23,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from models import Spec
-from models.errors import SpecError
+from meo_profile.models import Spec
+from meo_profile.models.errors import SpecError
 
 LAYER_NORM_MACS_PER_ELEMENT = 5  # fvcore's rule for an affine layer_norm
 
@@ -107,7 +107,7 @@ FAMILIES: dict[str, Callable[..., Family]] = {
 
 
 def family_of(spec: Spec) -> Family:
-    from models.native import host_config
+    from meo_profile.models.native import host_config
 
     config = host_config(spec)
     if config.model_type not in FAMILIES:

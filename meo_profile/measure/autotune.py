@@ -31,10 +31,10 @@ from meo_profile.measure import process
 from meo_profile.measure.preflight import available_bytes
 from meo_profile.measure.timing import Clock, CudaEventClock, HostClock, timed_calls
 from meo_profile.measure.workload import Workload
+from meo_profile.models import Spec, torch_dtype
+from meo_profile.models.spec import SPEC_FIELDS
+from meo_profile.models.variants import CUDA_ONLY, VARIANTS
 from meo_profile.results.record import device_name
-from models import Spec, torch_dtype
-from models.spec import SPEC_FIELDS
-from models.variants import CUDA_ONLY, VARIANTS
 
 TUNE_WARMUP, TUNE_CALLS = 1, 3  # brief: a choice between candidates, not a measurement
 CACHE_NAME = Path("meo-profile") / "impl-choices.json"

@@ -15,7 +15,7 @@ from meo_profile.measure import analytic
 from meo_profile.measure.counts import Counts
 from meo_profile.measure.fvcore_count import count_fvcore
 from meo_profile.measure.preflight import DoesNotFit
-from models import Spec, SpecError
+from meo_profile.models import Spec, SpecError
 
 # name -> (spec, memory limit in bytes or None) -> Counts; the limit bounds a traced count that
 # needs real tensors (see count_fvcore); the closed form needs no memory.

@@ -36,13 +36,13 @@ from meo_profile.measure import stacks
 from meo_profile.measure.counts import Counts
 from meo_profile.measure.preflight import check_fits
 from meo_profile.measure.stacks import block_roots
-from models import Spec, build_model, make_inputs
-from models.catalog import host_shape
-from models.compressed import CompressedVectors
-from models.layers import Merger, SparseLayer, TokenBlock
-from models.native import NativeMoE
-from models.routing import Router
-from models.xmoe import routing_summary
+from meo_profile.models import Spec, build_model, make_inputs
+from meo_profile.models.catalog import host_shape
+from meo_profile.models.compressed import CompressedVectors
+from meo_profile.models.layers import Merger, SparseLayer, TokenBlock
+from meo_profile.models.native import NativeMoE
+from meo_profile.models.routing import Router
+from meo_profile.models.xmoe import routing_summary
 
 # Ops with arithmetic or data movement that fvcore ignores without a word; we list them.
 _SURFACED_OPS = ("aten::relu", "aten::relu_", "aten::clamp", "aten::clamp_", "aten::floor",

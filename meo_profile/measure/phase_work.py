@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from meo_profile.measure.analytic import count
-from models import VARIANTS, Spec, sparse_layers, torch_dtype
-from models.compressed import CompressedExperts
-from models.layers import MergedExperts, SparseLayer, experts_touched
-from models.native import NativeMoE
-from models.phases import PHASES
+from meo_profile.models import VARIANTS, Spec, sparse_layers, torch_dtype
+from meo_profile.models.compressed import CompressedExperts
+from meo_profile.models.layers import MergedExperts, SparseLayer, experts_touched
+from meo_profile.models.native import NativeMoE
+from meo_profile.models.phases import PHASES
 
 HOST = "host"  # the host model's own work: everything outside the MoE layers' phases
 BOUND_PHASES = (*PHASES, HOST)

@@ -41,8 +41,8 @@ import torch
 from meo_profile.core.errors import BadInput
 from meo_profile.core.identity import spec_title
 from meo_profile.core.units import human_bytes
-from models import Spec, build_model
-from models.catalog import host_shape
+from meo_profile.models import Spec, build_model
+from meo_profile.models.catalog import host_shape
 
 HEADROOM = 0.9  # of the free memory: the estimate is not a bound, and the process needs some
 TOKEN_ID_BYTES = 8  # int64

@@ -30,9 +30,9 @@ from torch import nn
 
 from meo_profile.measure.phase_work import BOUND_PHASES, Work, phase_work
 from meo_profile.measure.timing import TimingOptions, time_benchmark, time_call
-from models import Spec, build_model
-from models.build import TORCH_DTYPES
-from models.spec import SpecError
+from meo_profile.models import Spec, build_model
+from meo_profile.models.build import TORCH_DTYPES
+from meo_profile.models.spec import SpecError
 
 # Sizes for the peak probes: large enough to reach the device's steady state (on a quiet
 # two-core CPU, square matmuls from 1024 to 3072 and the paper layer's own shapes all reach the

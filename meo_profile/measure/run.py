@@ -38,14 +38,14 @@ from meo_profile.measure.roofline import configuration_bound
 from meo_profile.measure.step_timing import time_step
 from meo_profile.measure.timing import TimingOptions
 from meo_profile.measure.workload import Workload
+from meo_profile.models import Spec, build_model, make_inputs, sparse_layers
+from meo_profile.models.catalog import router_gates
+from meo_profile.models.compressed import model_rel_l2_error
+from meo_profile.models.layers import experts_touched
+from meo_profile.models.spec import SpecError
+from meo_profile.models.variants import CUDA_ONLY
+from meo_profile.models.xmoe import routing_summary
 from meo_profile.results.record import Result
-from models import Spec, build_model, make_inputs, sparse_layers
-from models.catalog import router_gates
-from models.compressed import model_rel_l2_error
-from models.layers import experts_touched
-from models.spec import SpecError
-from models.variants import CUDA_ONLY
-from models.xmoe import routing_summary
 
 MEASUREMENTS = ("flops", "latency", "memory")
 TIMED_DEVICES = ("cpu", "cuda")

@@ -27,7 +27,7 @@ from torch.utils import benchmark
 
 from meo_profile.core.stats import NOISY_IQR_OVER_MEDIAN, iqr_over_median, quantile
 from meo_profile.measure.process import CPU_ALLOCATORS
-from models.spec import SpecError
+from meo_profile.models.spec import SpecError
 
 PILOT_CALLS = 3  # timed calls that size the run; their samples are discarded with the warm-up
 MIN_RUNS = 5  # fewer samples make the 20th/80th percentiles meaningless

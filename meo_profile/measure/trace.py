@@ -32,9 +32,9 @@ from meo_profile.measure.process import native_stderr_silenced
 from meo_profile.measure.timing import MAX_WARMUP
 from meo_profile.measure.trace_file import TraceAnalysis, analyze_trace, per_step
 from meo_profile.measure.workload import Workload
-from models import Spec
-from models.spec import SpecError
-from models.variants import CUDA_ONLY
+from meo_profile.models import Spec
+from meo_profile.models.spec import SpecError
+from meo_profile.models.variants import CUDA_ONLY
 
 KERNEL_PASS_STEPS = 3  # steps the latency records' kernel time is averaged over
 MAX_STEPS = 1000  # profiled steps: each keeps every event in memory until the trace is written

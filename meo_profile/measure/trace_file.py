@@ -38,7 +38,7 @@ from typing import Any
 
 from meo_profile.core.errors import BadInput
 from meo_profile.measure.trace_names import NAME_WIDTH, short_kernel_name
-from models.phases import PHASES
+from meo_profile.models.phases import PHASES
 
 OTHER = "other"  # device events launched outside every phase range
 DEVICE_KINDS = {"kernel": "kernel", "gpu_memcpy": "memcpy", "gpu_memset": "memset"}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models import Spec, build_model, make_inputs
+from meo_profile.models import Spec, build_model, make_inputs
 
 
 def scalar_loss(output: torch.Tensor) -> torch.Tensor:

@@ -29,8 +29,8 @@ from meo_profile.core.units import (
     missing,
 )
 from meo_profile.measure.trace_file import OTHER
+from meo_profile.models.phases import PHASES
 from meo_profile.report import views
-from models.phases import PHASES
 
 
 @dataclass

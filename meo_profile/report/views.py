@@ -21,10 +21,10 @@ import pandas as pd
 
 from meo_profile.core.identity import config_fields
 from meo_profile.core.paper import meo_flops_ratio_closed_form
+from meo_profile.models.catalog import HOST_NAMES
+from meo_profile.models.spec import SPEC_FIELDS
+from meo_profile.models.variants import VARIANTS
 from meo_profile.results.record import ENV_FIELDS, IDENTITY_FIELDS, Result
-from models.catalog import HOST_NAMES
-from models.spec import SPEC_FIELDS
-from models.variants import VARIANTS
 
 COLUMNS = IDENTITY_FIELDS + SPEC_FIELDS + Result.measured_fields() + ENV_FIELDS
 NUMERIC = ("macs", "flops", "params_total", "params_active", "latency_ms_median", "latency_ms_p20",

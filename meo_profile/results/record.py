@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from models.spec import Spec
-from models.variants import VARIANTS
+from meo_profile.models.spec import Spec
+from meo_profile.models.variants import VARIANTS
 
 SCHEMA_VERSION = 1
 # A field with this metadata is a detail kept beside the record in memory, never stored.

@@ -24,7 +24,7 @@ import yaml
 from meo_profile.core.errors import BadInput
 from meo_profile.core.inputs import read_text, split_list
 from meo_profile.measure.run import MEASUREMENTS
-from models.spec import FLAG_OF, SPEC_FIELDS, Spec, SpecError, flag_of
+from meo_profile.models.spec import FLAG_OF, SPEC_FIELDS, Spec, SpecError, flag_of
 
 # flag spelling -> spec field, so config files and axis flags take what the CLI shows
 _ALIASES = {flag.lstrip("-").replace("-", "_"): name for name, flag in FLAG_OF.items()}

@@ -13,6 +13,8 @@ from meo_profile.core.inputs import output_dir, split_list
 from meo_profile.measure.preflight import MemoryEstimate, estimate, memory_limit
 from meo_profile.measure.run import check_request
 from meo_profile.measure.timing import TimingOptions
+from meo_profile.models import Spec
+from meo_profile.models.spec import planned_for
 from meo_profile.results.record import device_name, invocation
 from meo_profile.results.store import load
 from meo_profile.sweep.choice import ExecutorChoice
@@ -20,8 +22,6 @@ from meo_profile.sweep.executors import Site
 from meo_profile.sweep.grid import Block, Grid, GridError, load_config, parse_metrics
 from meo_profile.sweep.presets import PRESETS
 from meo_profile.sweep.run import Job, Jobs, SweepOptions, job_key, stored_keys
-from models import Spec
-from models.spec import planned_for
 
 
 def plan_grid(preset: str | None, config: Path | None, axes: dict[str, list[Any]],

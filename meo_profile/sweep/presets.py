@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from meo_profile.check.claims_file import load_claims
 from meo_profile.check.run import plan
+from meo_profile.models import Spec
 from meo_profile.sweep.grid import Block, Grid
-from models import Spec
 
 K_PAPER = [1, 2, 4, 8, 16, 32]
 

@@ -37,12 +37,12 @@ from meo_profile.core.identity import MACHINE_FIELD, config_key
 from meo_profile.measure.load_guard import LoadGuard
 from meo_profile.measure.run import measure
 from meo_profile.measure.timing import TimingOptions
+from meo_profile.models import Spec
+from meo_profile.models.spec import SpecError
 from meo_profile.results.record import Result
 from meo_profile.results.store import ENVIRONMENT_FILE, Store, load, read_environment
 from meo_profile.sweep.executors import Executor, Failure, LocalExecutor, Site
 from meo_profile.sweep.stopping import StopNow, Stopping
-from models import Spec
-from models.spec import SpecError
 
 Job = tuple[Spec, tuple[str, ...]]
 LOCK_FILE = ".sweep.lock"

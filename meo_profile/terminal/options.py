@@ -19,11 +19,8 @@ import typer
 from meo_profile.core.errors import BadInput
 from meo_profile.core.inputs import describe_os_error, output_file
 from meo_profile.core.units import parse_bytes
-from meo_profile.results.record import git_commit
-from meo_profile.sweep.choice import ExecutorChoice, parse_params
-from meo_profile.sweep.grid import parse_axis_flag
-from models.catalog import HF_HOST_HELP, HOST_NAMES, NATIVE_MOE_IMPLS
-from models.spec import (
+from meo_profile.models.catalog import HF_HOST_HELP, HOST_NAMES, NATIVE_MOE_IMPLS
+from meo_profile.models.spec import (
     DEVICES,
     DTYPES,
     EXPERT_UNITS,
@@ -32,7 +29,10 @@ from models.spec import (
     SpecError,
     flag_of,
 )
-from models.variants import VARIANTS
+from meo_profile.models.variants import VARIANTS
+from meo_profile.results.record import git_commit
+from meo_profile.sweep.choice import ExecutorChoice, parse_params
+from meo_profile.sweep.grid import parse_axis_flag
 
 _ALL_IMPLS = sorted({i for v in VARIANTS.values() for i in v.impls} | {*NATIVE_MOE_IMPLS, "auto"})
 

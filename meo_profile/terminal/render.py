@@ -20,8 +20,8 @@ from rich.text import Text
 
 from meo_profile.core.identity import spec_title
 from meo_profile.core.units import fmt_giga
+from meo_profile.models import Spec
 from meo_profile.results.record import Result
-from models import Spec
 
 
 def print_table(table: Table, console: Console | None = None) -> None:

@@ -1,6 +1,6 @@
 """MEO's merge in one Triton launch: W_b = sum_i g_bi W[index_bi], b_b = sum_i g_bi bias[index_bi].
 
-Contract (that of `models.experts.merge_gather`): w (E, d_out, d_in), bias (E, d_out) or None,
+Contract (that of `meo_profile.models.experts.merge_gather`): w (E, d_out, d_in), bias (E, d_out) or None,
 index (B, k) int64/int32, gates (B, k) floating. Returns merged weights (B, d_out, d_in) in w's
 dtype and merged bias (B, d_out) in the bias's dtype (or None). Gates are read and applied in
 float32; the k products are accumulated in float32, one fused multiply-add per expert in slot
@@ -267,6 +267,6 @@ def _(w, b, index, gates):
 
 def merge_fused_expert(w: torch.Tensor, b: torch.Tensor | None, index: torch.Tensor,
                        gates: torch.Tensor) -> tuple:
-    """The bank's merge signature (`models.experts.MERGES`): (merged W, merged b or None)."""
+    """The bank's merge signature (`meo_profile.models.experts.MERGES`): (merged W, merged b or None)."""
     out = fused_merge_op(w, b, index, gates)
     return out[0], (out[1] if len(out) > 1 else None)

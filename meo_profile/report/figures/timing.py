@@ -8,9 +8,9 @@ from matplotlib.figure import Figure
 
 from meo_profile.core.identity import label
 from meo_profile.measure.trace_file import OTHER
+from meo_profile.models.phases import PHASES
 from meo_profile.report import views
 from meo_profile.report.figures.style import Drawn, panel_title, require, styled
-from models.phases import PHASES
 
 # Okabe-Ito again, one colour per phase; "other" (the host model's own kernels) in grey.
 PHASE_COLOURS = {"router": "#CC79A7", "dispatch": "#56B4E9", "compress": "#009E73",
