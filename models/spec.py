@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from meo_profile.models.catalog import host_shape
+from meo_profile.models.conditions import MERGE_REUSE, SCOPES, parse_routing, parse_workload
 from meo_profile.models.errors import FLAG_OF, SpecError, flag_of  # noqa: F401 (their home was here)
 from meo_profile.models.variants import VARIANTS
 
@@ -32,6 +33,9 @@ MODES = ("inference", "train")
 # for hours. Sizes of 2**40 still count in seconds on the meta device.
 INT_LIMITS = {"num_experts": 2**16, "top_k": 2**16, "d_model": 2**20, "d_ff": 2**22,
               "layers": 2**10, "seq_len": 2**40, "batch_size": 2**40}
+# Optional integer fields (None: the host's or the variant's own) and their largest value.
+OPTIONAL_INT_LIMITS = {"context": 2**40, "vocab_size": 2**24, "segment_len": 2**40,
+                       "slots_per_expert": 2**16}
 MAX_SEED = 2**62
 
 # The device of the workers a sweep driver plans for, when they are not this process (a Ray
@@ -89,6 +93,15 @@ class Spec:
     max_k: int | None = None  # XMoE: optional cap on experts per token
     capacity_factor: float | None = None  # XMoE: None means dropless
     router_scale: float = 1.0  # multiplies router logits; >1 sharpens a random router
+    segment_len: int | None = None  # lory: tokens per segment (T), merged and routed together
+    slots_per_expert: int | None = None  # soft-moe: slots each expert processes (p)
+    # conditions: what is measured, and under which workload and routing (models/conditions.py)
+    scope: str = "model"  # model (the whole host), blocks (its block stack) or moe (MoE sublayers)
+    workload: str = "prefill"  # prefill, decode or generate:N
+    context: int | None = None  # decode: tokens already in the cache (C); None: L
+    merge_reuse: str | None = None  # merging variants at decode: step or sequence
+    routing: str = "router"  # router, uniform, balanced, zipf:S, biased:STD (,local:P), replay:FILE
+    vocab_size: int | None = None  # None: the host's own vocabulary
 
     def __post_init__(self) -> None:
         shape = host_shape(self.host)  # SpecError for an unknown name or an unusable hf: config
@@ -120,6 +133,7 @@ class Spec:
             raise SpecError("device", "cuda", f"no CUDA device is available on {where}")
         if not _positive_number(self.router_scale):
             raise SpecError("router_scale", self.router_scale, "must be a finite number > 0")
+        self._validate_conditions()
         self._validate_knob_values()
         self._validate_variant()
         if shape.check is not None:  # a native host holds the sizes to its config
@@ -128,6 +142,25 @@ class Spec:
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
+
+    def _validate_conditions(self) -> None:
+        """Scope, workload and routing as normalised text; the decode context resolved."""
+        for name, most in OPTIONAL_INT_LIMITS.items():
+            if getattr(self, name) is not None:
+                _integer(name, getattr(self, name), 1, most)
+        _choice("scope", self.scope, SCOPES)
+        workload = parse_workload(self.workload)
+        self._set("workload", workload.text)
+        self._set("routing", parse_routing(self.routing).text)
+        if not workload.decodes:
+            for name in ("context", "merge_reuse"):
+                if getattr(self, name) is not None:
+                    raise SpecError(name, getattr(self, name), "applies at decode: use it with "
+                                    "--workload decode or generate:N")
+        elif self.context is None:
+            self._set("context", self.seq_len)
+        if self.merge_reuse is not None:
+            _choice("merge_reuse", self.merge_reuse, MERGE_REUSE)
 
     def _validate_knob_values(self) -> None:
         """Each knob given is a valid value, whichever variant reads it (a bad value for a knob

@@ -86,7 +86,7 @@ def order_variants(variants: Iterable[str]) -> list[str]:
 def config_title(fields: Mapping[str, Any]) -> str:
     """One line naming a configuration, from a spec's fields or a stored record:
     'layer meo E=16 k=4 unit=linear impl=gather B=8 L=128 float32 cpu' (and 'train' in
-    training mode)."""
+    training mode, and the conditions that are not the usual ones: 'workload=decode')."""
     f = {k: _plain(v) for k, v in fields.items()}
     experts = "" if f["variant"] == "dense" else f" E={f['num_experts']} k={f['top_k']}"
     if f["variant"] == "xmoe":  # no fixed k: a threshold over E x g small experts
@@ -95,8 +95,14 @@ def config_title(fields: Mapping[str, Any]) -> str:
     elif f["variant"] == "ce":
         experts += f" n_ce={f['n_ce']}"
     mode = "" if f.get("mode", "inference") == "inference" else f" {f['mode']}"
+    conditions = "".join(f" {name}={f[name]}" for name, usual in CONDITION_DEFAULTS.items()
+                         if f.get(name, usual) != usual)
     return (f"{f['host']} {f['variant']}{experts} unit={f['expert_unit']} impl={f['impl']} "
-            f"B={f['batch_size']} L={f['seq_len']} {f['dtype']} {f['device']}{mode}")
+            f"B={f['batch_size']} L={f['seq_len']} {f['dtype']} {f['device']}{mode}{conditions}")
+
+
+# The conditions a title names when they are not the usual ones (models/conditions.py).
+CONDITION_DEFAULTS = {"scope": "model", "workload": "prefill", "routing": "router"}
 
 
 def _plain(value: Any) -> Any:

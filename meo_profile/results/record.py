@@ -44,6 +44,14 @@ REQUIRED_FIELDS = ("status", "host", "variant", "num_experts", "top_k", "d_model
 NULLABLE_FIELDS = frozenset(k for v in VARIANTS.values() for k in v.knobs)
 
 
+def later_spec_defaults() -> dict[str, Any]:
+    """The spec fields added after schema 1's (conditions such as `scope`, `workload`,
+    `routing`; newer knobs) with the value every record written before them was measured
+    under: their defaults. A record without one reads as measured under that default."""
+    fields = dataclasses.fields(Spec)
+    return {f.name: f.default for f in fields if f.name not in REQUIRED_FIELDS}
+
+
 @dataclass
 class Result:
     spec: Spec
@@ -56,9 +64,13 @@ class Result:
     # failed)
     impl_choice: str | None = None
     impl_candidates: dict[str, float | None] | None = None
+    impl_candidates_timing: str | None = None  # the timing mode the candidates were compared in
     # counts
     macs: int | None = None
     flops: int | None = None
+    # the variant's own algorithm, whichever implementation ran (MEO: the merge of its k
+    # experts): what FLOPs figures, tables and claims use
+    method_macs: int | None = None
     flops_source: str | None = None  # "fvcore" or "analytic"
     count_device: str | None = None  # where the counted forward ran ("meta": no weights in memory)
     count_note: str | None = None  # why a count came from another source than asked
@@ -101,6 +113,12 @@ class Result:
     experts_per_token_max: int | None = None
     dropped_pairs: int | None = None
     experts_touched_mean: float | None = None  # distinct experts a MoE layer ran, mean over layers
+    expert_load_max_over_mean: float | None = None  # the busiest expert's pairs / the mean, over layers
+    experts_per_sequence_mean: float | None = None  # distinct experts of one sequence, mean
+    # workloads that decode (`--workload decode|generate:N`)
+    merged_cache_bytes: int | None = None  # merged experts kept across steps (merge_reuse sequence)
+    prefill_ms: float | None = None  # generate:N: the prefill's share of the latency
+    decode_ms_per_step: float | None = None  # generate:N: one decode step
     # fidelity (compressed experts): ||y - y_full|| / ||y_full||
     rel_l2_error: float | None = None
     # provenance: how the latency was measured (TimingOptions, null when nothing was timed),

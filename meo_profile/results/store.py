@@ -18,7 +18,12 @@ from typing import Any
 import pandas as pd
 
 from meo_profile.core.errors import BadInput
-from meo_profile.results.record import Result, record_problem, to_json_line
+from meo_profile.results.record import (
+    Result,
+    later_spec_defaults,
+    record_problem,
+    to_json_line,
+)
 
 RESULTS_FILE = "results.jsonl"
 CSV_FILE = "results.csv"
@@ -72,7 +77,7 @@ def parse_line(raw: bytes) -> dict[str, Any]:
     problem = record_problem(record)
     if problem:
         raise ValueError(problem)
-    return record
+    return record | {k: v for k, v in later_spec_defaults().items() if k not in record}
 
 
 def read_environment(directory: str | Path) -> dict[str, Any]:

@@ -165,6 +165,8 @@ def parse_axis_flag(name: str, text: str) -> list[Any]:
     """`--top-k 1,2,4` -> [1, 2, 4], typed like the spec field (a bad item names the flag)."""
     typ = _FIELD_TYPES[name]
     items = split_list(text, flag_of(name))
+    if name == "routing":  # `zipf:1,local:0.9` is one value: a locality belongs to the item before
+        items = _with_locality(items, text)
     try:
         return [typ(t) for t in items]
     except ValueError:
@@ -172,10 +174,23 @@ def parse_axis_flag(name: str, text: str) -> list[Any]:
                         "values") from None
 
 
+def _with_locality(items: list[str], text: str) -> list[str]:
+    out: list[str] = []
+    for item in items:
+        if item.startswith("local:"):
+            if not out:
+                raise GridError(f"--routing {text!r}: local:P follows the distribution it applies to")
+            out[-1] += "," + item
+        else:
+            out.append(item)
+    return out
+
+
 _FIELD_TYPES = {
     "host": str, "variant": str, "num_experts": int, "top_k": int, "d_model": int, "d_ff": int,
     "seq_len": int, "batch_size": int, "dtype": str, "device": str, "impl": str,
     "expert_unit": str, "seed": int, "mode": str, "layers": int, "n_ce": int, "ce_init": str,
     "threshold": float, "granularity": int, "max_k": int, "capacity_factor": float,
-    "router_scale": float,
+    "router_scale": float, "segment_len": int, "slots_per_expert": int, "scope": str,
+    "workload": str, "context": int, "merge_reuse": str, "routing": str, "vocab_size": int,
 }

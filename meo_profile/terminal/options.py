@@ -20,6 +20,7 @@ from meo_profile.core.errors import BadInput
 from meo_profile.core.inputs import describe_os_error, output_file
 from meo_profile.core.units import parse_bytes
 from meo_profile.models.catalog import HF_HOST_HELP, HOST_NAMES, NATIVE_MOE_IMPLS
+from meo_profile.models.conditions import MERGE_REUSE, ROUTINGS, SCOPES, WORKLOADS
 from meo_profile.models.spec import (
     DEVICES,
     DTYPES,
@@ -39,6 +40,10 @@ _ALL_IMPLS = sorted({i for v in VARIANTS.values() for i in v.impls} | {*NATIVE_M
 
 def _opt(flag: str, help: str, **kw: Any) -> Any:
     return typer.Option(flag, help=help, rich_help_panel="Configuration", **kw)
+
+
+def _cond(flag: str, help: str, **kw: Any) -> Any:
+    return typer.Option(flag, help=help, rich_help_panel="Conditions", **kw)
 
 
 # (spec field, type, default, option). Defaults None mean "the host's own" or "the variant's".
@@ -65,6 +70,14 @@ SPEC_OPTIONS: list[tuple[str, Any, Any, Any]] = [
     ("max_k", int | None, None, _opt("--max-k", "xmoe: cap on experts per token.")),
     ("capacity_factor", float | None, None, _opt("--capacity-factor", "xmoe: expert capacity factor (default dropless).")),
     ("router_scale", float, 1.0, _opt("--router-scale", "Multiplies router logits; >1 sharpens a random router.")),
+    ("segment_len", int | None, None, _opt("--segment-len", "lory: tokens per segment (T), merged and routed together.")),
+    ("slots_per_expert", int | None, None, _opt("--slots-per-expert", "soft-moe: slots each expert processes (p).")),
+    ("scope", str, "model", _cond("--scope", f"What is measured: {', '.join(SCOPES)} (the whole host; its block stack without embeddings and head; its MoE sublayers alone, fed the hidden states they would see).")),
+    ("workload", str, "prefill", _cond("--workload", f"{' | '.join(WORKLOADS)}: one forward over B x L tokens; one step of B sequences adding a token after --context tokens; a prefill then N decode steps.")),
+    ("context", int | None, None, _cond("--context", "decode: tokens already in the cache (C); default: --seq-len.")),
+    ("merge_reuse", str | None, None, _cond("--merge-reuse", f"Merging variants at decode: {' or '.join(MERGE_REUSE)} (route and merge again every step, or merge once from the prompt and keep it).")),
+    ("routing", str, "router", _cond("--routing", f"Which experts are chosen: {', '.join(ROUTINGS)}; all but replay take ,local:P (a token keeps the previous token's experts with probability P).")),
+    ("vocab_size", int | None, None, _opt("--vocab-size", "Vocabulary of a host with embeddings; default: the host's.")),
 ]
 
 
