@@ -216,6 +216,7 @@ def sweep(
     from meo_profile.measure.timing import TimingOptions
     from meo_profile.report.document import render_report
     from meo_profile.sweep.executors import WorkerSetupError
+    from meo_profile.sweep.grid import IMPOSSIBLE
     from meo_profile.sweep.plan import command_line, plan_sweep, preview, resume_command
     from meo_profile.sweep.run import run_sweep, skipped_lines
     from meo_profile.terminal.progress import run_with_progress
@@ -229,8 +230,7 @@ def sweep(
         return
     out = plan.options.out
     if plan.impossible:
-        typer.echo(f"{plan.impossible} grid combinations left out: top-k above the expert count",
-                   err=True)
+        typer.echo(f"{plan.impossible} grid combinations left out: {IMPOSSIBLE}", err=True)
     try:
         summary = run_with_progress(run_sweep, plan.jobs, plan.options, quiet, plan.total)
     except WorkerSetupError as e:  # no worker could run anything: one line, a run-time failure

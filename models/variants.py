@@ -4,8 +4,9 @@ An entry names how reports call the variant, the implementations that can run it
 how its router reads the input (every token, or each sequence's mean token), the gate
 convention of that router, the spec fields only it reads (its knobs), how to build its layer
 from an expert bank and a router, how to rerun an existing layer of any variant as this one
-over the same experts and router (what `verify` compares), and what some implementations need
-of a configuration (`needs`).
+over the same experts and router (what `verify` compares), what some implementations need
+of a configuration (`needs`), whether it merges experts per sequence (`merges`: it then takes
+`--merge-reuse` at decode) and, where it cannot decode, why (`no_decode`).
 
 `--impl auto` has two meanings, kept apart: counting uses the variant's deterministic rule
 (`default_impl`, the same on every machine), timing picks by measurement among the
@@ -48,6 +49,11 @@ class Variant:
     auto: Callable[[Spec], str] | None = None  # the rule for `--impl auto`, if not impls[0]
     # impl -> why it cannot run a configuration (None: it can); impls not named run anywhere
     needs: Mapping[str, Callable[[Spec], str | None]] = field(default_factory=dict)
+    # A merging variant: one expert merged per sequence from the experts it chose (its layer
+    # is a SequenceRouted whose choice is the merged expert). At decode it takes
+    # `--merge-reuse`: merge again every step, or keep the prompt's merged expert.
+    merges: bool = False
+    no_decode: str | None = None  # why the variant has no decode step (None: it decodes)
 
     def default_impl(self, spec: Spec) -> str:
         """The deterministic rule behind `--impl auto` (what counting and a plain build use)."""
@@ -100,12 +106,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             layer=lambda bank, router, spec: SequenceMoE(bank, router, spec.impl_by_rule),
             rerun=lambda layer, impl: SequenceMoE(layer.experts, layer.router, impl)),
     Variant("meo", "MEO", ("gather", "dense", "fused"), routes="sequence", auto=fewer_bytes_merge,
-            needs={"fused": fused_merge_needs},
+            needs={"fused": fused_merge_needs}, merges=True,
             layer=lambda bank, router, spec: MergedExperts(bank, router, spec.impl_by_rule),
             rerun=lambda layer, impl: MergedExperts(layer.experts, layer.router, impl)),
     # a fresh token block is the identity, so `meo` reruns a `meo-token` layer without it
     Variant("meo-token", "MEO + token block", ("gather", "dense", "fused"), routes="sequence",
-            auto=fewer_bytes_merge, needs={"fused": fused_merge_needs},
+            auto=fewer_bytes_merge, needs={"fused": fused_merge_needs}, merges=True,
             layer=lambda bank, router, spec: MergedExperts(bank, router, spec.impl_by_rule,
                                                            token_block=True)),
     # compressed experts follow OLMoE: softmax over all E, then top-k, not renormalised; a

@@ -30,6 +30,10 @@ from meo_profile.models.spec import FLAG_OF, SPEC_FIELDS, Spec, SpecError, flag_
 _ALIASES = {flag.lstrip("-").replace("-", "_"): name for name, flag in FLAG_OF.items()}
 
 
+# What a grid leaves out when it crosses its axes (said wherever the count is printed).
+IMPOSSIBLE = "top-k above the expert count, or a workload the host or variant cannot run"
+
+
 class GridError(BadInput):
     """A grid or config file that cannot be expanded; one line naming the key and the value."""
 
@@ -41,16 +45,16 @@ class Block:
     label: str = ""
 
     def specs(self) -> tuple[list[Spec], int]:
-        """Every valid combination, and how many combinations were impossible (top-k > E)."""
+        """Every valid combination, and how many combinations were impossible (top-k > E; a
+        decode workload on a host that cannot decode)."""
         names = list(self.axes)
         specs, seen, impossible = [], set(), 0
         for values in itertools.product(*(self.axes[n] for n in names)):
-            fields = dict(zip(names, values))
             try:
-                spec = Spec(**fields)
+                spec = crossed_spec(dict(zip(names, values)))
             except SpecError as e:
-                if e.field_name == "top_k" and "exceeds" in e.reason:
-                    impossible += 1  # a grid crosses k with E; k > E is simply not a model
+                if e.kind == "impossible":  # a grid crosses k with E; k > E is simply not a model
+                    impossible += 1
                     continue
                 raise
             if spec not in seen:  # dense ignores E and k: one baseline, not one per cell
@@ -67,6 +71,20 @@ class Block:
 
     def with_metrics(self, metrics: tuple[str, ...]) -> Block:
         return Block(self.axes, metrics, self.label)
+
+
+def crossed_spec(fields: dict[str, Any]) -> Spec:
+    """The spec of one combination of a grid's axes. A value that does not apply to the rest
+    (merge reuse at prefill, or for a variant that merges nothing) is dropped, as a variant's
+    knob is for the other variants: `--workload prefill,decode --merge-reuse step,sequence`
+    crosses into one prefill and two decodes of a merging variant, one decode of the others."""
+    while True:  # each retry drops one more field given: it ends
+        try:
+            return Spec(**fields)
+        except SpecError as e:
+            if e.kind != "inapplicable" or fields.get(e.field_name) is None:
+                raise
+            fields = {**fields, e.field_name: None}
 
 
 @dataclass
