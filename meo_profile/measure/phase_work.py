@@ -22,6 +22,14 @@ counted from the model's structure, for each MoE layer over N tokens of B sequen
 The distinct experts are those the layer's last forward touched (`SparseLayer.last_top_k_index`)
 when a forward ran on a real device, else the expected number when n routed inputs each pick k
 of E uniformly: E·(1 - (1 - k/E)^n).
+
+A workload is summed over its calls (models/conditions.py `workload_calls`), each read at its
+own shape as the closed form reads it (analytic.CallShape), every call reading the host's
+weights again. A decode step of a merging variant reads k·P per sequence and writes the B
+merged matrices (`--merge-reuse step`), or reads the B merged matrices kept from the prompt and
+nothing else (`sequence`: no router, no merge). A call on a causal host's KV cache also reads
+its K keys and writes its T new positions, per sequence: the host's bytes. In a generate, the
+prompt's distinct experts are the expected number (the last forward the model ran is a step).
 """
 
 from __future__ import annotations
@@ -31,10 +39,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from meo_profile.measure.analytic import count
+from meo_profile.measure.analytic import CallShape, count
 from meo_profile.models import VARIANTS, Spec, sparse_layers, torch_dtype
 from meo_profile.models.compressed import CompressedExperts
-from meo_profile.models.layers import MergedExperts, SparseLayer, experts_touched
+from meo_profile.models.conditions import workload_calls
+from meo_profile.models.decode import kv_bytes_per_position
+from meo_profile.models.layers import SparseLayer, experts_touched
 from meo_profile.models.native import NativeMoE
 from meo_profile.models.phases import PHASES
 
@@ -68,14 +78,22 @@ def phase_macs(spec: Spec) -> Counter:
 
 
 def phase_bytes(spec: Spec, model: nn.Module) -> Counter:
+    """Bytes per phase of one call of the spec's workload, summed over its calls."""
     itemsize = torch_dtype(spec).itemsize
     layers = sparse_layers(model)
     native = [m for m in model.modules() if isinstance(m, NativeMoE)]
-    out = Counter({HOST: host_bytes(model, layers, native, spec, itemsize)})
-    for layer in layers:
-        out.update(layer_bytes(layer, spec, itemsize))
-    for block in native:
-        out.update(native_bytes(block, spec, itemsize))
+    calls = workload_calls(spec)
+    out = Counter()
+    for i, call in enumerate(calls):
+        shape = CallShape(spec, call)
+        moved = Counter({HOST: host_bytes(model, layers, native, shape, itemsize)})
+        if call.cached:  # K positions read, T written, per sequence
+            moved[HOST] += spec.batch_size * (call.keys + call.tokens) * kv_bytes_per_position(spec)
+        for layer in layers:
+            moved.update(layer_bytes(layer, shape, itemsize, last=i == len(calls) - 1))
+        for block in native:
+            moved.update(native_bytes(block, shape, itemsize))
+        out.update({p: call.times * b for p, b in moved.items()})
     return out
 
 
@@ -93,9 +111,10 @@ def routed(spec: Spec) -> tuple[int, int]:
     return inputs, spec.top_k - (spec.n_ce or 0)
 
 
-def distinct_experts(layer: SparseLayer, spec: Spec) -> float:
-    """Distinct experts the layer runs in full: as its last forward touched them, else expected."""
-    touched = experts_touched(layer)
+def distinct_experts(layer: SparseLayer, spec: Spec, last: bool = True) -> float:
+    """Distinct experts the layer runs in full: as its last forward touched them (when the
+    call is the kind of the last forward), else expected."""
+    touched = experts_touched(layer) if last else None
     if touched is not None:
         return touched
     inputs, picks = routed(spec)
@@ -111,19 +130,23 @@ def expert_bytes(layer: SparseLayer) -> int:
     return _numel_bytes(layer.experts) // layer.experts.num_experts
 
 
-def layer_bytes(layer: SparseLayer, spec: Spec, itemsize: int) -> Counter:
-    """Bytes per phase of one MoE layer (see the module doc)."""
+def layer_bytes(layer: SparseLayer, spec: Spec, itemsize: int, last: bool = True) -> Counter:
+    """Bytes per phase of one MoE layer in one call (see the module doc); `spec` may be a call
+    of a workload (analytic.CallShape), `last`: the call is the kind the model ran last."""
     tokens, B = spec.batch_size * spec.seq_len, spec.batch_size
-    per_expert, touched = expert_bytes(layer), distinct_experts(layer, spec)
+    per_expert, touched = expert_bytes(layer), distinct_experts(layer, spec, last)
     rows_io = tokens * sum(linear_widths(layer)) * itemsize
-    out = Counter(router=router_bytes(layer, spec, itemsize))
-    if isinstance(layer, MergedExperts):
-        read = layer.experts.num_experts if layer.impl == "dense" else touched
-        out["merge"] = (read + B) * per_expert  # read the experts, write one merged per sequence
+    chooses = getattr(spec, "chooses", True)  # False: a step reusing its prompt's choice
+    out = Counter(router=router_bytes(layer, spec, itemsize) if chooses else 0)
+    if VARIANTS[spec.variant].merges:
+        if chooses:
+            read = layer.experts.num_experts if layer.impl == "dense" else touched
+            out["merge"] = (read + B) * per_expert  # read the experts, write one merged per sequence
         out["experts"] = B * per_expert + rows_io  # read the merged matrices
-        if layer.token_block is not None:
-            out[HOST] += _numel_bytes(layer.token_block) + tokens * itemsize * sum(
-                sum(linear_widths(m)) for m in (layer.token_block.down, layer.token_block.up))
+        block = getattr(layer, "token_block", None)
+        if block is not None:
+            out[HOST] += _numel_bytes(block) + tokens * itemsize * sum(
+                sum(linear_widths(m)) for m in (block.down, block.up))
     else:
         out["experts"] = touched * per_expert + rows_io
     if isinstance(layer, CompressedExperts):

@@ -1,0 +1,176 @@
+"""Decoding: the state a step reads (KV cache, running means, merged experts kept), what a step
+computes against a prefill of the same tokens, what it costs in closed form against fvcore, and
+what it holds in memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from meo_profile.models import Spec, SpecError, build_model
+from meo_profile.models.decode import (
+    Decoding,
+    decode_inputs,
+    kv_bytes_per_position,
+    merged_cache_bytes,
+)
+
+from meo_profile.measure import analytic
+from meo_profile.measure.counting import disagreements
+from meo_profile.measure.fvcore_count import count_fvcore
+from meo_profile.measure.phase_work import phase_bytes
+from meo_profile.measure.preflight import estimate
+from meo_profile.measure.workload import Workload
+from meo_profile.sweep.grid import Block
+
+LAYER = dict(d_model=32, d_ff=64, num_experts=4, top_k=2, batch_size=3, seq_len=8)
+GPT2 = dict(d_model=48, d_ff=96, num_experts=4, top_k=2, batch_size=2, seq_len=6, layers=2)
+MOE_HOST = dict(d_model=64, d_ff=32, num_experts=4, top_k=2, batch_size=2, seq_len=6, layers=2)
+
+
+def _extended_prefill_last(spec: Spec, model, prompt: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A plain prefill over the prompt and the new token: its output at the new token."""
+    return model(torch.cat([prompt, x], dim=1))[:, -1:]
+
+
+@torch.no_grad()
+def test_a_kept_merged_expert_is_the_one_prefill_merges():
+    """With the new token at the prompt's mean, a prefill over prompt + token routes each
+    sequence exactly as the prompt did: its output there is what the kept expert gives."""
+    spec = Spec(variant="meo", expert_unit="ffn", workload="decode", merge_reuse="sequence", **LAYER)
+    plain = build_model(spec)  # the same weights (seeded), without a decoding state
+    tokens = decode_inputs(spec)
+    x = tokens.prompt.mean(dim=1, keepdim=True)  # (B, 1, d): the sequence's mean is unchanged
+    dec = Decoding(build_model(spec), spec)
+    dec.prompt(tokens.prompt)
+    got = dec.step(x)
+    torch.testing.assert_close(got, _extended_prefill_last(spec, plain, tokens.prompt, x),
+                               rtol=1e-5, atol=1e-5)
+    other = tokens.steps[0]  # any other token: the routing is kept, not the prefill's
+    assert not torch.allclose(dec.step(other), _extended_prefill_last(spec, plain, tokens.prompt, other))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("variant", ["meo", "moe-seq"])
+def test_a_step_that_routes_again_is_a_prefill_over_the_extended_sequence(variant):
+    spec = Spec(variant=variant, expert_unit="ffn", workload="generate:2", **LAYER)
+    plain = build_model(spec)  # the same weights (seeded), without a decoding state
+    tokens = decode_inputs(spec)
+    dec = Decoding(build_model(spec), spec)
+    dec.prompt(tokens.prompt)
+    seen = tokens.prompt
+    for x in tokens.steps:
+        got = dec.step(x)
+        torch.testing.assert_close(got, _extended_prefill_last(spec, plain, seen, x), rtol=1e-5, atol=1e-5)
+        seen = torch.cat([seen, x], dim=1)
+
+
+@torch.no_grad()
+def test_a_causal_host_steps_on_its_kv_cache_as_a_full_forward_would():
+    spec = Spec(host="gpt2", variant="moe", workload="decode", context=5, **GPT2)
+    work = Workload.build(spec)
+    prompt, x = work.inputs
+    want = work.model(torch.cat([prompt, x], dim=1))[:, -1:]
+    first, again = work.step(), work.step()  # the same step each call: the cache rewinds
+    torch.testing.assert_close(first, want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(first, again) and work.decoding.length == 5
+
+
+def test_the_kept_merged_experts_are_b_experts_per_moe_layer():
+    spec = Spec(host="gpt2", variant="meo", workload="decode", merge_reuse="sequence", **GPT2)
+    work = Workload.build(spec)
+    # linear experts: both FFN linears of each block are MoE layers, each with its own expert
+    per_block = (spec.d_model * spec.d_ff + spec.d_ff) + (spec.d_ff * spec.d_model + spec.d_model)
+    assert merged_cache_bytes(work.model, spec) == spec.batch_size * per_block * 4 * spec.layers
+    assert work.decoding.kept_bytes == merged_cache_bytes(work.model, spec)
+    assert merged_cache_bytes(work.model, spec.replace(merge_reuse="step")) == 0
+    step = Workload.build(spec.replace(merge_reuse="step"))
+    assert step.decoding.kept_bytes == 0
+
+
+@pytest.mark.parametrize("host, sizes", [("gpt2", GPT2), ("olmoe", MOE_HOST),
+                                         ("deepseek-v3", MOE_HOST)])
+def test_kv_bytes_per_position_is_the_cache_transformers_allocates(host, sizes):
+    spec = Spec(host=host, variant="moe", workload="decode", context=4, **sizes)
+    work = Workload.build(spec)
+    assert work.decoding.cache_bytes == kv_bytes_per_position(spec) * spec.batch_size * 5
+    assert estimate(spec).state_bytes == work.state_bytes
+
+
+@pytest.mark.parametrize("host, sizes, variant, workload, reuse", [
+    ("layer", LAYER, "moe", "decode", None),
+    ("layer", LAYER, "moe-seq", "generate:3", None),
+    ("layer", LAYER, "meo", "decode", "step"),
+    ("layer", LAYER, "meo-token", "generate:3", "sequence"),
+    ("layer", LAYER, "ce", "decode", None),
+    ("gpt2", GPT2, "meo", "decode", "sequence"),
+    ("gpt2", GPT2, "meo", "generate:3", "step"),
+    ("gpt2", GPT2, "dense", "generate:2", None),
+    ("olmoe", MOE_HOST, "moe", "generate:2", None),
+    ("deepseek-v3", MOE_HOST, "meo", "decode", "step"),
+])
+def test_closed_forms_equal_fvcore_for_each_workload(host, sizes, variant, workload, reuse):
+    spec = Spec(host=host, variant=variant, workload=workload, merge_reuse=reuse, **sizes)
+    assert disagreements(count_fvcore(spec), analytic.count(spec)) == []
+
+
+def test_a_decode_step_costs_one_token_and_reuse_skips_the_merge():
+    spec = Spec(variant="meo", impl="gather", workload="decode", **LAYER)  # merge_reuse: step
+    P2 = 2 * spec.d_model * spec.d_ff  # both linears of one expert
+    B, k = spec.batch_size, spec.top_k
+    step = analytic.count(spec).macs_by_part
+    assert step["experts"] == B * P2 and step["merge"] == B * k * (P2 + spec.d_ff + spec.d_model)
+    kept = analytic.count(spec.replace(merge_reuse="sequence")).macs_by_part
+    assert kept == {"experts": B * P2}
+    gen = analytic.count(spec.replace(workload="generate:5", merge_reuse="sequence")).macs_by_part
+    prefill = analytic.count(spec.replace(workload="prefill", merge_reuse=None, context=None))
+    assert gen["experts"] == prefill.macs_by_part["experts"] + 5 * B * P2
+    assert gen["merge"] == prefill.macs_by_part["merge"]  # merged once, on the prompt
+
+
+def test_the_decode_roofline_reads_the_kept_matrices_or_merges_again():
+    spec = Spec(variant="meo", impl="dense", workload="decode", merge_reuse="sequence", **LAYER)
+    model = build_model(spec, device="meta")
+    per_expert = 4 * (2 * spec.d_model * spec.d_ff + spec.d_ff + spec.d_model) // 2  # one linear
+    B, rows = spec.batch_size, spec.batch_size * (spec.d_model + spec.d_ff) * 4
+    kept = phase_bytes(spec, model)
+    assert kept["experts"] == 2 * B * per_expert + 2 * rows and not kept["merge"] and not kept["router"]
+    again = phase_bytes(spec.replace(merge_reuse="step"), model)  # dense merge: reads all E
+    assert again["merge"] == 2 * (spec.num_experts + B) * per_expert
+    assert again["experts"] == kept["experts"]
+
+
+def test_generate_runs_its_prompt_and_steps_and_comes_back_empty():
+    spec = Spec(host="gpt2", variant="meo", workload="generate:3", merge_reuse="sequence", **GPT2)
+    work = Workload.build(spec)
+    out = work.step()
+    assert out.shape == (spec.batch_size, 1, 50257) and work.decoding.length == 0
+    assert torch.equal(work.step(), out)  # the same generation every call
+    with work.parts["decode_ms_per_step"].calls() as steps:
+        assert work.decoding.length == spec.seq_len and torch.equal(steps(), out)
+    assert work.decoding.length == 0 and work.parts["decode_ms_per_step"].per_call == 3
+    assert work.tokens == spec.batch_size * (spec.seq_len + 3)
+
+
+@pytest.mark.parametrize("fields, flag, words", [
+    ({"host": "bert-small", "workload": "decode"}, "--workload", "encoder-only"),
+    ({"host": "t5-small", "workload": "generate:4"}, "--workload", "encoder-decoder"),
+    ({"workload": "decode", "mode": "train"}, "--mode", "inference"),
+    ({"variant": "moe", "workload": "decode", "merge_reuse": "sequence"}, "--merge-reuse", "merging"),
+    ({"workload": "generate:4", "context": 64}, "--context", "--seq-len"),
+])
+def test_what_cannot_decode_is_refused_in_one_line_saying_why(fields, flag, words):
+    with pytest.raises(SpecError) as e:
+        Spec(**fields)
+    assert str(e.value).startswith(flag) and words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_grid_crosses_workloads_and_reuse_into_what_applies():
+    block = Block({"host": ["layer", "bert-small"], "variant": ["moe", "meo"],
+                   "workload": ["prefill", "decode"], "merge_reuse": ["step", "sequence"]})
+    specs, impossible = block.specs()
+    got = sorted((s.host, s.variant, s.workload, str(s.merge_reuse)) for s in specs)
+    assert got == [("bert-small", "meo", "prefill", "None"), ("bert-small", "moe", "prefill", "None"),
+                   ("layer", "meo", "decode", "sequence"), ("layer", "meo", "decode", "step"),
+                   ("layer", "meo", "prefill", "None"), ("layer", "moe", "decode", "None"),
+                   ("layer", "moe", "prefill", "None")]
+    assert impossible == 4  # bert-small at decode: each variant x reuse
