@@ -96,13 +96,19 @@ def config_title(fields: Mapping[str, Any]) -> str:
         experts += f" n_ce={f['n_ce']}"
     mode = "" if f.get("mode", "inference") == "inference" else f" {f['mode']}"
     conditions = "".join(f" {name}={f[name]}" for name, usual in CONDITION_DEFAULTS.items()
-                         if f.get(name, usual) != usual)
+                         if not _absent(f.get(name, usual)) and f.get(name, usual) != usual)
     return (f"{f['host']} {f['variant']}{experts} unit={f['expert_unit']} impl={f['impl']} "
             f"B={f['batch_size']} L={f['seq_len']} {f['dtype']} {f['device']}{mode}{conditions}")
 
 
 # The conditions a title names when they are not the usual ones (models/conditions.py).
-CONDITION_DEFAULTS = {"scope": "model", "workload": "prefill", "routing": "router"}
+CONDITION_DEFAULTS = {"scope": "model", "workload": "prefill", "context": None,
+                      "merge_reuse": None, "routing": "router"}
+
+
+def _absent(value: Any) -> bool:
+    """None, or a table's empty cell (NaN)."""
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def _plain(value: Any) -> Any:
