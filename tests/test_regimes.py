@@ -5,8 +5,10 @@ judge every measured point, and the `regimes` preset crosses the axes the report
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 from meo_profile.models.spec import planned_for
 from synthetic_results import regime_records
 
@@ -143,3 +145,11 @@ def test_the_regimes_preset_crosses_batch_and_regime_within_its_token_budget():
     with planned_for("cuda"):  # the gpu preset plans for CUDA workers
         gpu = [s for s, _ in PRESETS["gpu"].grid.expand()[0] if s.workload == "decode"]
     assert {(s.d_model, s.batch_size) for s in gpu} == {(2048, 1), (2048, 8), (2048, 64)}
+
+
+def test_the_documented_region_claim_parses_and_judges(records):
+    text = (Path(__file__).parents[1] / "docs" / "claims.md").read_text()
+    block = text.split("### Region claims", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    (claim,) = parse_claims(yaml.safe_load(block))
+    (verdict,), _ = judge_all([claim], records, {})  # the toy layer: 768 x 3072, E 16, k 4
+    assert verdict.verdict == "fail" and "L=8 B=64" in verdict.measured  # 0.65× at B·L = 512
