@@ -4,6 +4,8 @@ what it holds in memory."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from meo_profile.models import Spec, SpecError, build_model
@@ -13,7 +15,9 @@ from meo_profile.models.decode import (
     kv_bytes_per_position,
     merged_cache_bytes,
 )
+from typer.testing import CliRunner
 
+from cli import app
 from meo_profile.measure import analytic
 from meo_profile.measure.counting import disagreements
 from meo_profile.measure.fvcore_count import count_fvcore
@@ -174,3 +178,35 @@ def test_a_grid_crosses_workloads_and_reuse_into_what_applies():
                    ("layer", "meo", "prefill", "None"), ("layer", "moe", "decode", "None"),
                    ("layer", "moe", "prefill", "None")]
     assert impossible == 4  # bert-small at decode: each variant x reuse
+
+
+def _latency_json(*args: str) -> dict:
+    result = CliRunner().invoke(app, ["latency", "--json", "--min-run-time", "0.01", "--warmup", "0",
+                                      "--d-model", "32", "--d-ff", "64", "--experts", "4",
+                                      "--top-k", "2", "--batch-size", "3", "--seq-len", "8", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_a_decode_record_says_what_merging_keeps_and_reads():
+    record = _latency_json("--workload", "decode", "--variant", "meo", "--merge-reuse", "sequence")
+    assert (record["workload"], record["merge_reuse"], record["context"]) == ("decode", "sequence", 8)
+    per_block = 4 * ((32 * 64 + 64) + (64 * 32 + 32))  # both MoE linears' merged experts, float32
+    assert record["merged_cache_bytes"] == 3 * per_block * 1  # B x merged expert x layers
+    rows = 3 * (32 + 64) * 4 * 2  # each linear reads and writes its row
+    assert record["roofline_bytes_by_phase"] == {"experts": record["merged_cache_bytes"] + rows}
+    assert record["impl_choice"] == "rule"  # a step that keeps its merged expert merges nothing
+
+
+def test_a_generate_record_times_its_prefill_and_its_steps():
+    record = _latency_json("--workload", "generate:2", "--variant", "moe")
+    assert record["prefill_ms"] > 0 and record["decode_ms_per_step"] > 0
+    assert record["merged_cache_bytes"] is None  # vanilla keeps nothing
+    tokens = record["tokens_per_s"] * record["latency_ms_median"] / 1e3
+    assert tokens == pytest.approx(3 * (8 + 2))  # B x (L + N) tokens per call
+
+
+def test_bert_cannot_decode_one_line_exit_2():
+    result = CliRunner().invoke(app, ["latency", "--host", "bert-small", "--workload", "decode"])
+    assert result.exit_code == 2 and "encoder-only" in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -45,7 +45,7 @@ from meo_profile.models.compressed import model_rel_l2_error
 from meo_profile.models.decode import merged_cache_bytes
 from meo_profile.models.layers import experts_touched
 from meo_profile.models.spec import SpecError
-from meo_profile.models.variants import CUDA_ONLY
+from meo_profile.models.variants import CUDA_ONLY, VARIANTS
 from meo_profile.models.xmoe import routing_summary
 from meo_profile.results.record import Result
 
@@ -110,10 +110,17 @@ def measure(spec: Spec, measurements: tuple[str, ...] = MEASUREMENTS, *, source:
 
 
 def choose_impl(spec: Spec, measurements: tuple[str, ...]) -> Choice:
-    """What `--impl` runs: as given; for auto, the fastest here when timed, else the rule."""
-    if spec.impl == "auto" and "latency" not in measurements:
+    """What `--impl` runs: as given; for auto, the fastest here when timed, else the rule. A
+    merging variant's implementations differ in how they merge, and a decode step that keeps
+    each sequence's merged expert merges nothing: the rule picks for its prompt, untimed."""
+    if spec.impl == "auto" and ("latency" not in measurements or merges_nothing_timed(spec)):
         return Choice(spec.impl_by_rule, "rule")
     return autotune(spec)
+
+
+def merges_nothing_timed(spec: Spec) -> bool:
+    return (VARIANTS[spec.variant].merges and spec.merge_reuse == "sequence"
+            and spec.workload == "decode")
 
 
 def _measure_into(result: Result, measurements, source, timing, max_memory_bytes, phases) -> None:

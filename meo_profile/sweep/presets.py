@@ -59,7 +59,9 @@ def regime_blocks(d_model: int, d_ff: int, dtype: str = "float32", device: str =
     and the decode block."""
     layer = {"host": ["layer"], "num_experts": [16], "top_k": [4], "d_model": [d_model],
              "d_ff": [d_ff], "dtype": [dtype], "device": [device]}
-    metrics = ("flops", "latency", "memory")
+    # no peak memory: what decoding keeps is in every record (merged_cache_bytes), and a
+    # profiled call of the largest prefills would cost a CPU as much as their timing
+    metrics = ("flops", "latency")
     blocks = [Block({**layer, "variant": ["dense", "moe", "meo"], "batch_size": [b],
                      "seq_len": [L for L in REGIME_LENGTHS if most_tokens is None or b * L <= most_tokens]},
                     metrics, f"{label}: prefill, B={b}") for b in REGIME_BATCHES]
