@@ -51,16 +51,14 @@ class SequenceState:
 
     def run(self, layer: SequenceRouted, x: torch.Tensor) -> torch.Tensor:
         """The layer's forward on x (B, T, d_in), after its own `prepare`."""
-        if self.count == 0:  # the prompt: chosen on its mean, as a prefill chooses
-            with phase("router"):
-                mean = x.mean(dim=1)  # (B, d_in)
-            choice = layer.choose(mean)
+        if self.count == 0:  # the prompt: a forward over whole sequences, as a prefill runs
+            out, choice = layer.whole(x)
             self.count = x.shape[1]
             if self.reuse == "sequence":
                 self.kept = choice
             else:
                 self.sum = x.sum(dim=1, dtype=RUNNING_SUM_DTYPE)  # (B, d_in)
-            return layer.through(x, choice)
+            return out
         if self.reuse == "sequence":
             layer.last_top_k_index = None  # nothing routed: no expert touched by this step
             return layer.through(x, self.kept)

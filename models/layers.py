@@ -11,10 +11,11 @@ S = N*k (token, expert) pairs. Every layer maps (B, T, d_in) -> (B, T, d_out).
 
 Layers that route each sequence as a whole are `SequenceRouted`: a forward is `prepare` (MEO's
 token block; nothing for the others), `choose` on the sequence's mean token (the routing, and
-for a merging variant the merged expert) and `through` (every token through that choice). A
-merging variant added later is one more `SequenceRouted` with these three methods, marked
-`merges=True` in the variants table: decoding (models/decode.py) then keeps a running mean
-per sequence, or its prompt's choice (`--merge-reuse sequence`), with no case of its own.
+for a merging variant the merged expert) and `through` (every token through that choice);
+`whole` is the forward over whole sequences, which also returns the choice. A merging variant
+added later is one more `SequenceRouted` with these methods, marked `merges=True` in the
+variants table: decoding (models/decode.py) then keeps a running mean per sequence, or its
+prompt's choice (`--merge-reuse sequence`), with no case of its own.
 """
 
 from __future__ import annotations
@@ -170,13 +171,20 @@ class SequenceRouted(SparseLayer):
         """(B, T, d_in) tokens through their sequence's choice -> (B, T, d_out)."""
         raise NotImplementedError
 
+    def whole(self, x: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """A forward over whole sequences x (B, T, d_in): the output, and each sequence's choice
+        (what a decode step keeps with `--merge-reuse sequence`). A variant that routes parts of
+        a sequence apart (Lory's segments) overrides this, and says which choice a step keeps."""
+        with phase("router"):
+            mean = x.mean(dim=1)  # (B, T, d_in) -> (B, d_in)
+        choice = self.choose(mean)
+        return self.through(x, choice), choice
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.prepare(x)
         if self.decoding is not None:
             return self.decoding.run(self, x)
-        with phase("router"):
-            mean = x.mean(dim=1)  # (B, T, d_in) -> (B, d_in)
-        return self.through(x, self.choose(mean))
+        return self.whole(x)[0]
 
 
 def seq_grouped(bank: ExpertBank, x: torch.Tensor, routing: Routing) -> torch.Tensor:
