@@ -37,8 +37,9 @@ def _regime(row: pd.Series) -> str:
 
 
 def regime_view(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (device, B, regime, L) where MEO and vanilla were both timed: see the module
-    doc for the columns. Decode points hold one context C (the most common)."""
+    """One row per (device, B, regime, L) where MEO and vanilla were both timed, for devices
+    with two points or more: see the module doc for the columns. Decode points hold one context
+    C (the most common)."""
     d = df[df["latency_ms_median"].notna() & df["variant"].isin(REGIME_VARIANTS)
            & df["workload"].isin(("prefill", "decode"))]
     parts = []
@@ -56,7 +57,7 @@ def regime_view(df: pd.DataFrame) -> pd.DataFrame:
             held = held[(held["workload"] != "decode") | (held["context"] == context)]
             chosen["context"] = context
         points = _points(held)
-        if not points.empty:
+        if len(points) >= 2:  # one (batch, regime) point maps nothing (the other sections have it)
             parts.append(points.assign(device_label=device, setting=_setting(chosen)))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
