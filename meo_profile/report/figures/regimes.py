@@ -16,8 +16,8 @@ from meo_profile.report.figures.style import Drawn, new_panels, panel_title, req
 from meo_profile.report.regimes import DECODE_REGIMES, regime_columns, regime_label, regime_view
 
 # Tick labels on two lines: a decode column says what happens to the merged expert.
-TICKS = {DECODE_REGIMES["step"]: "decode\nmerge each step", DECODE_REGIMES["sequence"]:
-         "decode\nmerge kept", "decode": "decode"}
+TICKS = {DECODE_REGIMES["step"]: "decode\nre-merged", DECODE_REGIMES["sequence"]:
+         "decode\nkept", "decode": "decode"}
 
 
 @styled
@@ -65,11 +65,11 @@ def _panel(ax, rows: pd.DataFrame, norm):
         _annotate(ax, i, j, r, norm)
     for i, j in zip(*np.nonzero(np.isnan(grid)), strict=True):
         if (i, j) not in cells:
-            ax.text(j, i, "not measured", ha="center", va="center", fontsize=7, color="#777777")
+            ax.text(j, i, "not\nmeasured", ha="center", va="center", fontsize=7, color="#777777")
     ax.set_xticks(range(len(columns)), [TICKS.get(c, regime_label(c, t)) for c, t in columns],
                   fontsize=8)
     ax.set_yticks(range(len(batches)), [str(b) for b in batches])
-    ax.set_xlabel("regime: a decode step (1 token per sequence), or a prefill of L tokens")
+    ax.set_xlabel("a decode step (1 token per sequence), or a prefill of L tokens")
     ax.set_ylabel("batch B (sequences)")
     return image
 
