@@ -86,9 +86,10 @@ def test_the_kept_merged_experts_are_b_experts_per_moe_layer():
     per_block = (spec.d_model * spec.d_ff + spec.d_ff) + (spec.d_ff * spec.d_model + spec.d_model)
     assert merged_cache_bytes(work.model, spec) == spec.batch_size * per_block * 4 * spec.layers
     assert work.decoding.kept_bytes == merged_cache_bytes(work.model, spec)
+    assert estimate(spec).state_bytes == work.state_bytes  # the pre-flight counts what is held
     assert merged_cache_bytes(work.model, spec.replace(merge_reuse="step")) == 0
     step = Workload.build(spec.replace(merge_reuse="step"))
-    assert step.decoding.kept_bytes == 0
+    assert step.decoding.kept_bytes == 0 and estimate(step.spec).state_bytes == step.state_bytes
 
 
 @pytest.mark.parametrize("host, sizes", [("gpt2", GPT2), ("olmoe", MOE_HOST),

@@ -24,7 +24,8 @@ A decoding workload (`--workload decode|generate:N`) is estimated as its prompt,
 P tokens (C, or L) whose attention reads the whole static KV cache (P x its length), plus what
 it keeps between steps (`state_bytes`): the KV cache (models/decode.py `kv_bytes_per_position`
 x B x its length), each sequence's merged experts with `--merge-reuse sequence`
-(`merged_cache_bytes`), and the float32 running sums of the sequence-routed layers (B x d_in).
+(`merged_cache_bytes`), and the float32 running sums of the sequence-routed layers that route
+again every step (B x d_in).
 
 Inference holds one block's working set at a time; training keeps every block's for the
 backward, and needs one more for the backward's own temporaries ((layers + 1) x the working
@@ -110,8 +111,9 @@ def _state_bytes(spec: Spec, model: torch.nn.Module) -> int:
     if not parse_workload(spec.workload).decodes:
         return 0
     B = spec.batch_size
+    routed_again = spec.merge_reuse != "sequence"  # keeping the prompt's choice keeps no sums
     sums = sum(B * layer.experts.d_in * RUNNING_SUM_DTYPE.itemsize for layer in sparse_layers(model)
-               if isinstance(layer, SequenceRouted))
+               if isinstance(layer, SequenceRouted) and routed_again)
     kv = kv_bytes_per_position(spec) * B * cache_length(spec)
     return kv + (merged_cache_bytes(model, spec) or 0) + sums
 
