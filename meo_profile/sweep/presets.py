@@ -137,7 +137,8 @@ PRESETS: dict[str, Preset] = {
         "sequence's merged expert from its prompt) and prefills of L 8/32/128/512 tokens, for "
         "the best vanilla MoE, MEO and one dense expert; prefills above 2,048 tokens per "
         "forward (B·L) are left to the gpu preset.",
-        "about 4 min on a 2-core CPU",
+        "20 min on a 2-core CPU shared at load average 10 (its matmul peak a tenth of an idle "
+        "one's); an idle one takes a fraction of that",
         Grid(regime_blocks(768, 3072, most_tokens=2048)),
     ),
     "gpu": Preset(
