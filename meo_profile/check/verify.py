@@ -78,6 +78,9 @@ def verify(spec: Spec, max_memory_bytes: int | None = None) -> list[Check]:
     is built when the forward would not fit: preflight.DoesNotFit)."""
     if spec.device == "meta":
         raise SpecError("device", "meta", "verify compares real outputs: use cpu or cuda")
+    if spec.workload != "prefill":  # not silently a prefill check under a decode flag
+        raise SpecError("workload", spec.workload, "verify compares the variants over one "
+                        "prefill: use --workload prefill")
     check_fits(spec.replace(mode="inference"), max_memory_bytes)
     tol = TOLERANCE[spec.dtype]
     base = spec.replace(variant="meo-token" if spec.variant == "meo-token" else "meo", impl="auto",
