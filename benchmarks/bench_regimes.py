@@ -85,6 +85,9 @@ def measure_cell(base: Spec, cell: Cell, rounds: int, options: TimingOptions,
                  console: Console) -> Cell:
     candidates = [Candidate(Workload.build(s)) for s in cell_specs(base, cell.shape, cell.batch,
                                                                   cell.regime)]
+    # the best peaks seen so far: load from other processes only hides them, and a bound from
+    # peaks probed under load would pass a later, quieter measurement as below it
+    device_peaks(base.device, base.dtype, refresh=True)
     for r in range(rounds):
         for c in candidates:
             c.add(time_step(c.work, options).timing)
