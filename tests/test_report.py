@@ -239,7 +239,7 @@ def test_render_report_writes_markdown_and_both_image_formats(tmp_path):
     assert path == tmp_path / "out" / "report.md"
     assert (tmp_path / "out/figures/fig1_flops_vs_k.png").stat().st_size > 10_000
     assert (tmp_path / "out/figures/fig1_flops_vs_k.svg").read_text().startswith("<?xml")
-    assert "| unreadable lines | 1 |" in path.read_text()
+    assert "| lines left out (unreadable or invalid) | 1 |" in path.read_text()
     html_path = report.render_report(results / "results.jsonl", tmp_path / "out", fmt="html")
     assert '<img src="figures/fig1_flops_vs_k.png"' in html_path.read_text()
 

@@ -246,6 +246,8 @@ def compare_paths(baseline: str | Path, current: str | Path, given: Iterable[str
         if not file.exists():
             raise CompareError(f"{name} {str(path)!r}: no results file there")
         loaded = load(path)
+        if loaded.invalid:  # an impossible value is never judged, nor silently dropped
+            raise CompareError(f"{name} {str(path)!r}: {loaded.invalid_line()}")
         if not loaded.records:
             raise CompareError(f"{name} {str(path)!r}: no readable record")
         sides.append(loaded)

@@ -96,13 +96,18 @@ def config_title(fields: Mapping[str, Any]) -> str:
         experts += f" n_ce={f['n_ce']}"
     mode = "" if f.get("mode", "inference") == "inference" else f" {f['mode']}"
     conditions = "".join(f" {name}={f[name]}" for name, usual in CONDITION_DEFAULTS.items()
-                         if f.get(name, usual) != usual)
+                         if _given(f.get(name)) and f[name] != usual)
     return (f"{f['host']} {f['variant']}{experts} unit={f['expert_unit']} impl={f['impl']} "
             f"B={f['batch_size']} L={f['seq_len']} {f['dtype']} {f['device']}{mode}{conditions}")
 
 
 # The conditions a title names when they are not the usual ones (models/conditions.py).
 CONDITION_DEFAULTS = {"scope": "model", "workload": "prefill", "routing": "router"}
+
+
+def _given(value: Any) -> bool:
+    """A stored value, not a gap (None, or NaN where a table's column lacks it in that row)."""
+    return value is not None and value == value
 
 
 def _plain(value: Any) -> Any:

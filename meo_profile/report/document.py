@@ -249,15 +249,16 @@ WRITERS: dict[str, tuple[str, Callable[[Report], str]]] = {
 
 # ------------------------------------------------------------------------------ files
 def load_results(results: str | Path) -> tuple[Path, list[dict], list[str]]:
-    """(results file, records, unreadable lines: "file:line: why"); ReportError when there is
-    nothing to read."""
+    """(results file, valid records, lines left out: "unreadable line file:line: why" or
+    "invalid record file:line: field: why"); ReportError when there is nothing to read."""
     file = results_path(results)
     if str(results).strip() == "" or not file.is_file():
         raise ReportError(f"RESULTS {str(results)!r}: no results file ({file.name} expected)")
-    loaded = load(file)  # unreadable lines are skipped and counted; an unreadable file is bad input
+    loaded = load(file)  # bad lines are left out and counted; an unreadable file is bad input
     if not loaded.records:
-        raise ReportError(f"{file}: no readable records")
-    return file, loaded.records, loaded.skipped
+        raise ReportError(f"{file}: no readable records"
+                          + (f" ({loaded.invalid_line()})" if loaded.invalid else ""))
+    return file, loaded.records, loaded.left_out
 
 
 def write_report(report: Report, out_dir: Path, fmt: str = "md") -> Path:

@@ -298,5 +298,6 @@ def write_environment(out: Path, devices: set[str], site: Site, guard: LoadGuard
 
 
 def skipped_lines(out: Path) -> list[str]:
-    """Lines of results.jsonl that could not be read (reported, then ignored)."""
-    return load(out).skipped
+    """Lines of results.jsonl left out, saying why: unreadable, or a record with an invalid
+    field (reported, then ignored; an invalid record's configuration is measured again)."""
+    return load(out).left_out

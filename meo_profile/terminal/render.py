@@ -234,7 +234,7 @@ def print_sweep_summary(summary, out, skipped: list[str]) -> None:
     for line in summary.load_warnings:
         print_line(f"[yellow]warning:[/] {line}", console)
     for line in skipped:
-        print_line(f"[yellow]skipped unreadable line[/] {escape(line)}", console)
+        print_line(f"[yellow]left out[/] {escape(line)}", console)
 
 
 def presets_text(presets) -> str:

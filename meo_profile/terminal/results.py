@@ -21,13 +21,14 @@ def print_report_summary(results: str | Path, command: str | None = None,
                          console: Console | None = None) -> None:
     """The key tables of a results set (setup, the paper's numbers, FLOPs, speedup, roofline,
     the four methods, failures), each fitted to the terminal's width; then a warning on stderr
-    for each line of the results file that could not be read."""
+    for each line of the results file left out (unreadable, or a record with an
+    invalid field)."""
     _, records, skipped = load_results(results)
     console = console or Console()
     for t in summary_tables(records, len(skipped), command):
         print_table(rich_table(t), console)
     for line in skipped:
-        print_line(f"warning: skipped unreadable line {escape(line)}", Console(stderr=True))
+        print_line(f"warning: left out {escape(line)}", Console(stderr=True))
 
 
 def plan_table(planned: list[PlannedJob]) -> Table:
