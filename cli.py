@@ -202,7 +202,7 @@ def sweep(
     out: Annotated[str | None, typer.Option("--out", help="Results directory; default: reports/<preset>.")] = None,
     metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated: flops, latency, memory; default: each block's.")] = None,
     resume: Annotated[bool, typer.Option("--resume/--fresh", help="Skip configurations already stored for this device, or start over (old results are kept aside).")] = True,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any configuration failed (oom or error).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Also exit 1 when a configuration is over the memory budget (oom); one that errored always does.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of a progress bar.")] = False,
     max_memory: MaxMemory = None,
     warmup: Warmup = 3,
@@ -236,6 +236,7 @@ def sweep(
     except WorkerSetupError as e:  # no worker could run anything: one line, a run-time failure
         raise fail(str(e), code=1) from None
     render.print_sweep_summary(summary, out, skipped_lines(out))
+    path = None
     if report and not summary.interrupted:
         path = render_report(out, out, command=command_line(sys.argv[1:]))
         typer.echo(f"report: {path}", err=True)
@@ -243,8 +244,9 @@ def sweep(
         typer.echo(f"interrupted after {summary.measured} new records (stored in {out}); "
                    f"resume with: {resume_command(sys.argv[1:])}", err=True)
         raise typer.Exit(summary.exit_code)
-    if strict and summary.failed:
-        raise typer.Exit(1)
+    failed = summary.failure_line(strict, path)
+    if failed:
+        raise fail(failed, code=1)
 
 
 @app.command(rich_help_panel="Sweep")

@@ -120,6 +120,54 @@ def test_a_failing_configuration_is_recorded_and_the_rest_completes(tmp_path):
     assert "(weights 128.6 MiB" in by_status["oom"][0]["error"]
     assert "the limit is 976.6 KiB (--max-memory)" in by_status["oom"][0]["error"]  # 1e6 B
     assert all(r["latency_ms_median"] > 0 for r in by_status["ok"])
+    # an error fails the sweep; a recorded limit (oom) is a result, unless --strict
+    assert summary.failure_line() == "1 of 4 configurations failed; their errors are in results.jsonl"
+    assert summary.failure_line(strict=True, report=tmp_path / "report.md") == (
+        f"2 of 4 configurations failed (1 error, 1 oom); see the report's failures table "
+        f"({tmp_path / 'report.md'})")
+
+
+def test_a_sweep_whose_workers_raised_exits_1_saying_how_many(tmp_path, monkeypatch):
+    """A worker's work that raises (the issue's: the project did not import there) is an error
+    row carrying the cause, and the sweep exits 1 naming the count; the others are measured."""
+    from typer.testing import CliRunner
+
+    from cli import app
+    from meo_profile.sweep.run import MeasureJob
+
+    real = MeasureJob.__call__
+
+    def work(self, job):
+        if job[0].num_experts == 4:
+            raise ImportError("cannot import name 'Spec' from 'models'")
+        return real(self, job)
+
+    monkeypatch.setattr(MeasureJob, "__call__", work)
+    args = ["sweep", "--out", str(tmp_path), "--quiet", "--no-report", *TINY_AXES,
+            "--variant", "moe,meo", "--experts", "2,4,8", "--top-k", "1", "--metrics", "flops"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: 2 of 6 configurations failed; their errors are in results.jsonl")
+    records = load(tmp_path).records
+    assert sorted(r["error"] for r in records if r["status"] == "error") == [
+        "ImportError: cannot import name 'Spec' from 'models'"] * 2
+    assert sum(r["status"] == "ok" for r in records) == 4
+
+
+def test_a_sweep_of_recorded_limits_exits_0_and_1_under_strict(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    args = ["sweep", "--out", str(tmp_path), "--quiet", "--no-report", *TINY_AXES,
+            "--variant", "meo", "--experts", "2", "--top-k", "1", "--metrics", "memory",
+            "--max-memory", "1KiB"]  # over the memory budget: refused before building, as oom
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert [r["status"] for r in load(tmp_path).records] == ["oom"]
+    strict = CliRunner().invoke(app, [*args, "--strict"])  # the oom row is tried again
+    assert strict.exit_code == 1 and "1 of 1 configurations failed (0 error, 1 oom)" in strict.stderr
 
 
 def test_truncated_last_line_is_reported_and_skipped(tmp_path):

@@ -21,6 +21,7 @@ the jobs in flight still come back.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -104,6 +105,21 @@ class Executor(Protocol):
 def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else ""
+
+
+# A traceback's closing line: an exception's (dotted) name at the start of a line, alone or
+# followed by ": detail". Frames are indented; an engine's own prose ("Job (task=0) failed
+# during processing with trace:", "You can check full logs with ...") has spaces in its head.
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(: .*)?$")
+
+
+def cause_line(e: BaseException) -> str:
+    """The root cause in an engine's error whose text nests the worker's traceback (Ray's
+    RayTaskError, submitit's FailedJobError "... with trace:"): the last exception line in it,
+    "ImportError: cannot import name 'Spec' from 'models'", not the wrapper's first line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # Ray colours its tracebacks
+    causes = [line.strip() for line in text.splitlines() if _EXCEPTION_LINE.match(line.rstrip())]
+    return causes[-1][:300] if causes else f"{type(e).__name__}: {first_line(e)}"
 
 
 def call_work(work: WorkFn, job: Any, worker: str) -> Any:
