@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 from synthetic_results import ENV, flops_records, full_set, layer_records
+from synthetic_results import failure_records as synthetic_failures
 from typer.testing import CliRunner
 
 from cli import app
@@ -289,3 +290,13 @@ def test_noisy_latency_points_are_flagged_with_the_tables_numbers():
     sentence = next(s for s in findings(ok) if "spread more than 10%" in s)
     cell = tables.latency_tables(ok)[0].rows[1][2]  # MEO at k=2, as the table prints it
     assert "1 of 4 latency points" in sentence and f"MEO, k=2, {cell} ms" in sentence
+
+
+def test_markdown_escapes_html_in_names_and_keeps_code_spans():
+    hostile = "hf:runs/<img src=x onerror=alert(1)>/config.json"
+    records = [{**r, "host": hostile, "error": "RuntimeError: <b>boom</b> & more"}
+               for r in synthetic_failures()]
+    text = report.to_markdown(report.build_report(records, command="meo-profile report <dir>"))
+    assert "<img" not in text and "<b>" not in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text and "&lt;b&gt;boom&lt;/b&gt; &amp; more" in text
+    assert "`meo-profile report <dir>`" in text  # a code span shows as it is written
