@@ -185,7 +185,7 @@ def trace(spec: Spec, out: TraceOut = "trace.json", json_out: JsonFlag = False, 
                   perf.phases_table(summary)):
         if table is not None:
             render.print_table(table)
-    for line in perf.launch_lines(summary):
+    for line in perf.phase_lines(summary) + perf.launch_lines(summary):
         render.print_line(line)
     if not from_file:
         render.print_line(f"trace written to {summary.trace_path}")

@@ -154,3 +154,14 @@ def test_the_command_line_counts_a_users_config_and_refuses_a_bad_one(granite, t
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [f"error: --host 'hf:{tmp_path}': no config file at "
                                                f"{tmp_path / 'config.json'}"]
+
+
+def test_trace_of_a_users_config_shows_its_own_blocks_phases(granite, tmp_path):
+    """transformers' own MoE block marks no phases: trace marks its router and experts."""
+    from meo_profile.measure.trace import trace
+    from meo_profile.terminal import perf
+
+    summary = trace(Spec(host=granite, variant="moe", seq_len=8, batch_size=2),
+                    tmp_path / "t.json", warmup=0)
+    assert list(summary.analysis.phase_host_ms()) == ["router", "experts"]
+    assert perf.phases_table(summary) is not None and perf.phase_lines(summary) == []

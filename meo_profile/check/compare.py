@@ -23,7 +23,7 @@ from typing import Any
 
 from meo_profile.core.errors import BadInput
 from meo_profile.core.identity import MACHINE_FIELD, config_key, labeller
-from meo_profile.core.units import format_value, parse_fraction, percent
+from meo_profile.core.units import fmt_sig, format_value, parse_fraction, percent
 from meo_profile.results.store import load, results_path
 
 
@@ -276,4 +276,4 @@ def format_change(row: Row) -> str:
         return "-"
     if row.unit in COUNT_UNITS:
         return f"{int(row.current) - int(row.baseline):+,} ({percent(row.change)})"
-    return f"{row.change:+.1%}"
+    return fmt_sig(100 * row.change, 1, 1, sign=True) + "%"  # +20.0%, and +0.04%, not +0.0%

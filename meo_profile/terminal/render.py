@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from meo_profile.core.identity import spec_title
-from meo_profile.core.units import fmt_giga
+from meo_profile.core.units import fmt_giga, fmt_share
 from meo_profile.models import Spec
 from meo_profile.results.record import Result
 
@@ -124,18 +124,18 @@ def counts_table(counts, spec: Spec) -> Table:
     table.add_column("GFLOPs", justify="right")
     table.add_column("share", justify="right")
     for part, macs in counts.macs_by_part.items():
-        table.add_row(part, fmt_giga(macs), fmt_giga(2 * macs), f"{macs / max(counts.macs, 1):.1%}")
+        table.add_row(part, fmt_giga(macs), fmt_giga(2 * macs), fmt_share(macs / max(counts.macs, 1)))
     table.add_section()
     table.add_row("[bold]total[/]", fmt_giga(counts.macs), fmt_giga(counts.flops), "100.0%")
     if "router" in counts.macs_by_part:
         rest = counts.macs - counts.macs_by_part["router"]
-        table.add_row("total without router", fmt_giga(rest), fmt_giga(2 * rest), f"{rest / max(counts.macs, 1):.1%}")
+        table.add_row("total without router", fmt_giga(rest), fmt_giga(2 * rest), fmt_share(rest / max(counts.macs, 1)))
     return table
 
 
 def params_line(counts) -> str:
     return (f"params: {counts.params_total:,} total, {counts.params_active:,} active per token "
-            f"({counts.params_active / max(counts.params_total, 1):.1%})")
+            f"({fmt_share(counts.params_active / max(counts.params_total, 1))})")
 
 
 def skipped_line(counts) -> str:
