@@ -287,3 +287,23 @@ def test_a_dry_run_lists_the_grid_and_its_estimates_and_measures_nothing(tmp_pat
     assert "4 configurations" in proc.stderr and "4 to measure" in proc.stderr
     assert "at least 0 s of timed calls" in proc.stderr and "4 over it" in proc.stderr
     assert not out.exists()
+
+
+def test_a_dry_run_beyond_a_day_warns_and_lists_its_first_rows(tmp_path, capsys):
+    """240 configurations timed an hour each: more than a day, said before anything runs; the
+    table lists the first 200 and says so, the lines below count all 240."""
+    from cli import app
+
+    batches = ",".join(str(b) for b in range(1, 41))
+    args = ["sweep", "--dry-run", "--out", str(tmp_path), "--host", "layer", "--d-model", "16",
+            "--d-ff", "32", "--seq-len", "8", "--device", "cpu", "--variant", "moe,meo",
+            "--experts", "2,4,8", "--top-k", "1", "--batch-size", batches, "--metrics", "latency",
+            "--min-run-time", "3600"]
+    with pytest.raises(SystemExit) as done:
+        app(args, prog_name="meo-profile")
+    out, err = capsys.readouterr()
+    assert done.value.code == 0, err
+    assert "the first 200 of 240 configurations" in out.replace("\n", " ")
+    assert "240 configurations (0 grid combinations left out" in err
+    assert "warning: 240 timed configurations take at least 240.0 h" in err.replace("\n", " ")
+    assert not (tmp_path / "results.jsonl").exists()

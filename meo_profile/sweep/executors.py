@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from meo_profile.core.errors import BadInput
-from meo_profile.results.record import environment
 
 WorkFn = Callable[[Any], Any]
 StopFn = Callable[[], bool]
@@ -84,6 +83,8 @@ class Site:
 def probe_environments(cuda: bool = True) -> dict[str, dict[str, Any]]:
     """Run where the work runs: the environment of each device there (a Site's content)."""
     import torch
+
+    from meo_profile.results.record import environment  # torch: where the work runs, not for --help
 
     found = {"cpu": dict(environment("cpu"))}
     if cuda and torch.cuda.is_available():
