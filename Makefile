@@ -20,8 +20,11 @@ $(VENV)/.installed: pyproject.toml
 sweep: setup
 	$(VENV)/bin/meo-profile sweep
 
+# Two workers, one test file each at a time (--dist loadfile: a file's module fixtures are built
+# once, and the engine tests of tests/test_executors.py share one Ray): the suite's slow tests
+# wait on processes they start, which leaves a core to the other worker.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -155,6 +155,8 @@ def test_no_closed_form_means_no_bound():
 
 @pytest.mark.parametrize("variant", ["dense", "moe", "meo"])
 def test_bound_is_below_the_measured_time(variant):
+    for _ in range(2):  # the peaks are the best seen: load while one probe ran only hides them
+        device_peaks("cpu", "float32", refresh=True)
     fields = measure(Spec(variant=variant, **TINY), ("latency",),
                      timing=TimingOptions(warmup=1, min_run_time=0.05)).to_dict()
     assert 0 < fields["roofline_overlap_ms"] <= fields["roofline_ms"] < fields["latency_ms_median"]

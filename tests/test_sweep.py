@@ -23,9 +23,9 @@ TINY_AXES = ["--host", "layer", "--d-model", "16", "--d-ff", "32", "--seq-len", 
 FAST = TimingOptions(warmup=1, min_run_time=0.02)
 
 
-def sweep_cli(out, *args, **popen):
-    cmd = [sys.executable, "-m", "cli", "sweep", "--out", str(out), "--quiet", "--no-report", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **popen)
+def sweep_args(out, *args) -> list[str]:
+    """`sweep` into `out`, quiet and without a report: for the `cli` fixture (in this process)."""
+    return ["sweep", "--out", str(out), "--quiet", "--no-report", *args]
 
 
 def keys(records):
@@ -74,10 +74,10 @@ def test_every_cpu_preset_expands():
     ("grid:\n  router_scale: fast\n", "router_scale 'fast': expected a number"),
     ("grid:\n  d_model: 4.5\n", "d_model 4.5: expected an integer"),
 ])
-def test_config_file_errors_exit_2_naming_the_key(tmp_path, text, needle):
+def test_config_file_errors_exit_2_naming_the_key(tmp_path, text, needle, cli):
     config = tmp_path / "grid.yaml"
     config.write_text(text)
-    proc = sweep_cli(tmp_path / "out", "--config", str(config))
+    proc = cli(*sweep_args(tmp_path / "out", "--config", str(config)))
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
@@ -182,9 +182,9 @@ def test_truncated_last_line_is_reported_and_skipped(tmp_path):
     assert len(loaded.records) == len(jobs) and len(loaded.skipped) == 1
 
 
-def test_a_second_live_sweep_into_the_same_directory_is_refused(tmp_path):
-    with SweepLock(tmp_path):
-        proc = sweep_cli(tmp_path, *TINY_AXES, "--variant", "meo", "--metrics", "flops")
+def test_a_second_live_sweep_into_the_same_directory_is_refused(tmp_path, cli):
+    with SweepLock(tmp_path):  # flock: another open file description conflicts, in-process too
+        proc = cli(*sweep_args(tmp_path, *TINY_AXES, "--variant", "meo", "--metrics", "flops"))
     assert proc.returncode == 2 and "another sweep" in proc.stderr
     assert not (tmp_path / "results.jsonl").exists()
 
@@ -202,7 +202,7 @@ SLOW_GRID = [*TINY_AXES, "--variant", "moe,meo", "--experts", "2,4,8", "--top-k"
              "--metrics", "flops,latency"]
 
 
-def test_sigkill_mid_sweep_then_resume_gives_the_complete_set(tmp_path):
+def test_sigkill_mid_sweep_then_resume_gives_the_complete_set(tmp_path, cli):
     proc = subprocess.Popen([sys.executable, "-m", "cli", "sweep", "--out", str(tmp_path),
                              "--quiet", "--no-report", *SLOW_GRID],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -211,7 +211,7 @@ def test_sigkill_mid_sweep_then_resume_gives_the_complete_set(tmp_path):
     proc.wait()
     partial = len(load(tmp_path).records)
     assert 2 <= partial < 12
-    finish = sweep_cli(tmp_path, *SLOW_GRID)
+    finish = cli(*sweep_args(tmp_path, *SLOW_GRID))
     assert finish.returncode == 0, finish.stderr
     records = load(tmp_path).records
     assert keys(records) == sorted(set(keys(records))) and len(records) == 12
@@ -245,11 +245,12 @@ def test_store_starts_a_fresh_line_after_a_torn_write(tmp_path):
     assert os.path.getsize(tmp_path / "results.jsonl") > 0
 
 
-def test_fresh_sets_old_results_aside_and_never_under_a_live_sweep(tmp_path):
+def test_fresh_sets_old_results_aside_and_never_under_a_live_sweep(tmp_path, cli):
     jobs = small_jobs(("flops",))[:2]
     run_sweep(jobs, SweepOptions(tmp_path, timing=FAST))
     with SweepLock(tmp_path):  # another sweep is writing: --fresh must not touch its file
-        proc = sweep_cli(tmp_path, *TINY_AXES, "--variant", "meo", "--metrics", "flops", "--fresh")
+        proc = cli(*sweep_args(tmp_path, *TINY_AXES, "--variant", "meo", "--metrics", "flops",
+                               "--fresh"))
     assert proc.returncode == 2 and len(load(tmp_path).records) == 2
     summary = run_sweep(jobs, SweepOptions(tmp_path, resume=False, timing=FAST))
     assert summary.measured == 2 and summary.set_aside is not None
@@ -277,10 +278,10 @@ def test_default_preset_holds_every_configuration_the_builtin_claims_read():
     assert set(needed.items()) <= set(jobs) and len(jobs) == len(set(jobs))
 
 
-def test_a_dry_run_lists_the_grid_and_its_estimates_and_measures_nothing(tmp_path):
+def test_a_dry_run_lists_the_grid_and_its_estimates_and_measures_nothing(tmp_path, cli):
     out = tmp_path / "never"
-    proc = sweep_cli(out, *TINY_AXES, "--variant", "moe,meo", "--top-k", "1,2", "--dry-run",
-                     "--max-memory", "1KiB")
+    proc = cli(*sweep_args(out, *TINY_AXES, "--variant", "moe,meo", "--top-k", "1,2", "--dry-run",
+                           "--max-memory", "1KiB"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("layer moe E=") == 2 and proc.stdout.count("layer meo E=") == 2
     assert "(over: oom)" in proc.stdout
