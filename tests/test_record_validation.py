@@ -112,3 +112,21 @@ def test_report_command_warns_once_per_invalid_record_and_nothing_else(tmp_path,
     assert warnings == [f"warning: left out invalid record results.jsonl:{len(at_k1) + 1}: "
                         "tokens_per_s: NaN is not a finite number"]
     assert "| lines left out (unreadable or invalid) | 1 |" in (tmp_path / "out/report.md").read_text()
+
+
+# one field of each kind of impossible value, as a results file can hold it
+KINDS = {"NaN": ("latency_ms_median", math.nan), "infinite": ("macs", math.inf),
+         "negative": ("peak_mem_bytes", -4096), "of the wrong type": ("params_total", "many")}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_each_kind_through_compare_check_and_report(tmp_path, records, cli, kind):
+    name, value = KINDS[kind]
+    bad = write(tmp_path / "results.jsonl", [*records[:3], {**records[3], name: value}])
+    where = f"invalid record at results.jsonl:4: {name}: "
+    compared = cli("compare", str(write(tmp_path / "base.jsonl", records)), str(bad))
+    checked = cli("check", str(bad))
+    assert (compared.returncode, checked.returncode) == (2, 2), (compared.stderr, checked.stderr)
+    assert where in compared.stderr and where in checked.stderr
+    _, kept, left_out = report.load_results(bad)
+    assert len(kept) == 3 and left_out[0].startswith(f"invalid record results.jsonl:4: {name}: ")
