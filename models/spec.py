@@ -21,12 +21,8 @@ import torch
 from meo_profile.models.catalog import host_shape
 from meo_profile.models.conditions import MERGE_REUSE, SCOPES, parse_routing, parse_workload
 from meo_profile.models.errors import FLAG_OF, SpecError, flag_of  # noqa: F401 (their home was here)
+from meo_profile.models.names import DEVICES, DTYPES, EXPERT_UNITS, MODES
 from meo_profile.models.variants import VARIANTS
-
-EXPERT_UNITS = ("linear", "ffn")
-DTYPES = ("float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda", "meta")
-MODES = ("inference", "train")
 
 # Integer fields and their largest value: far beyond any model profiled here (DeepSeek-V3 has
 # 256 experts, 61 layers, width 7168), and small enough that no value makes a build loop run
@@ -253,7 +249,9 @@ class Spec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # every field is a plain immutable value: no deep copy (dataclasses.asdict's) needed,
+        # and planning a large grid calls this for every configuration
+        return {name: getattr(self, name) for name in SPEC_FIELDS}
 
 
 def _positive_number(x: Any) -> bool:

@@ -92,7 +92,14 @@ def _resident(spec: Spec) -> tuple[int, int]:
 
 def weight_bytes(spec: Spec) -> int:
     """Bytes of the spec's parameters and buffers (no memory used)."""
-    return _resident(spec.replace(device="meta", seed=0))[1]
+    return _resident(_weights_key(spec))[1]
+
+
+def _weights_key(spec: Spec) -> Spec:
+    """The spec as far as its weights go: the batch, the seed, the mode and the router's logit
+    scale build the same parameters, so a grid over them builds each model once on the meta
+    device."""
+    return spec.replace(device="meta", seed=0, batch_size=1, mode="inference", router_scale=1.0)
 
 
 def inputs_bytes(spec: Spec) -> int:
@@ -108,7 +115,7 @@ def _element_bytes(spec: Spec) -> int:
 
 def estimate(spec: Spec) -> MemoryEstimate:
     """The memory one step of `spec` needs (see the module doc)."""
-    elements, weights = _resident(spec.replace(device="meta", seed=0))
+    elements, weights = _resident(_weights_key(spec))
     block = block_elements(spec)
     shape = host_shape(spec.host)
     tokens = spec.batch_size * spec.seq_len

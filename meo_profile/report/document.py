@@ -175,24 +175,32 @@ def _provenance(every: pd.DataFrame, command: str, source: str) -> str:
 
 
 # ------------------------------------------------------------------------------ markdown
+def md(text: str) -> str:
+    """Text for markdown, with HTML's special characters escaped outside `code` spans (which
+    markdown shows as they are): a name such as hf:runs/<b>x</b> stays text, never markup."""
+    parts = re.split(r"(`[^`\n]*`)", str(text))
+    return "".join(p if len(p) > 1 and p[0] == p[-1] == "`" else html.escape(p, quote=False)
+                   for p in parts)
+
+
 def markdown_table(t: Table) -> str:
     def row(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(md(c).replace("|", "\\|") for c in cells) + " |"
 
     rule = ["---:" if i in t.right else "---" for i in range(len(t.columns))]
-    lines = [*([f"**{t.title}**", ""] if t.title else []), row(t.columns),
+    lines = [*([f"**{md(t.title)}**", ""] if t.title else []), row(t.columns),
              "| " + " | ".join(rule) + " |", *(row(r) for r in t.rows)]
-    return "\n".join(lines + ([f"\n*{t.note}*"] if t.note else []))
+    return "\n".join(lines + ([f"\n*{md(t.note)}*"] if t.note else []))
 
 
 MARKDOWN: dict[type, Callable] = {
-    Heading: lambda b: "#" * b.level + " " + b.text,
-    Paragraph: lambda b: b.text,
-    Bullets: lambda b: "\n".join(f"- {item}" for item in b.items),
+    Heading: lambda b: "#" * b.level + " " + md(b.text),
+    Paragraph: lambda b: md(b.text),
+    Bullets: lambda b: "\n".join(f"- {md(item)}" for item in b.items),
     TableBlock: lambda b: markdown_table(b.table),
-    FigureBlock: lambda b: (f"![{b.title}]({FIGURES_DIR}/{b.name}.png)\n\n"
-                            f"*Figure: {b.caption}* ([SVG]({FIGURES_DIR}/{b.name}.svg))"),
-    Omitted: lambda b: f"*{b.title}: left out, {b.reason}.*",
+    FigureBlock: lambda b: (f"![{md(b.title)}]({FIGURES_DIR}/{b.name}.png)\n\n"
+                            f"*Figure: {md(b.caption)}* ([SVG]({FIGURES_DIR}/{b.name}.svg))"),
+    Omitted: lambda b: f"*{md(b.title)}: left out, {md(b.reason)}.*",
 }
 
 
@@ -249,15 +257,16 @@ WRITERS: dict[str, tuple[str, Callable[[Report], str]]] = {
 
 # ------------------------------------------------------------------------------ files
 def load_results(results: str | Path) -> tuple[Path, list[dict], list[str]]:
-    """(results file, records, unreadable lines: "file:line: why"); ReportError when there is
-    nothing to read."""
+    """(results file, valid records, lines left out: "unreadable line file:line: why" or
+    "invalid record file:line: field: why"); ReportError when there is nothing to read."""
     file = results_path(results)
     if str(results).strip() == "" or not file.is_file():
         raise ReportError(f"RESULTS {str(results)!r}: no results file ({file.name} expected)")
-    loaded = load(file)  # unreadable lines are skipped and counted; an unreadable file is bad input
+    loaded = load(file)  # bad lines are left out and counted; an unreadable file is bad input
     if not loaded.records:
-        raise ReportError(f"{file}: no readable records")
-    return file, loaded.records, loaded.skipped
+        raise ReportError(f"{file}: no readable records"
+                          + (f" ({loaded.invalid_line()})" if loaded.invalid else ""))
+    return file, loaded.records, loaded.left_out
 
 
 def write_report(report: Report, out_dir: Path, fmt: str = "md") -> Path:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from meo_profile.core.identity import label
-from meo_profile.core.stats import NOISY_IQR_OVER_MEDIAN, iqr_over_median
+from meo_profile.core.stats import NOISY_IQR_OVER_MEDIAN, iqr_over_median, quantile
 from meo_profile.core.units import (
     byte_unit,
     fmt_bytes,
@@ -116,13 +116,14 @@ def latency_noise(ok: pd.DataFrame) -> list[str]:
         if noisy.empty:
             continue
         worst = rows.loc[spread.idxmax()]
+        ordered = sorted(worst["latency_samples_ms"])  # the quartiles the rule read, shown as such
         out.append(f"On {device}, {len(noisy)} of {len(rows)} latency points spread more than "
                    f"{fmt_pct(NOISY_IQR_OVER_MEDIAN)} of their median between the 25th and 75th "
                    f"percentile of their samples "
-                   f"(widest: {label(worst['variant'])}, k={worst['top_k']}, "
-                   f"{fmt_ms(worst['latency_ms_median'])} ({fmt_ms(worst['latency_ms_p20'])}–"
-                   f"{fmt_ms(worst['latency_ms_p80'])}) ms): the machine was busy or the runs too "
-                   f"short, so compare those points with care.")
+                   f"(widest: {label(worst['variant'])}, k={worst['top_k']}, median "
+                   f"{fmt_ms(worst['latency_ms_median'])} ms, 25th–75th percentile "
+                   f"{fmt_ms(quantile(ordered, 0.25))}–{fmt_ms(quantile(ordered, 0.75))} ms): "
+                   f"the machine was busy or the runs too short, so compare those points with care.")
     return out
 
 

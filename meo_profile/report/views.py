@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from meo_profile.core.identity import config_fields
+from meo_profile.core.identity import config_fields, short_host
 from meo_profile.core.paper import meo_flops_ratio_closed_form
 from meo_profile.models.catalog import HOST_NAMES
 from meo_profile.models.spec import SPEC_FIELDS
@@ -157,7 +157,7 @@ def describe_setting(chosen: dict[str, Any]) -> str:
 
 
 SETTING_FORMAT = {
-    "host": lambda v: f"host {v}",
+    "host": lambda v: f"host {short_host(v)}",  # a panel title: the full path is in the tables
     "d_model": lambda v: f"d={v}",
     "d_ff": lambda v: f"d_ff={v}",
     "num_experts": lambda v: f"E={v}",

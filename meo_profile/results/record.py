@@ -208,6 +208,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     }
 
 
+@functools.cache  # read once per process: a dry run names the machine for every configuration
 def device_name(device: str) -> str:
     """A name that tells machines apart: the GPU's name, or the CPU model and its core count."""
     if device == "cuda":
