@@ -96,13 +96,19 @@ def config_title(fields: Mapping[str, Any]) -> str:
         experts += f" n_ce={f['n_ce']}"
     mode = "" if f.get("mode", "inference") == "inference" else f" {f['mode']}"
     conditions = "".join(f" {name}={f[name]}" for name, usual in CONDITION_DEFAULTS.items()
-                         if f.get(name, usual) != usual)
+                         if not _unsaid(f.get(name), usual))
     return (f"{f['host']} {f['variant']}{experts} unit={f['expert_unit']} impl={f['impl']} "
             f"B={f['batch_size']} L={f['seq_len']} {f['dtype']} {f['device']}{mode}{conditions}")
 
 
 # The conditions a title names when they are not the usual ones (models/conditions.py).
 CONDITION_DEFAULTS = {"scope": "model", "workload": "prefill", "routing": "router"}
+
+
+def _unsaid(value: Any, usual: str) -> bool:
+    """A condition a title leaves out: the usual one, or none recorded (an older record in a
+    table, where the column is null: it was measured under the usual one)."""
+    return value is None or value != value or value == usual  # value != value: NaN
 
 
 def _plain(value: Any) -> Any:

@@ -60,12 +60,14 @@ def per_routing(view: pd.DataFrame) -> pd.DataFrame:
         out.append({"device_label": device, "routing": routing, "kind": first["kind"],
                     "param": first["param"], "local": first["local"], "setting": first["setting"],
                     "speedup": speedup, "vanilla": vanilla, "meo": merged, "seq": by.get("moe-seq")})
-    rows = pd.DataFrame(out)
+    rows = pd.DataFrame(out, columns=PER_ROUTING_COLUMNS)
     if rows.empty:
-        return rows
+        return rows.assign(vs_base=pd.Series(dtype=float))
     return rows.assign(vs_base=rows["speedup"] / rows["device_label"].map(_base_speedups(rows)) - 1)
 
 
+PER_ROUTING_COLUMNS = ["device_label", "routing", "kind", "param", "local", "setting", "speedup",
+                       "vanilla", "meo", "seq"]
 BASES = ("uniform", "router")  # what the other routings are compared with, first present
 
 

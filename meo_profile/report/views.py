@@ -96,13 +96,14 @@ def device_label(row: pd.Series) -> str:
 
 # ------------------------------------------------------------------------------- slicing
 def pick_value(values: pd.Series, preferred: Any = None) -> Any:
-    """The preferred value when present, else the most common (ties: the smallest, for a
-    choice that does not depend on row order)."""
+    """The preferred value when present (a tuple: the first of them present), else the most
+    common (ties: the smallest, for a choice that does not depend on row order)."""
     present = values.dropna()
     if present.empty:
         return None
-    if preferred is not None and (present == preferred).any():
-        return preferred
+    for choice in preferred if isinstance(preferred, tuple) else (preferred,):
+        if choice is not None and (present == choice).any():
+            return choice
     counts = present.value_counts()
     return min(counts[counts == counts.max()].index, key=_sort_key)
 
@@ -234,7 +235,7 @@ def ratio_view(flops: pd.DataFrame) -> pd.DataFrame:
 
 LATENCY_PREFER = {"host": "layer", "mode": "inference", "expert_unit": "linear", "dtype": None,
                   "d_model": None, "d_ff": None, "layers": None, "batch_size": 8, "seq_len": 128,
-                  "routing": "router"}
+                  "routing": ("router", "uniform")}  # the random router's, or the routing like it
 # What the dense baseline is matched on: not E, k or routing, which it has none of.
 NOT_DENSE = ("num_experts", "top_k", "routing")
 
@@ -347,7 +348,7 @@ NEWER_METHODS = ("ce", "xmoe")
 # the comparison is made with ffn experts for all four.
 BUDGET_PREFER = {"host": "layer", "mode": "inference", "expert_unit": "ffn", "dtype": None,
                  "d_model": None, "d_ff": None, "layers": None, "num_experts": 16,
-                 "batch_size": 8, "seq_len": 128, "routing": "router"}
+                 "batch_size": 8, "seq_len": 128, "routing": ("router", "uniform")}
 # Each method's own knobs, held at one value (the papers' defaults where present; compressed
 # experts' n_ce at k/2, set where k is known).
 METHOD_KNOBS = {"ce": {"n_ce": None, "ce_init": "ones"},
