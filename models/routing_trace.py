@@ -86,10 +86,12 @@ def save_trace(trace: RoutingTrace, path: str | Path) -> Path:
 
 
 def _open(path: str | Path) -> np.lib.npyio.NpzFile:
+    if not Path(path).is_file():
+        raise TraceError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):  # np.load would try other formats, pickle among them
+        raise TraceError(f"{path}: not a routing trace (an .npz file, a zip of arrays)")
     try:
         return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise TraceError(f"{path}: no such file") from None
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise TraceError(f"{path}: not a routing trace (.npz): {str(e).splitlines()[0][:120]}") from None
 
