@@ -80,12 +80,18 @@ def test_replay_reproduces_the_traces_choices_exactly(captured, checkpoint, vari
     spec = Spec(host=f"hf:{checkpoint / 'olmoe'}", variant=variant, seq_len=SEQ, batch_size=3,
                 routing=f"replay:{captured}")
     model = build_model(spec)
+    seen = []  # what the model's own router hands its experts, after the replay's hook
+    if variant == "moe":
+        routed_modules(model)[0].router.register_forward_hook(lambda m, a, out: seen.append(out))
     model(*make_inputs(spec))
     trace = load_trace(captured).top_k_index
     for layer, module in enumerate(routed_modules(model)):
         got = module.last_top_k_index.sort(-1).values.view(3, -1, K)  # (B, T or 1, k)
         want = np.sort(trace[layer, :3, :got.shape[1]], -1)  # a sequence-level layer: position 0
         assert np.array_equal(got.numpy(), want), (variant, layer)
+    assert len(seen) == (1 if variant == "moe" else 0)
+    for logits, weights, index in seen:  # OLMoE's own gates: softmax over E at the replayed experts
+        assert torch.allclose(weights, logits.softmax(-1).gather(1, index), atol=1e-6)
 
 
 def test_routing_stats_prints_the_per_layer_table(captured):

@@ -156,7 +156,7 @@ def time_workload(result: Result, work: Workload, options: TimingOptions, memory
                   bound: bool = True) -> Result:
     """Time `work.step` (in the timing mode asked), then probe its memory and bound: the latency
     fields of `result`. Routing statistics are read after the timed calls (host syncs), from the
-last forward's choices (measure/routing/stats.py)."""
+    last forward's choices (measure/routing/stats.py)."""
     malloc = allocator_setting(work.spec.device, options)
     stepped = time_step(work, options)
     result.add_timing(stepped.timing)
