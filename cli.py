@@ -381,6 +381,59 @@ def verify(spec: Spec, json_out: JsonFlag = False, max_memory: MaxMemory = None)
         raise typer.Exit(1)
 
 
+routing_app = App(name="routing", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False,
+                  help="Routing traces: record a checkpoint's router choices, describe a trace.")
+app.add_typer(routing_app, rich_help_panel="Routing")
+Positive = Annotated[int, typer.Option(parser=int_in(1, 2**20), metavar="INTEGER")]
+
+
+@routing_app.command("capture")
+def routing_capture(
+    host: Annotated[str, typer.Option("--host", help="hf:DIR: a local checkpoint (config.json, safetensors weights, tokenizer); nothing is downloaded.")],
+    text: Annotated[str, typer.Option("--text", help="A UTF-8 text file the model runs over.")],
+    out: Annotated[str, typer.Option("--out", help="The routing trace to write (.npz; see docs/routing.md).")],
+    seq_len: Annotated[int, typer.Option("--seq-len", parser=int_in(1, 2**20), metavar="INTEGER", help="Tokens per sequence; the text's remainder is dropped.")] = 128,
+    batch_size: Annotated[int, typer.Option("--batch-size", parser=int_in(1, 2**16), metavar="INTEGER", help="Sequences per forward.")] = 8,
+    max_sequences: Annotated[int | None, typer.Option("--max-sequences", parser=int_in(1, 2**30), metavar="INTEGER", help="At most this many sequences; default: all the text holds.")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")] = "float32",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, or auto (cuda when present).")] = "auto",
+    force: Force = False,
+) -> None:
+    """Record a local checkpoint's router choices over a text into a routing trace."""
+    from meo_profile.measure.routing.checkpoint import capture_checkpoint
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise fail(f"--dtype {dtype!r}: choose from float32, bfloat16, float16")
+    if device not in ("auto", "cpu", "cuda"):
+        raise fail(f"--device {device!r}: choose from auto, cpu, cuda")
+    path, trace = capture_checkpoint(host, text, out, seq_len=seq_len, batch_size=batch_size,
+                                     max_sequences=max_sequences, dtype=dtype, device=device,
+                                     overwrite=force)
+    h = trace.header
+    typer.echo(f"trace written to {path}: {h.layers} MoE layers, {h.sequences} sequences of "
+               f"{h.tokens} tokens, E={h.num_experts}, k={h.top_k}", err=True)
+
+
+@routing_app.command("stats")
+def routing_stats(trace: Annotated[str, typer.Argument(help="A routing trace (.npz).")],
+                  json_out: JsonFlag = False) -> None:
+    """Per layer of a routing trace: load max/mean and its coefficient of variation, the fitted
+    Zipf exponent, distinct experts per sequence against independent tokens, locality."""
+    from dataclasses import asdict
+
+    from meo_profile.measure.routing.stats import open_trace, trace_stats
+    from meo_profile.terminal import render
+    from meo_profile.terminal.routing import trace_table
+
+    loaded = open_trace(trace)
+    stats = trace_stats(loaded)
+    if json_out:
+        emit_json({"trace": trace, **asdict(loaded.header), "by_layer": [asdict(s) for s in stats]})
+    else:
+        render.print_table(trace_table(loaded.header, stats))
+
+
 def main() -> None:  # pragma: no cover - `python cli.py` convenience
     app()
 

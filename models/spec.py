@@ -21,6 +21,7 @@ import torch
 from meo_profile.models.catalog import host_shape
 from meo_profile.models.conditions import MERGE_REUSE, SCOPES, parse_routing, parse_workload
 from meo_profile.models.errors import FLAG_OF, SpecError, flag_of  # noqa: F401 (their home was here)
+from meo_profile.models.imposed import check_routing
 from meo_profile.models.names import DEVICES, DTYPES, EXPERT_UNITS, MODES
 from meo_profile.models.variants import VARIANTS
 
@@ -135,6 +136,7 @@ class Spec:
         if shape.check is not None:  # a native host holds the sizes to its config
             shape.check(self)
         self._validate_impl()
+        check_routing(self)  # after E and k are final: a replayed trace must match them
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -200,9 +202,11 @@ class Spec:
         for knob in other_knobs:  # another variant's knob means nothing here: stored as None
             self._set(knob, None)
         if v == "dense":
-            # experts and k mean nothing for the dense baseline: store 1 so records group cleanly
+            # experts, k and routing mean nothing for the dense baseline: store 1, 1 and the
+            # default so records group cleanly (one baseline, whatever a grid crosses it with)
             self._set("num_experts", 1)
             self._set("top_k", 1)
+            self._set("routing", "router")
 
     @property
     def host_impls(self) -> tuple[str, ...] | None:

@@ -96,7 +96,7 @@ def config_title(fields: Mapping[str, Any]) -> str:
         experts += f" n_ce={f['n_ce']}"
     mode = "" if f.get("mode", "inference") == "inference" else f" {f['mode']}"
     conditions = "".join(f" {name}={f[name]}" for name, usual in CONDITION_DEFAULTS.items()
-                         if _given(f.get(name)) and f[name] != usual)
+                         if not _unsaid(f.get(name), usual))
     return (f"{f['host']} {f['variant']}{experts} unit={f['expert_unit']} impl={f['impl']} "
             f"B={f['batch_size']} L={f['seq_len']} {f['dtype']} {f['device']}{mode}{conditions}")
 
@@ -105,9 +105,10 @@ def config_title(fields: Mapping[str, Any]) -> str:
 CONDITION_DEFAULTS = {"scope": "model", "workload": "prefill", "routing": "router"}
 
 
-def _given(value: Any) -> bool:
-    """A stored value, not a gap (None, or NaN where a table's column lacks it in that row)."""
-    return value is not None and value == value
+def _unsaid(value: Any, usual: str) -> bool:
+    """A condition a title leaves out: the usual one, or none recorded (an older record in a
+    table, where the column is null: it was measured under the usual one)."""
+    return value is None or value != value or value == usual  # value != value: NaN
 
 
 def _plain(value: Any) -> Any:

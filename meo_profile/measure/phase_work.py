@@ -19,9 +19,13 @@ counted from the model's structure, for each MoE layer over N tokens of B sequen
   scales written;
 - dispatch and combine: nothing. A fused kernel gathers rows and sums the k outputs of a token
   inside the expert matmuls, so neither must move anything the experts phase does not count.
-The distinct experts are those the layer's last forward touched (`SparseLayer.last_top_k_index`)
-when a forward ran on a real device, else the expected number when n routed inputs each pick k
-of E uniformly: E·(1 - (1 - k/E)^n).
+The distinct experts are those the layer's last forward touched (`SparseLayer.last_top_k_index`,
+a native block's `NativeMoE.last_top_k_index`, compressed experts' auxiliary ones too) when a
+forward ran on a real device, so the bound follows the routing that ran (`--routing`), else the
+expected number when n routed inputs each pick k of E uniformly: E·(1 - (1 - k/E)^n). How
+unevenly the pairs spread over those experts (`expert_load_max_over_mean`) changes no phase's
+total MACs or bytes, so it stays out of the bound: a lower bound must hold for a kernel that
+balances its work, and the record keeps the imbalance beside it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from torch import nn
 from meo_profile.measure.analytic import count
 from meo_profile.models import VARIANTS, Spec, sparse_layers, torch_dtype
 from meo_profile.models.compressed import CompressedExperts
-from meo_profile.models.layers import MergedExperts, SparseLayer, experts_touched
+from meo_profile.models.layers import MergedExperts, SparseLayer, distinct_of, experts_touched
 from meo_profile.models.native import NativeMoE
 from meo_profile.models.phases import PHASES
 
@@ -137,7 +141,9 @@ def native_bytes(block: NativeMoE, spec: Spec, itemsize: int) -> Counter:
     parameters, read once like the rest."""
     tokens = spec.batch_size * spec.seq_len
     per_expert = _numel_bytes(block.experts) / block.num_experts
-    touched = expected_distinct(block.num_experts, block.top_k, tokens)
+    touched = experts_touched(block)  # its router's last choice, kept by a hook
+    if touched is None:
+        touched = expected_distinct(block.num_experts, block.top_k, tokens)
     rows_io = tokens * 2 * (block.hidden + block.expert_width) * itemsize
     return Counter(experts=touched * per_expert + rows_io)
 
@@ -152,7 +158,9 @@ def router_bytes(layer: SparseLayer, spec: Spec, itemsize: int) -> float:
 def compress_bytes(layer: CompressedExperts, spec: Spec, itemsize: int) -> float:
     """Vectors of the distinct auxiliary experts read; one scale per token and input written."""
     tokens, width = spec.batch_size * spec.seq_len, layer.vectors.weight.shape[1]
-    aux = expected_distinct(layer.experts.num_experts, layer.n_ce, tokens)
+    aux = distinct_of(layer.last_aux_index)
+    if aux is None:
+        aux = expected_distinct(layer.experts.num_experts, layer.n_ce, tokens)
     return (aux + tokens) * width * itemsize
 
 

@@ -27,6 +27,7 @@ from meo_profile.core.errors import BadInput
 from meo_profile.core.inputs import output_dir
 from meo_profile.report import figures, provenance, tables, views
 from meo_profile.report.findings import findings
+from meo_profile.report.routing import routing_tables
 from meo_profile.report.tables import Table, as_list
 from meo_profile.results.store import load, load_warnings, results_path
 
@@ -119,6 +120,12 @@ SECTIONS: list[Section] = [
             "the host. Each variant's eager time, its time replayed from a CUDA graph, and the "
             "device's own kernel time, split by phase.",
             "fig9_where_time_goes", (tables.time_tables,)),
+    Section("Routing",
+            "A random router spreads tokens nearly evenly and forgets the previous token; real "
+            "routers are skewed and local. Vanilla MoE and MEO under the routings measured "
+            "(`--routing`): vanilla's cost follows the distinct experts its tokens touch and "
+            "the busiest expert, MEO's merge the experts each sequence chose.",
+            "fig10_routing", (routing_tables,)),
 ]
 
 

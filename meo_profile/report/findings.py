@@ -24,6 +24,7 @@ from meo_profile.core.units import (
     missing,
 )
 from meo_profile.report import views
+from meo_profile.report.routing import routing_speedup
 from meo_profile.report.tables import marked, paper_rows, printed_values
 
 Finding = Callable[[pd.DataFrame], list[str]]
@@ -321,7 +322,7 @@ METHOD_SENTENCES = {"ce": _ce_sentence, "xmoe": _xmoe_sentence}
 
 FINDINGS: tuple[Finding, ...] = (paper_flops, flops_ratio, latency_growth, latency_noise,
                                   speedup_shortfall, memory_cost, roofline_distance,
-                                  launch_bound, methods_compared)
+                                  launch_bound, methods_compared, routing_speedup)
 
 
 def findings(ok: pd.DataFrame) -> list[str]:

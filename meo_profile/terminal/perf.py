@@ -35,6 +35,7 @@ def latency_table(result: Result) -> Table:
     table.add_column("quantity")
     table.add_column("value", justify="right")
     for name, value in [*_timing_rows(result, unit, per), *_bound_rows(result, unit, per),
+                        *_routing_rows(result),
                         ("peak memory", human_bytes(result.peak_mem_bytes)),
                         ("  above weights", human_bytes(result.peak_mem_above_weights_bytes)),
                         ("  weights", human_bytes(result.weights_bytes)),
@@ -74,6 +75,16 @@ def _bound_rows(result: Result, unit: str, per: float) -> list[tuple[str, str]]:
              for phase, ms in (result.roofline_by_phase or {}).items()]
     rows.append((f"  whole-call bound ({unit})", _scaled(result.roofline_overlap_ms, per)))
     return rows
+
+
+def _routing_rows(result: Result) -> list[tuple[str, str]]:
+    """How the experts were chosen and what the forward touched (per MoE layer, averaged)."""
+    if result.experts_touched_mean is None:
+        return []
+    return [("routing", result.spec.routing),
+            ("  experts touched", _fmt(result.experts_touched_mean, ".1f")),
+            ("  load max / mean", _fmt(result.expert_load_max_over_mean, ".2f")),
+            ("  experts per sequence", _fmt(result.experts_per_sequence_mean, ".1f"))]
 
 
 def kernels_table(summary: TraceSummary, top: int = 20) -> Table | None:
