@@ -20,8 +20,14 @@ $(VENV)/.installed: pyproject.toml
 sweep: setup
 	$(VENV)/bin/meo-profile sweep
 
+# Two workers, one test file each at a time (--dist loadfile: a file's module fixtures are built
+# once, and the engine tests of tests/test_executors.py share one Ray): the suite's slow tests
+# wait on processes they start, which leaves a core to the other worker. Tests marked `serial`
+# hold a measured time to the machine's measured peaks, which the other worker would slow: they
+# run after, alone.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial"
+	$(PY) -m pytest -q -m serial
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,7 @@
 """`meo-profile`: the command line. Parses options and calls meo_profile; no logic of its own.
 
 Each command imports the layer it calls inside its body, so that `--help` and a bad flag answer
-without loading pandas, matplotlib or fvcore.
+without loading torch, pandas, matplotlib or fvcore (tests/test_help.py holds it to that).
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from meo_profile.models import Spec
 
 from meo_profile.sweep.choice import ExecutorChoice
-from meo_profile.terminal import render
 from meo_profile.terminal.options import (
     TRACEBACK_VARIABLE,
+    Command,
+    Group,
     MaxMemory,
     as_exit,
     exits_on_bad_input,
@@ -31,6 +31,9 @@ from meo_profile.terminal.options import (
     writable_file,
 )
 
+if TYPE_CHECKING:  # the Spec loads torch: `--help` must not (with_spec builds it when run)
+    from meo_profile.models import Spec
+
 
 class App(typer.Typer):
     """Typer, with usage errors and bad input as one line on stderr and exit code 2, and any
@@ -42,7 +45,8 @@ class App(typer.Typer):
             # the command list shows the docstring's first paragraph as one line (Typer would
             # keep its line breaks there and wrap mid-sentence)
             summary = " ".join((fn.__doc__ or "").split("\n\n")[0].split())
-            options = {"short_help": summary, **kwargs} if summary else kwargs
+            options = {"short_help": summary, **kwargs} if summary else dict(kwargs)
+            options.setdefault("cls", Command)
             return typer.Typer.command(self, *args, **options)(exits_on_bad_input(fn))
 
         return register
@@ -54,6 +58,10 @@ class App(typer.Typer):
             typer.echo("aborted", err=True)
             sys.exit(130)
         except typer.TyperException as e:  # click's usage errors, as Typer re-exports them
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `meo-profile`: the help, as --help
+                # (Typer's click exports no name for it; rich has printed the help already)
+                typer.echo(e.format_message(), nl=False)
+                sys.exit(0)
             typer.echo(f"error: {e.format_message()}", err=True)
             sys.exit(2)
         except typer.Exit as e:
@@ -65,7 +73,7 @@ class App(typer.Typer):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-app = App(name="meo-profile", no_args_is_help=True, add_completion=False,
+app = App(name="meo-profile", no_args_is_help=True, add_completion=False, cls=Group,
           pretty_exceptions_enable=False,
           help="Build MoE and MEO models, count their FLOPs, time them, and check efficiency claims.")
 
@@ -92,7 +100,7 @@ def emit_json(obj: dict) -> None:
 Source = Annotated[str, typer.Option("--source", help="Counter: fvcore (traced forward), analytic (closed form), or both (exit 1 if they differ).")]
 ByModule = Annotated[bool, typer.Option("--by-module", help="Also show MACs per module.")]
 ByOperator = Annotated[bool, typer.Option("--by-operator", help="Also show MACs per operator.")]
-Depth = Annotated[int, typer.Option("--depth", parser=int_in(0, 64), metavar="INTEGER", help="Module depth shown by --by-module.")]
+Depth = Annotated[int, typer.Option("--depth", parser=int_in(0, 64), metavar="<int>", help="Module depth shown by --by-module.")]
 
 
 @app.command(rich_help_panel="Measure one configuration")
@@ -102,6 +110,7 @@ def flops(spec: Spec, source: Source = "fvcore", by_module: ByModule = False,
           max_memory: MaxMemory = None) -> None:
     """Count one configuration: MACs, FLOPs (= 2 x MACs), parameters, parts, skipped ops."""
     from meo_profile.measure.run import measure
+    from meo_profile.terminal import render
 
     result = measure(spec, ("flops",), source=source, max_memory_bytes=max_memory,
                      oversize="refuse")
@@ -133,6 +142,7 @@ def latency(spec: Spec, json_out: JsonFlag = False, warmup: Warmup = 3, min_run_
     """One configuration: latency statistics, tokens/s, peak memory, roofline bound."""
     from meo_profile.measure.run import measure
     from meo_profile.measure.timing import TimingOptions
+    from meo_profile.terminal import render
     from meo_profile.terminal.perf import latency_table
 
     options = TimingOptions(warmup=warmup, min_run_time=min_run_time, autorange=autorange,
@@ -157,7 +167,7 @@ def latency(spec: Spec, json_out: JsonFlag = False, warmup: Warmup = 3, min_run_
 
 TraceOut = Annotated[str, typer.Option("--out", help="Chrome/Perfetto trace file to write.")]
 Steps = Annotated[int, typer.Option("--steps", help="Profiled steps (after --warmup unprofiled ones).")]
-Top = Annotated[int, typer.Option("--top", parser=int_in(1, 10_000), metavar="INTEGER", help="Kernels and operators shown, by time.")]
+Top = Annotated[int, typer.Option("--top", parser=int_in(1, 10_000), metavar="<int>", help="Kernels and operators shown, by time.")]
 FromTrace = Annotated[Path | None, typer.Option("--from", help="Summarise this trace file (torch.profiler's Chrome JSON, .json or .json.gz) instead of running anything; the configuration flags are then ignored.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite the --out file if it exists.")]
 
@@ -171,7 +181,7 @@ def trace(spec: Spec, out: TraceOut = "trace.json", json_out: JsonFlag = False, 
     operators by self time, a trace file; or the same summary of an existing file (--from)."""
     from meo_profile.measure.trace import summarize_file
     from meo_profile.measure.trace import trace as run_trace
-    from meo_profile.terminal import perf
+    from meo_profile.terminal import perf, render
 
     if from_file:
         summary = summarize_file(from_file)
@@ -185,7 +195,7 @@ def trace(spec: Spec, out: TraceOut = "trace.json", json_out: JsonFlag = False, 
                   perf.phases_table(summary)):
         if table is not None:
             render.print_table(table)
-    for line in perf.launch_lines(summary):
+    for line in perf.phase_lines(summary) + perf.launch_lines(summary):
         render.print_line(line)
     if not from_file:
         render.print_line(f"trace written to {summary.trace_path}")
@@ -202,7 +212,7 @@ def sweep(
     out: Annotated[str | None, typer.Option("--out", help="Results directory; default: reports/<preset>.")] = None,
     metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated: flops, latency, memory; default: each block's.")] = None,
     resume: Annotated[bool, typer.Option("--resume/--fresh", help="Skip configurations already stored for this device, or start over (old results are kept aside).")] = True,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any configuration failed (oom or error).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Also exit 1 when a configuration is over the memory budget (oom); one that errored always does.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of a progress bar.")] = False,
     max_memory: MaxMemory = None,
     warmup: Warmup = 3,
@@ -217,8 +227,15 @@ def sweep(
     from meo_profile.report.document import render_report
     from meo_profile.sweep.executors import WorkerSetupError
     from meo_profile.sweep.grid import IMPOSSIBLE
-    from meo_profile.sweep.plan import command_line, plan_sweep, preview, resume_command
+    from meo_profile.sweep.plan import (
+        command_line,
+        long_sweep_warning,
+        plan_sweep,
+        preview,
+        resume_command,
+    )
     from meo_profile.sweep.run import run_sweep, skipped_lines
+    from meo_profile.terminal import render
     from meo_profile.terminal.progress import run_with_progress
     from meo_profile.terminal.results import print_plan
 
@@ -228,6 +245,9 @@ def sweep(
     if dry_run:
         print_plan(plan, preview(plan))
         return
+    too_long = long_sweep_warning(plan.timed, min_run_time)
+    if too_long:
+        typer.echo(too_long, err=True)
     out = plan.options.out
     if plan.impossible:
         typer.echo(f"{plan.impossible} grid combinations left out: {IMPOSSIBLE}", err=True)
@@ -236,6 +256,7 @@ def sweep(
     except WorkerSetupError as e:  # no worker could run anything: one line, a run-time failure
         raise fail(str(e), code=1) from None
     render.print_sweep_summary(summary, out, skipped_lines(out))
+    path = None
     if report and not summary.interrupted:
         path = render_report(out, out, command=command_line(sys.argv[1:]))
         typer.echo(f"report: {path}", err=True)
@@ -243,14 +264,16 @@ def sweep(
         typer.echo(f"interrupted after {summary.measured} new records (stored in {out}); "
                    f"resume with: {resume_command(sys.argv[1:])}", err=True)
         raise typer.Exit(summary.exit_code)
-    if strict and summary.failed:
-        raise typer.Exit(1)
+    failed = summary.failure_line(strict, path)
+    if failed:
+        raise fail(failed, code=1)
 
 
 @app.command(rich_help_panel="Sweep")
 def presets() -> None:
     """List the built-in sweep presets, what each runs, and roughly how long it takes."""
     from meo_profile.sweep.presets import PRESETS
+    from meo_profile.terminal import render
 
     render.Console().print(render.presets_text(PRESETS))
 
@@ -286,6 +309,7 @@ def check(
     from meo_profile.check.claims_file import load_claims
     from meo_profile.check.run import run_checks
     from meo_profile.terminal import checks as render_checks
+    from meo_profile.terminal import render
 
     run = run_checks(load_claims(claims_file), results, save,
                      log=None if json_out else lambda line: typer.echo(line, err=True),
@@ -321,6 +345,7 @@ def compare(
     or on configurations missing from current."""
     from meo_profile.check.compare import compare_paths
     from meo_profile.terminal import checks as render_checks
+    from meo_profile.terminal import render
 
     formats = ("table", "markdown", "json")
     if fmt not in formats:
@@ -344,6 +369,7 @@ def compare(
 def verify(spec: Spec, json_out: JsonFlag = False, max_memory: MaxMemory = None) -> None:
     """Numerical checks: meo == moe-seq, implementations agree, k=1 is the chosen expert."""
     from meo_profile.check.verify import verify as run_checks
+    from meo_profile.terminal import render
 
     checks = run_checks(spec, max_memory)
     ok = all(c.ok for c in checks)
@@ -353,6 +379,59 @@ def verify(spec: Spec, json_out: JsonFlag = False, max_memory: MaxMemory = None)
         render.print_table(render.checks_table(checks, spec))
     if not ok:
         raise typer.Exit(1)
+
+
+routing_app = App(name="routing", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False,
+                  help="Routing traces: record a checkpoint's router choices, describe a trace.")
+app.add_typer(routing_app, rich_help_panel="Routing")
+Positive = Annotated[int, typer.Option(parser=int_in(1, 2**20), metavar="INTEGER")]
+
+
+@routing_app.command("capture")
+def routing_capture(
+    host: Annotated[str, typer.Option("--host", help="hf:DIR: a local checkpoint (config.json, safetensors weights, tokenizer); nothing is downloaded.")],
+    text: Annotated[str, typer.Option("--text", help="A UTF-8 text file the model runs over.")],
+    out: Annotated[str, typer.Option("--out", help="The routing trace to write (.npz; see docs/routing.md).")],
+    seq_len: Annotated[int, typer.Option("--seq-len", parser=int_in(1, 2**20), metavar="INTEGER", help="Tokens per sequence; the text's remainder is dropped.")] = 128,
+    batch_size: Annotated[int, typer.Option("--batch-size", parser=int_in(1, 2**16), metavar="INTEGER", help="Sequences per forward.")] = 8,
+    max_sequences: Annotated[int | None, typer.Option("--max-sequences", parser=int_in(1, 2**30), metavar="INTEGER", help="At most this many sequences; default: all the text holds.")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")] = "float32",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, or auto (cuda when present).")] = "auto",
+    force: Force = False,
+) -> None:
+    """Record a local checkpoint's router choices over a text into a routing trace."""
+    from meo_profile.measure.routing.checkpoint import capture_checkpoint
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise fail(f"--dtype {dtype!r}: choose from float32, bfloat16, float16")
+    if device not in ("auto", "cpu", "cuda"):
+        raise fail(f"--device {device!r}: choose from auto, cpu, cuda")
+    path, trace = capture_checkpoint(host, text, out, seq_len=seq_len, batch_size=batch_size,
+                                     max_sequences=max_sequences, dtype=dtype, device=device,
+                                     overwrite=force)
+    h = trace.header
+    typer.echo(f"trace written to {path}: {h.layers} MoE layers, {h.sequences} sequences of "
+               f"{h.tokens} tokens, E={h.num_experts}, k={h.top_k}", err=True)
+
+
+@routing_app.command("stats")
+def routing_stats(trace: Annotated[str, typer.Argument(help="A routing trace (.npz).")],
+                  json_out: JsonFlag = False) -> None:
+    """Per layer of a routing trace: load max/mean and its coefficient of variation, the fitted
+    Zipf exponent, distinct experts per sequence against independent tokens, locality."""
+    from dataclasses import asdict
+
+    from meo_profile.measure.routing.stats import open_trace, trace_stats
+    from meo_profile.terminal import render
+    from meo_profile.terminal.routing import trace_table
+
+    loaded = open_trace(trace)
+    stats = trace_stats(loaded)
+    if json_out:
+        emit_json({"trace": trace, **asdict(loaded.header), "by_layer": [asdict(s) for s in stats]})
+    else:
+        render.print_table(trace_table(loaded.header, stats))
 
 
 def main() -> None:  # pragma: no cover - `python cli.py` convenience

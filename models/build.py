@@ -9,6 +9,7 @@ import torch
 from meo_profile.models.catalog import host_shape
 from meo_profile.models.experts import ExpertBank
 from meo_profile.models.hosts import Site, SwiGLU
+from meo_profile.models.imposed import impose_routing
 from meo_profile.models.layers import SparseLayer
 from meo_profile.models.routing import Router
 from meo_profile.models.spec import Spec
@@ -82,6 +83,7 @@ def build_model(spec: Spec, device: str | None = None) -> nn.Module:
             for site in sites:
                 swap_site(site, spec, bias=shape.bias)
     model = model.to(torch_dtype(spec))
+    impose_routing(model, spec)  # drawn now, before anything is timed
     return model.train(spec.mode == "train")
 
 

@@ -8,12 +8,12 @@ from typing import Any
 
 from meo_profile.models.errors import SpecError
 from meo_profile.models.hosts import HOSTS, HostShape
+from meo_profile.models.names import HF_HOST_HELP
 from meo_profile.models.native import NATIVE_MOE_IMPLS, native_shape
-from meo_profile.models.native_configs import HF_PREFIX, PUBLISHED
+from meo_profile.models.native_configs import PUBLISHED
 from meo_profile.models.variants import VARIANTS
 
 HOST_NAMES = (*HOSTS, *PUBLISHED)
-HF_HOST_HELP = f"{HF_PREFIX}PATH (a transformers MoE config.json, or a folder holding one)"
 
 
 def host_shape(host: str) -> HostShape:
@@ -40,4 +40,4 @@ def router_gates(spec: Any) -> dict[str, str | None]:
     return {"router_gates": used, "host_router_gates": shape.router_gates}
 
 
-__all__ = ["HOST_NAMES", "NATIVE_MOE_IMPLS", "host_shape", "router_gates"]
+__all__ = ["HF_HOST_HELP", "HOST_NAMES", "NATIVE_MOE_IMPLS", "host_shape", "router_gates"]

@@ -83,6 +83,7 @@ class CompressedExperts(SparseLayer):
             raise ValueError(f"n_ce={n_ce} must be in 0..{router.top_k - 1}")
         self.n_ce = n_ce
         self.vectors = vectors if vectors is not None else CompressedVectors(bank, init)
+        self.last_aux_index: torch.Tensor | None = None  # the compressed experts last chosen
 
     @property
     def main_k(self) -> int:
@@ -97,6 +98,7 @@ class CompressedExperts(SparseLayer):
         with phase("router"):
             main, aux = split_routing(self.router(tokens), self.main_k)  # (N, m), (N, n_ce)
             self.remember(main)  # the experts that run in full
+            self.last_aux_index = aux.top_k_index  # whose vectors are read (the roofline's)
         with phase("compress"):
             scales = self.vectors(aux)  # [(N, parts_j, d_in_j)] e1, e3, e2 for SwiGLU
         y = TOKEN_DISPATCH[self.impl](self.experts, tokens, main, scales)  # (N, d_out)

@@ -28,6 +28,7 @@ import torch
 from meo_profile.models.build import make_inputs, sparse_layers, torch_dtype
 from meo_profile.models.catalog import host_shape
 from meo_profile.models.conditions import cache_length, parse_workload
+from meo_profile.models.imposed import route_from
 from meo_profile.models.layers import SequenceRouted
 from meo_profile.models.phases import phase
 from meo_profile.models.spec import Spec
@@ -143,7 +144,9 @@ class Decoding:
         return self.cache is not None or bool(self.layers)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """The next T tokens of every sequence: (B, T) ids or (B, T, d) hidden states."""
+        """The next T tokens of every sequence: (B, T) ids or (B, T, d) hidden states. An
+        imposed routing (`--routing`) is read at their positions, from the cache's length."""
+        route_from(self.model, self.length)
         if self.kind == "causal":
             out = causal_lm(self.model)(input_ids=x, **self._call_kwargs).logits
         else:

@@ -56,8 +56,13 @@ class SparseLayer(nn.Module):
 
 def experts_touched(layer: SparseLayer) -> int | None:
     """Distinct experts the layer's last forward ran (index -1, an empty slot, is none); None
-    before any forward or on the meta device. One host sync: call it after timing."""
-    index = layer.last_top_k_index
+    before any forward or on the meta device. One host sync: call it after timing. (A native
+    block, `NativeMoE`, keeps its last choice the same way.)"""
+    return distinct_of(layer.last_top_k_index)
+
+
+def distinct_of(index: torch.Tensor | None) -> int | None:
+    """Distinct experts in an index tensor (-1 is none); None for no tensor or a meta one."""
     if index is None or index.is_meta:
         return None
     return int(torch.unique(index[index >= 0]).numel())

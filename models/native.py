@@ -56,13 +56,22 @@ class NativeMoE(nn.Module):
     def __init__(self, info: MoEBlock):
         super().__init__()
         self.block = info.block
-        self.experts_attr = info.experts_attr
+        self.experts_attr, self.router_attr = info.experts_attr, info.router_attr
         self.num_experts, self.top_k, self.expert_numel = info.num_experts, info.top_k, info.expert_numel
         self.hidden, self.expert_width = info.hidden, info.expert_width
+        self.router_gates = info.router_gates
+        # The experts the last forward chose (N, k), kept by a hook on the router
+        # (models/imposed.py), as a SparseLayer keeps its own; None before any forward.
+        self.last_top_k_index: torch.Tensor | None = None
+        self.imposed = None  # the choice `--routing` imposes (models/imposed.py), if any
 
     @property
     def experts(self) -> nn.Module:
         return getattr(self.block, self.experts_attr)
+
+    @property
+    def router(self) -> nn.Module:
+        return getattr(self.block, self.router_attr)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.block(hidden_states)

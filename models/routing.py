@@ -4,11 +4,15 @@ Two gate conventions appear in the seed papers' code:
 - `topk_softmax` (MEO): logits -> top-k -> softmax over the k logits, so the gates sum to 1.
 - `softmax_topk` (OLMoE, compressed experts): softmax over all E -> top-k, not renormalised.
 Inference profiling adds no router noise (the noise is a training-time exploration device).
+
+`GATES` evaluates a convention at experts chosen otherwise (`--routing`, models/imposed.py):
+the router still computes its logits, only which experts are chosen changes.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -17,6 +21,36 @@ from torch import nn
 class Routing(NamedTuple):
     top_k_index: torch.Tensor  # (N, k) int64, sorted by descending weight
     top_k_weights: torch.Tensor  # (N, k) gate of each chosen expert
+
+
+def _renormalised(gates: torch.Tensor) -> torch.Tensor:
+    return gates / gates.sum(dim=-1, keepdim=True)
+
+
+def _softmax_at(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return logits.softmax(dim=-1, dtype=torch.float32).gather(1, index).to(logits.dtype)
+
+
+def _sigmoid_at(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return logits.sigmoid().gather(1, index)
+
+
+# convention -> (logits (N, E), chosen experts (N, k)) -> their gates (N, k); the conventions of
+# models/discover.py, where a native host's router is named (a `*s` suffix scales them by s)
+GATES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "topk_softmax": lambda logits, index: logits.gather(1, index).softmax(dim=-1),
+    "softmax_topk": _softmax_at,
+    "softmax_topk_renorm": lambda logits, index: _renormalised(_softmax_at(logits, index)),
+    "sigmoid_topk": _sigmoid_at,
+    "sigmoid_topk_renorm": lambda logits, index: _renormalised(_sigmoid_at(logits, index)),
+}
+
+
+def ranked(index: torch.Tensor, gates: torch.Tensor) -> Routing:
+    """Chosen experts and their gates, sorted by descending gate as a router's top-k returns
+    them (compressed experts run the first k - n_ce in full). (N, k) each."""
+    gates, order = gates.sort(dim=-1, descending=True)
+    return Routing(index.gather(1, order), gates)
 
 
 class Router(nn.Module):
@@ -31,12 +65,23 @@ class Router(nn.Module):
         super().__init__()
         self.w_gate = nn.Linear(d_in, num_experts, bias=False)
         self.top_k, self.scale, self.gates = top_k, scale, gates
+        # The choice `--routing` imposes (models/imposed.ImposedRouting), or None: the router's
+        # own. A plain attribute: it holds no parameter and no state to save.
+        self.imposed: Any = None
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.w_gate(h) * self.scale  # (N, E)
 
     def forward(self, h: torch.Tensor) -> Routing:
         logits = self.logits(h)
+        if self.imposed is None:
+            return self.top_k_of(logits)
+        own = None if self.imposed.drawn else self.top_k_of(logits).top_k_index
+        index = self.imposed.choice(h.shape[0], own)  # (N, k), drawn before any timing
+        return ranked(index, GATES[self.gates](logits, index))
+
+    def top_k_of(self, logits: torch.Tensor) -> Routing:
+        """The router's own choice under its gate convention. (N, E) -> (N, k) each."""
         if self.gates == "topk_softmax":
             top_logits, index = logits.topk(self.top_k, dim=-1)  # sorted, descending
             return Routing(index, top_logits.softmax(dim=-1))

@@ -27,12 +27,9 @@ from meo_profile.models.conditions import (
     parse_workload,
 )
 from meo_profile.models.errors import FLAG_OF, SpecError, flag_of  # noqa: F401 (their home was here)
+from meo_profile.models.imposed import check_routing
+from meo_profile.models.names import DEVICES, DTYPES, EXPERT_UNITS, MODES
 from meo_profile.models.variants import VARIANTS
-
-EXPERT_UNITS = ("linear", "ffn")
-DTYPES = ("float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda", "meta")
-MODES = ("inference", "train")
 
 # Integer fields and their largest value: far beyond any model profiled here (DeepSeek-V3 has
 # 256 experts, 61 layers, width 7168), and small enough that no value makes a build loop run
@@ -145,6 +142,7 @@ class Spec:
         if shape.check is not None:  # a native host holds the sizes to its config
             shape.check(self)
         self._validate_impl()
+        check_routing(self)  # after E and k are final: a replayed trace must match them
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -240,9 +238,11 @@ class Spec:
         for knob in other_knobs:  # another variant's knob means nothing here: stored as None
             self._set(knob, None)
         if v == "dense":
-            # experts and k mean nothing for the dense baseline: store 1 so records group cleanly
+            # experts, k and routing mean nothing for the dense baseline: store 1, 1 and the
+            # default so records group cleanly (one baseline, whatever a grid crosses it with)
             self._set("num_experts", 1)
             self._set("top_k", 1)
+            self._set("routing", "router")
 
     @property
     def host_impls(self) -> tuple[str, ...] | None:
@@ -289,7 +289,9 @@ class Spec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # every field is a plain immutable value: no deep copy (dataclasses.asdict's) needed,
+        # and planning a large grid calls this for every configuration
+        return {name: getattr(self, name) for name in SPEC_FIELDS}
 
 
 def _positive_number(x: Any) -> bool:

@@ -205,6 +205,32 @@ def _method_timing(spec: Spec, flops: int) -> dict:
             "mem_method": "tracemalloc"}
 
 
+# routing -> vanilla MoE's (experts touched, busiest expert's load over the mean, experts per
+# sequence, latency factor against uniform): skew slows its grouped matmul, locality speeds it
+ROUTING_TOY = {"uniform": (16.0, 1.1, 15.9, 1.0), "balanced": (16.0, 1.0, 16.0, 0.97),
+               "zipf:1.5": (16.0, 3.4, 12.3, 1.15), "uniform,local:0.9": (16.0, 1.2, 9.6, 0.9)}
+
+
+def routing_records() -> list[dict]:
+    """The paper layer under each routing of ROUTING_TOY: vanilla MoE's latency moves with it,
+    the sequence-routed variants' does not (one choice per sequence)."""
+    out = []
+    for routing, (touched, peak, per_sequence, factor) in ROUTING_TOY.items():
+        for variant in ("moe", "moe-seq", "meo"):
+            spec = Spec(host="layer", variant=variant, num_experts=16, top_k=4, seq_len=128,
+                        batch_size=8, device="cpu", routing=routing)
+            counts = counted(spec, layer_macs(spec))
+            timing = layer_timing(spec, counts["flops"])
+            stats = (touched, peak, per_sequence) if variant == "moe" else (14.0, 1.5, 4.0)
+            if variant == "moe":
+                for key in ("latency_ms_median", "latency_ms_p20", "latency_ms_p80"):
+                    timing[key] *= factor
+            out.append(Result(spec, env=dict(ENV), **counts, **timing,
+                              experts_touched_mean=stats[0], expert_load_max_over_mean=stats[1],
+                              experts_per_sequence_mean=stats[2]).to_dict())
+    return out
+
+
 # Where merging pays off: the paper's layer (two MoE linears, 768 x 3072, E 16, k 4) on the toy
 # machine, phase by phase: vanilla reads the experts its tokens touch and computes k per token;
 # MEO reads the experts its sequences chose, writes and rereads B merged copies, and computes one
@@ -269,7 +295,7 @@ def failure_records() -> list[dict]:
 
 def full_set(gpu: bool = False, train: bool = False) -> list[dict]:
     records = flops_records() + layer_records(modes=("inference", "train") if train else ("inference",))
-    records += method_records() + regime_records()
+    records += method_records() + routing_records() + regime_records()
     if gpu:
         records += layer_records(device="cuda", dtype="bfloat16")
         records += method_records(device="cuda", dtype="bfloat16")

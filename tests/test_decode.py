@@ -211,3 +211,14 @@ def test_bert_cannot_decode_one_line_exit_2():
     result = CliRunner().invoke(app, ["latency", "--host", "bert-small", "--workload", "decode"])
     assert result.exit_code == 2 and "encoder-only" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("variant, reuse", [("moe", None), ("meo", "step")])
+def test_a_decode_step_under_an_imposed_routing_routes_at_its_own_position(variant, reuse):
+    spec = Spec(variant=variant, workload="generate:2", merge_reuse=reuse, routing="uniform", **LAYER)
+    work = Workload.build(spec)
+    layer = work.decoding.layers[0] if work.decoding.layers else work.model.up
+    table = layer.router.imposed.table  # (B, L + N, k) drawn at build
+    work.step()  # the prompt (positions 0..L-1), then steps at positions L and L + 1
+    last = table[:, spec.seq_len + 1]  # (B, k): the last step's position
+    assert torch.equal(layer.last_top_k_index.sort(-1).values, last.sort(-1).values)

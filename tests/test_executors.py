@@ -1,6 +1,11 @@
 """The sweep on real engines: Ray on CPU (one `ray.init(num_cpus=2)` shared by these tests) and
 submitit's local and debug executors, with real processes for kills and signals.
 
+Every engine here starts from a user's folder that holds its own `models/` package (common in
+ML projects; its import raises): the driver's imports, the Ray workers', the submitit jobs'
+and the command line's (`python -m cli` and the console script) must all take this tool's
+`meo_profile.models`, never the folder's.
+
 Skipped, saying why, where the extras are not installed: `pip install -e '.[ray,slurm]'` (the
 dev extra, which `make setup` installs, includes both).
 """
@@ -30,7 +35,6 @@ from meo_profile.sweep.run import SweepOptions, run_sweep
 FAST = TimingOptions(warmup=1, min_run_time=0.02)
 MARK = f"meo-test-{os.getpid()}"  # in the environment of every process these tests start
 CLI_MARK = f"{MARK}-cli"  # ... and of those started by the command lines they run
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def needs(module: str, extra: str) -> None:
@@ -41,17 +45,35 @@ def needs(module: str, extra: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One private Ray for the tests in this process (2 CPUs: one worker of two cores)."""
+def user_folder(tmp_path_factory) -> Path:
+    """A user's project folder with a `models/` package of its own, whose import raises."""
+    folder = tmp_path_factory.mktemp("user-project")
+    (folder / "models").mkdir()
+    (folder / "models" / "__init__.py").write_text("raise ImportError('the user's own models')\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ray_session(user_folder):
+    """One private Ray for the tests in this process (2 CPUs: one worker of two cores), started
+    from the user's folder, with that folder first on the workers' import path (as `python -m`
+    run there would put it)."""
     needs("ray", "ray")
     os.environ.update({**RAY_ENV, **PRIVATE_RAY_ENV, "MEO_TEST_MARK": MARK})
     import ray
 
-    export_sys_path()  # Ray's workers import the project (and nothing from tests/)
-    sigterm = signal.getsignal(signal.SIGTERM)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)
-    signal.signal(signal.SIGTERM, sigterm)
+    saved_path, saved_cwd = list(sys.path), os.getcwd()
+    sys.path.insert(0, str(user_folder))
+    os.chdir(user_folder)
+    try:
+        export_sys_path()  # Ray's workers import the project (and nothing from tests/)
+        sigterm = signal.getsignal(signal.SIGTERM)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+        signal.signal(signal.SIGTERM, sigterm)
+    finally:
+        sys.path[:] = saved_path
+        os.chdir(saved_cwd)
     yield ray
     ray.shutdown()
 
@@ -141,7 +163,7 @@ class KillSecondJob:
 
 @pytest.mark.parametrize("engine", ["ray", "slurm-local"])
 def test_a_worker_killed_mid_sweep_is_an_error_row_naming_it_and_the_rest_completes(
-        engine, tmp_path, request, monkeypatch):
+        engine, tmp_path, request, monkeypatch, user_folder):
     if engine == "ray":
         request.getfixturevalue("ray_session")
         from meo_profile.sweep.ray_pool import RayExecutor
@@ -149,6 +171,8 @@ def test_a_worker_killed_mid_sweep_is_an_error_row_naming_it_and_the_rest_comple
         executor, watch = RayExecutor(), "ray::_Worker"
     else:
         monkeypatch.setenv("MEO_TEST_MARK", MARK)  # the jobs' processes inherit it
+        monkeypatch.chdir(user_folder)  # the jobs start there
+        monkeypatch.syspath_prepend(str(user_folder))  # and export it to them
         executor, watch = slurm("local")(tmp_path), "submitit.core._submit"
     killer = KillSecondJob(watch)
     summary = run_sweep(tiny_jobs(), SweepOptions(tmp_path, timing=FAST, executor=executor), killer)
@@ -162,10 +186,34 @@ def test_a_worker_killed_mid_sweep_is_an_error_row_naming_it_and_the_rest_comple
         assert "local job" in error["worker"] and "log:" in error["error"]
         assert [p.name for p in (tmp_path / "submitit").iterdir()] == [error["worker"].split()[-1]]
     assert len({identity(r)[0] for r in records}) == 3  # every configuration has its row
+    assert summary.failure_line() == "1 of 3 configurations failed; their errors are in results.jsonl"
+
+
+class FailsToLoad:
+    """Work whose unpickling raises where the job loads it, before any of the project's code
+    runs there: what a worker meets when it cannot import the project."""
+
+    def __reduce__(self):
+        import importlib
+
+        return importlib.import_module, ("meo_test_no_such_module",)
+
+
+def test_a_job_that_fails_in_submitit_carries_the_cause_not_the_wrapper(tmp_path):
+    executor = slurm("local")(tmp_path)
+    executor.start()
+    try:
+        [(job, outcome)] = list(executor.run(["job"], FailsToLoad()))
+    finally:
+        executor.close()
+    assert job == "job" and outcome.worker.startswith("local job ")
+    # submitit's own first line is "Job (task=0) failed during processing with trace:"
+    assert outcome.error == "ModuleNotFoundError: No module named 'meo_test_no_such_module'"
 
 
 # --------------------------------------------------- the driver killed, stopped, resumed
-def sweep_cli(out: Path, *args: str) -> subprocess.Popen:
+def sweep_cli(out: Path, cwd: Path, *args: str) -> subprocess.Popen:
+    """`python -m cli sweep` of six tiny configurations, run in `cwd`."""
     env = {**os.environ, "MEO_TEST_MARK": CLI_MARK}
     env.pop("RAY_ADDRESS", None)  # a private Ray, never someone's cluster
     return subprocess.Popen(
@@ -173,7 +221,7 @@ def sweep_cli(out: Path, *args: str) -> subprocess.Popen:
          "--host", "layer", "--d-model", "16", "--d-ff", "32", "--seq-len", "8", "--batch-size", "2",
          "--device", "cpu", "--variant", "moe,meo", "--experts", "2,4,8", "--top-k", "1",
          "--metrics", "flops,latency", "--warmup", "1", "--min-run-time", "0.3", *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_records(out: Path, n: int, proc: subprocess.Popen, timeout_s: float = 180) -> int:
@@ -195,15 +243,16 @@ def end_what_is_left() -> None:
 
 @pytest.mark.parametrize("engine", [["--executor", "ray"], ["--executor", "slurm", "--slurm-cluster", "debug"]],
                          ids=["ray", "slurm-debug"])
-def test_driver_killed_then_stopped_then_resumed_keeps_every_record_once(engine, tmp_path):
+def test_driver_killed_then_stopped_then_resumed_keeps_every_record_once(engine, tmp_path,
+                                                                         user_folder):
     needs("ray" if "ray" in engine else "submitit", engine[1])
     try:
-        first = sweep_cli(tmp_path, *engine)
+        first = sweep_cli(tmp_path, user_folder, *engine)
         wait_for_records(tmp_path, 2, first)
         first.kill()  # SIGKILL: no clean-up runs in the driver
         first.wait()
         kept = len(load(tmp_path).records)
-        second = sweep_cli(tmp_path, *engine)
+        second = sweep_cli(tmp_path, user_folder, *engine)
         wait_for_records(tmp_path, kept + 1, second)
         second.terminate()  # SIGTERM: stop after what is in flight, say how to resume
         _, err = second.communicate(timeout=120)
@@ -211,7 +260,7 @@ def test_driver_killed_then_stopped_then_resumed_keeps_every_record_once(engine,
         assert "resume with: meo-profile sweep" in err and "--executor" in err
         stopped = load(tmp_path)
         assert stopped.skipped == [] and (tmp_path / "results.csv").exists()
-        third = sweep_cli(tmp_path)  # the local executor finishes the set
+        third = sweep_cli(tmp_path, user_folder)  # the local executor finishes the set
         _, err = third.communicate(timeout=300)
         assert third.returncode == 0, err[-3000:]
         assert f"{len(stopped.records)} already stored" in err.replace("\n", " ")
@@ -219,19 +268,22 @@ def test_driver_killed_then_stopped_then_resumed_keeps_every_record_once(engine,
         end_what_is_left()
     keys = [identity(r)[0] for r in load(tmp_path).records]
     assert len(keys) == len(set(keys)) == 6
+    assert {r["status"] for r in load(tmp_path).records} == {"ok"}
 
 
-def test_ctrl_c_to_the_process_group_lets_local_jobs_finish(tmp_path):
+def test_ctrl_c_to_the_process_group_lets_local_jobs_finish(tmp_path, user_folder):
     """A terminal's Ctrl-C reaches every process of its group: submitit's local jobs ignore it,
-    so the configuration in flight is measured and stored, not killed."""
+    so the configuration in flight is measured and stored, not killed. (The console script,
+    run from the user's folder.)"""
     needs("submitit", "slurm")
     env = {**os.environ, "MEO_TEST_MARK": CLI_MARK}
+    console_script = Path(sys.executable).parent / "meo-profile"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "sweep", "--out", str(tmp_path), "--quiet", "--no-report",
+        [str(console_script), "sweep", "--out", str(tmp_path), "--quiet", "--no-report",
          "--host", "layer", "--d-model", "16", "--d-ff", "32", "--seq-len", "8", "--batch-size", "2",
          "--device", "cpu", "--variant", "moe,meo", "--experts", "2,4", "--top-k", "1",
          "--metrics", "flops", "--executor", "slurm", "--slurm-cluster", "local"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=user_folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
         deadline = time.monotonic() + 120

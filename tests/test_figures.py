@@ -2,6 +2,8 @@
 one colour per variant everywhere, left out with a reason when their data is absent, and drawing
 leaves matplotlib's global state alone."""
 
+import warnings
+
 import matplotlib
 import pytest
 from matplotlib.colors import to_hex
@@ -105,6 +107,59 @@ def test_saved_files_do_not_change_rc_params(tmp_path, ok):
     assert dict(matplotlib.rcParams) == before
 
 
+# The longest labels the tool writes: users' configs deep in folder trees (two of them sharing a
+# folder name), a CPU's full model name; every variant and both devices (full_set).
+LONG_HOSTS = {
+    "bert-small": "hf:models/experiments/granite-moe-small-v2",
+    "bert-base": "hf:/home/someone/checkpoints/2026-11/qwen3-moe-30b-a3b-instruct-finetuned/config.json",
+    "bert-large": "hf:/home/someone/runs/run-a/checkpoint/config.json",
+    "layer": "hf:/home/someone/runs/run-b/checkpoint/config.json",
+}
+LONG_CPU = "Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz, a name as long as /proc/cpuinfo gives (224 cores)"
+
+
+def axes_share(fig: Figure) -> float:
+    """The canvas share the data axes keep once the layout is applied (a draw runs it), with
+    warnings as errors: a layout that gives up says so only as a warning."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from meo_profile.report.figures.style import STYLE
+
+    with warnings.catch_warnings(), matplotlib.rc_context(STYLE):
+        warnings.simplefilter("error")
+        FigureCanvasAgg(fig).draw()
+    boxes = [ax.get_position() for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    return sum(b.width * b.height for b in boxes)
+
+
+@pytest.fixture(scope="module")
+def long_labelled():
+    records = full_set(gpu=True, train=True)
+    for r in records:
+        r["host"] = LONG_HOSTS.get(r["host"], r["host"])
+        if r["device_name"] and r["device_name"].startswith("Test CPU"):
+            r["device_name"] = LONG_CPU
+    return views.ok_rows(views.records_frame(records))
+
+
+@pytest.mark.parametrize("name", list(figures.FIGURES))
+def test_the_longest_labels_leave_the_axes_most_of_the_canvas(drawn, long_labelled, name):
+    long = figures.FIGURES[name].draw(long_labelled).figure
+    assert axes_share(long) >= max(0.4, 0.85 * axes_share(drawn[name].figure)), name
+    legends = [t.get_text() for ax in long.axes for t in (ax.get_legend() or ax).texts] + \
+              [t.get_text() for legend in long.legends for t in legend.texts]
+    assert not any("/home/someone" in text for text in legends), legends
+
+
+def test_a_users_configs_are_named_by_their_folder_and_told_apart(long_labelled):
+    lines = figures.FIGURES["fig1_flops_vs_k"].draw(long_labelled).figure.axes[0].get_lines()
+    hosts = {line.get_label().split(", ", 1)[1] for line in lines}
+    assert hosts == {"hf:granite-moe-small-v2", "hf:qwen3-moe-30…ct-finetuned",
+                     "hf:run-a/checkpoint", "hf:run-b/checkpoint"}
+    styles = {(line.get_marker(), line.get_linestyle()) for line in lines}
+    assert len(styles) == len(hosts)  # one marker and line style per host (colour: the variant)
+
+
 def test_memory_figure_from_one_expert_count_is_left_out():
     one_e = views.ok_rows(views.records_frame(layer_records(experts=(16,), ks=(1, 2))))
     with pytest.raises(figures.Missing, match="fewer than two expert counts"):
@@ -136,4 +191,5 @@ def test_real_sweep_draws_the_figures(real_sweep):
     assert {o.title for o in omitted} <= {"Measured time against the roofline bound",
                                           "Four methods at one expert budget",
                                           "Where the time goes on CUDA",
-                                          figures.FIGURES["fig10_regimes"].title}
+                                          "Latency against skew and locality of routing",
+                                          figures.FIGURES["fig11_regimes"].title}

@@ -1,8 +1,6 @@
 """`--host hf:PATH`: a user's own transformers MoE config, written here by the tests."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -142,15 +140,24 @@ def test_bad_hf_hosts_are_refused_in_one_line(tmp_path):
         assert "\n" not in message, why
 
 
-def test_the_command_line_counts_a_users_config_and_refuses_a_bad_one(granite, tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "cli", "flops", "--host", granite, "--variant", "meo",
-                         "--json"], capture_output=True, text=True, timeout=300)
+def test_the_command_line_counts_a_users_config_and_refuses_a_bad_one(granite, tmp_path, cli):
+    ok = cli("flops", "--host", granite, "--variant", "meo", "--json")
     record = json.loads(ok.stdout)
     assert ok.returncode == 0 and record["host"] == granite and record["flops_source"] == "fvcore"
     assert record["router_gates"] == "topk_softmax"
     assert record["host_router_gates"] == "softmax_topk_renorm"
-    bad = subprocess.run([sys.executable, "-m", "cli", "flops", "--host", f"hf:{tmp_path}"],
-                         capture_output=True, text=True, timeout=300)
+    bad = cli("flops", "--host", f"hf:{tmp_path}")
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [f"error: --host 'hf:{tmp_path}': no config file at "
                                                f"{tmp_path / 'config.json'}"]
+
+
+def test_trace_of_a_users_config_shows_its_own_blocks_phases(granite, tmp_path):
+    """transformers' own MoE block marks no phases: trace marks its router and experts."""
+    from meo_profile.measure.trace import trace
+    from meo_profile.terminal import perf
+
+    summary = trace(Spec(host=granite, variant="moe", seq_len=8, batch_size=2),
+                    tmp_path / "t.json", warmup=0)
+    assert list(summary.analysis.phase_host_ms()) == ["router", "experts"]
+    assert perf.phases_table(summary) is not None and perf.phase_lines(summary) == []

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 from synthetic_results import ENV, flops_records, full_set, layer_records
+from synthetic_results import failure_records as synthetic_failures
 from typer.testing import CliRunner
 
 from cli import app
@@ -69,6 +70,7 @@ def test_pick_value_prefers_then_most_common_then_smallest():
     assert views.pick_value(s, 32) == 8
     assert views.pick_value(pd.Series([4, 8]), None) == 4
     assert views.pick_value(pd.Series([None, None], dtype=object), 4) is None
+    assert views.pick_value(pd.Series(["zipf:1", "uniform", "balanced"]), ("router", "uniform")) == "uniform"
 
 
 def test_fix_axes_holds_each_axis_and_reports_the_values():
@@ -127,9 +129,19 @@ def test_latency_view_keeps_dense_as_a_k_free_baseline_at_the_held_setting():
 
 # ------------------------------------------------------------------ formats and tables
 @pytest.mark.parametrize("value,text", [(812.4, "812"), (81.24, "81.2"), (8.124, "8.12"),
-                                        (0.8124, "0.812"), (float("nan"), "–")])
+                                        (0.8124, "0.812"), (0.0123, "0.0123"), (float("nan"), "–")])
 def test_fmt_ms_keeps_three_significant_digits(value, text):
     assert units.fmt_ms(value) == text
+
+
+def test_small_values_keep_significant_digits_instead_of_reading_zero():
+    assert [units.fmt_giga(n) for n in (72_389e6, 1.187e9, 123_456, 0)] == [
+        "72.389", "1.187", "0.0001235", "0.000"]  # GMACs: a tiny model is not 0.000
+    assert [units.fmt_times(x) for x in (0.0012, -2.5)] == ["0.0012×", "-2.50×"]
+    assert [units.fmt_pct(x) for x in (0.45, 0.003, 0.00004)] == ["45%", "0.3%", "0.004%"]
+    assert [units.fmt_share(x) for x in (0.453, 0.0001)] == ["45.3%", "0.010%"]
+    assert units.fmt_bytes(1024, ("MiB", 2**20)) == "0.000977"
+    assert units.fmt_num(0.0004, 3) == "0.0004" and units.fmt_num(7.0, 0) == "7" and units.fmt_num(1234.5) == "1,234.50"
 
 
 def test_fmt_times_and_byte_units():
@@ -192,7 +204,7 @@ def test_full_results_draw_every_figure(built):
                                                "fig4_latency_vs_k", "fig5_speedup_heatmap",
                                                "fig6_memory_vs_experts", "fig7_roofline",
                                                "fig8_methods", "fig9_where_time_goes",
-                                               "fig10_regimes"]
+                                               "fig10_routing", "fig11_regimes"]
     assert not [b for b in built.blocks if isinstance(b, report.Omitted)]
     assert "| oom | bert-large moe E=64 k=32" in report.to_markdown(built)
 
@@ -213,6 +225,7 @@ def test_flops_only_results_leave_the_measured_figures_out_with_reasons():
     assert set(omitted) == {"Latency against k", "MEO speedup over vanilla, experts × k",
                             "Peak memory against experts", "Measured time against the roofline bound",
                             "Four methods at one expert budget", "Where the time goes on CUDA",
+                            "Latency against skew and locality of routing",
                             "Where merging pays off: MEO's speedup, batch × regime"}
     assert "no latency measurements" in report.to_markdown(rep)
     assert [f.name for f in rep.figure_blocks()] == ["fig1_flops_vs_k", "fig3_flops_ratio"]
@@ -226,7 +239,7 @@ def test_latency_without_flops_or_bounds_still_reports():
     omitted = {b.title for b in rep.blocks if isinstance(b, report.Omitted)}
     assert {"GFLOPs against selected experts", "FLOPs ratio MEO / vanilla against k",
             "Measured time against the roofline bound", "Four methods at one expert budget",
-            "Where the time goes on CUDA",
+            "Where the time goes on CUDA", "Latency against skew and locality of routing",
             "Where merging pays off: MEO's speedup, batch × regime"} == omitted
     speedup = next(t for t in rep.tables() if t.title.startswith("MEO speedup"))
     assert speedup.rows[0][5] == "–"  # FLOPs ratio unknown, not invented
@@ -242,7 +255,7 @@ def test_render_report_writes_markdown_and_both_image_formats(tmp_path):
     assert path == tmp_path / "out" / "report.md"
     assert (tmp_path / "out/figures/fig1_flops_vs_k.png").stat().st_size > 10_000
     assert (tmp_path / "out/figures/fig1_flops_vs_k.svg").read_text().startswith("<?xml")
-    assert "| unreadable lines | 1 |" in path.read_text()
+    assert "| lines left out (unreadable or invalid) | 1 |" in path.read_text()
     html_path = report.render_report(results / "results.jsonl", tmp_path / "out", fmt="html")
     assert '<img src="figures/fig1_flops_vs_k.png"' in html_path.read_text()
 
@@ -291,4 +304,18 @@ def test_noisy_latency_points_are_flagged_with_the_tables_numbers():
     ok = ok_frame(records)
     sentence = next(s for s in findings(ok) if "spread more than 10%" in s)
     cell = tables.latency_tables(ok)[0].rows[1][2]  # MEO at k=2, as the table prints it
-    assert "1 of 4 latency points" in sentence and f"MEO, k=2, {cell} ms" in sentence
+    median = units.fmt_ms(noisy["latency_ms_median"])
+    assert "1 of 4 latency points" in sentence and cell.startswith(median)
+    # the range it shows is the one its rule reads (quartiles), not the table's p20-p80
+    q25, q75 = (units.fmt_ms(noisy["latency_ms_median"] * f) for f in (0.9, 1.1))
+    assert f"MEO, k=2, median {median} ms, 25th–75th percentile {q25}–{q75} ms" in sentence
+
+
+def test_markdown_escapes_html_in_names_and_keeps_code_spans():
+    hostile = "hf:runs/<img src=x onerror=alert(1)>/config.json"
+    records = [{**r, "host": hostile, "error": "RuntimeError: <b>boom</b> & more"}
+               for r in synthetic_failures()]
+    text = report.to_markdown(report.build_report(records, command="meo-profile report <dir>"))
+    assert "<img" not in text and "<b>" not in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text and "&lt;b&gt;boom&lt;/b&gt; &amp; more" in text
+    assert "`meo-profile report <dir>`" in text  # a code span shows as it is written

@@ -153,8 +153,11 @@ def test_no_closed_form_means_no_bound():
     assert configuration_bound(Spec(variant="xmoe", granularity=2, **TINY), peaks=PEAKS) is None
 
 
+@pytest.mark.serial  # a worker beside it slows the peak probes: the bound would rise
 @pytest.mark.parametrize("variant", ["dense", "moe", "meo"])
 def test_bound_is_below_the_measured_time(variant):
+    for _ in range(2):  # the peaks are the best seen: load while one probe ran only hides them
+        device_peaks("cpu", "float32", refresh=True)
     fields = measure(Spec(variant=variant, **TINY), ("latency",),
                      timing=TimingOptions(warmup=1, min_run_time=0.05)).to_dict()
     assert 0 < fields["roofline_overlap_ms"] <= fields["roofline_ms"] < fields["latency_ms_median"]
@@ -167,6 +170,7 @@ def test_bound_is_below_the_measured_time(variant):
 
 
 @pytest.mark.gpu
+@pytest.mark.serial
 def test_cuda_bound_is_below_the_measured_time():
     spec = Spec(variant="meo", **{**TINY, "device": "cuda"})
     fields = measure(spec, ("latency",), timing=TimingOptions(warmup=2, min_run_time=0.05)).to_dict()

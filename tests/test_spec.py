@@ -1,7 +1,5 @@
 """Bad configurations are refused where the spec is made, naming the flag and the value."""
 
-import subprocess
-import sys
 
 import pytest
 from meo_profile.models import Spec, SpecError
@@ -54,11 +52,6 @@ def test_host_defaults_fill_the_shape():
     assert (spec.d_model, spec.d_ff, spec.layers) == (1024, 4096, 24)
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
-                          timeout=120)
-
-
 @pytest.mark.parametrize("args, needle", [
     (["verify", "--experts", "4", "--top-k", "8"], "--top-k 8"),
     (["flops", "--host", "nope"], "--host 'nope'"),
@@ -67,8 +60,8 @@ def run_cli(*args):
     (["verify", "--device", "meta"], "--device 'meta'"),
     (["flops", "--variant", "xmoe", "--source", "analytic"], "--variant 'xmoe'"),
 ])
-def test_cli_bad_input_is_one_line_and_exit_2(args, needle):
-    proc = run_cli(*args)
+def test_cli_bad_input_is_one_line_and_exit_2(args, needle, cli):
+    proc = cli(*args)
     assert proc.returncode == 2
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr and proc.stdout == ""

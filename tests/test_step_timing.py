@@ -3,8 +3,6 @@ and a fake clock (the step's arithmetic is real; only the time and the graph obj
 the real CUDA path behind the `gpu` marker."""
 
 import contextlib
-import subprocess
-import sys
 
 import pytest
 from meo_profile.models import Spec
@@ -141,9 +139,8 @@ FLAGS = ["--host", "layer", "--experts", "4", "--top-k", "2", "--d-model", "32",
          "--seq-len", "8", "--batch-size", "2", "--device", "cpu", "--min-run-time", "0.02"]
 
 
-def test_latency_refuses_graph_timing_on_cpu_in_one_line():
-    proc = subprocess.run([sys.executable, "-m", "cli", "latency", *FLAGS, "--timing", "graph"],
-                          capture_output=True, text=True, timeout=120)
+def test_latency_refuses_graph_timing_on_cpu_in_one_line(cli):
+    proc = cli("latency", *FLAGS, "--timing", "graph")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: --timing 'graph': CUDA graphs need --device cuda, not cpu; use --timing auto or eager"]
 

@@ -23,9 +23,9 @@ TINY_AXES = ["--host", "layer", "--d-model", "16", "--d-ff", "32", "--seq-len", 
 FAST = TimingOptions(warmup=1, min_run_time=0.02)
 
 
-def sweep_cli(out, *args, **popen):
-    cmd = [sys.executable, "-m", "cli", "sweep", "--out", str(out), "--quiet", "--no-report", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **popen)
+def sweep_args(out, *args) -> list[str]:
+    """`sweep` into `out`, quiet and without a report: for the `cli` fixture (in this process)."""
+    return ["sweep", "--out", str(out), "--quiet", "--no-report", *args]
 
 
 def keys(records):
@@ -74,10 +74,10 @@ def test_every_cpu_preset_expands():
     ("grid:\n  router_scale: fast\n", "router_scale 'fast': expected a number"),
     ("grid:\n  d_model: 4.5\n", "d_model 4.5: expected an integer"),
 ])
-def test_config_file_errors_exit_2_naming_the_key(tmp_path, text, needle):
+def test_config_file_errors_exit_2_naming_the_key(tmp_path, text, needle, cli):
     config = tmp_path / "grid.yaml"
     config.write_text(text)
-    proc = sweep_cli(tmp_path / "out", "--config", str(config))
+    proc = cli(*sweep_args(tmp_path / "out", "--config", str(config)))
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
@@ -120,6 +120,54 @@ def test_a_failing_configuration_is_recorded_and_the_rest_completes(tmp_path):
     assert "(weights 128.6 MiB" in by_status["oom"][0]["error"]
     assert "the limit is 976.6 KiB (--max-memory)" in by_status["oom"][0]["error"]  # 1e6 B
     assert all(r["latency_ms_median"] > 0 for r in by_status["ok"])
+    # an error fails the sweep; a recorded limit (oom) is a result, unless --strict
+    assert summary.failure_line() == "1 of 4 configurations failed; their errors are in results.jsonl"
+    assert summary.failure_line(strict=True, report=tmp_path / "report.md") == (
+        f"2 of 4 configurations failed (1 error, 1 oom); see the report's failures table "
+        f"({tmp_path / 'report.md'})")
+
+
+def test_a_sweep_whose_workers_raised_exits_1_saying_how_many(tmp_path, monkeypatch):
+    """A worker's work that raises (the issue's: the project did not import there) is an error
+    row carrying the cause, and the sweep exits 1 naming the count; the others are measured."""
+    from typer.testing import CliRunner
+
+    from cli import app
+    from meo_profile.sweep.run import MeasureJob
+
+    real = MeasureJob.__call__
+
+    def work(self, job):
+        if job[0].num_experts == 4:
+            raise ImportError("cannot import name 'Spec' from 'models'")
+        return real(self, job)
+
+    monkeypatch.setattr(MeasureJob, "__call__", work)
+    args = ["sweep", "--out", str(tmp_path), "--quiet", "--no-report", *TINY_AXES,
+            "--variant", "moe,meo", "--experts", "2,4,8", "--top-k", "1", "--metrics", "flops"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: 2 of 6 configurations failed; their errors are in results.jsonl")
+    records = load(tmp_path).records
+    assert sorted(r["error"] for r in records if r["status"] == "error") == [
+        "ImportError: cannot import name 'Spec' from 'models'"] * 2
+    assert sum(r["status"] == "ok" for r in records) == 4
+
+
+def test_a_sweep_of_recorded_limits_exits_0_and_1_under_strict(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    args = ["sweep", "--out", str(tmp_path), "--quiet", "--no-report", *TINY_AXES,
+            "--variant", "meo", "--experts", "2", "--top-k", "1", "--metrics", "memory",
+            "--max-memory", "1KiB"]  # over the memory budget: refused before building, as oom
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert [r["status"] for r in load(tmp_path).records] == ["oom"]
+    strict = CliRunner().invoke(app, [*args, "--strict"])  # the oom row is tried again
+    assert strict.exit_code == 1 and "1 of 1 configurations failed (0 error, 1 oom)" in strict.stderr
 
 
 def test_truncated_last_line_is_reported_and_skipped(tmp_path):
@@ -134,9 +182,9 @@ def test_truncated_last_line_is_reported_and_skipped(tmp_path):
     assert len(loaded.records) == len(jobs) and len(loaded.skipped) == 1
 
 
-def test_a_second_live_sweep_into_the_same_directory_is_refused(tmp_path):
-    with SweepLock(tmp_path):
-        proc = sweep_cli(tmp_path, *TINY_AXES, "--variant", "meo", "--metrics", "flops")
+def test_a_second_live_sweep_into_the_same_directory_is_refused(tmp_path, cli):
+    with SweepLock(tmp_path):  # flock: another open file description conflicts, in-process too
+        proc = cli(*sweep_args(tmp_path, *TINY_AXES, "--variant", "meo", "--metrics", "flops"))
     assert proc.returncode == 2 and "another sweep" in proc.stderr
     assert not (tmp_path / "results.jsonl").exists()
 
@@ -154,7 +202,7 @@ SLOW_GRID = [*TINY_AXES, "--variant", "moe,meo", "--experts", "2,4,8", "--top-k"
              "--metrics", "flops,latency"]
 
 
-def test_sigkill_mid_sweep_then_resume_gives_the_complete_set(tmp_path):
+def test_sigkill_mid_sweep_then_resume_gives_the_complete_set(tmp_path, cli):
     proc = subprocess.Popen([sys.executable, "-m", "cli", "sweep", "--out", str(tmp_path),
                              "--quiet", "--no-report", *SLOW_GRID],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -163,7 +211,7 @@ def test_sigkill_mid_sweep_then_resume_gives_the_complete_set(tmp_path):
     proc.wait()
     partial = len(load(tmp_path).records)
     assert 2 <= partial < 12
-    finish = sweep_cli(tmp_path, *SLOW_GRID)
+    finish = cli(*sweep_args(tmp_path, *SLOW_GRID))
     assert finish.returncode == 0, finish.stderr
     records = load(tmp_path).records
     assert keys(records) == sorted(set(keys(records))) and len(records) == 12
@@ -197,11 +245,12 @@ def test_store_starts_a_fresh_line_after_a_torn_write(tmp_path):
     assert os.path.getsize(tmp_path / "results.jsonl") > 0
 
 
-def test_fresh_sets_old_results_aside_and_never_under_a_live_sweep(tmp_path):
+def test_fresh_sets_old_results_aside_and_never_under_a_live_sweep(tmp_path, cli):
     jobs = small_jobs(("flops",))[:2]
     run_sweep(jobs, SweepOptions(tmp_path, timing=FAST))
     with SweepLock(tmp_path):  # another sweep is writing: --fresh must not touch its file
-        proc = sweep_cli(tmp_path, *TINY_AXES, "--variant", "meo", "--metrics", "flops", "--fresh")
+        proc = cli(*sweep_args(tmp_path, *TINY_AXES, "--variant", "meo", "--metrics", "flops",
+                               "--fresh"))
     assert proc.returncode == 2 and len(load(tmp_path).records) == 2
     summary = run_sweep(jobs, SweepOptions(tmp_path, resume=False, timing=FAST))
     assert summary.measured == 2 and summary.set_aside is not None
@@ -229,13 +278,33 @@ def test_default_preset_holds_every_configuration_the_builtin_claims_read():
     assert set(needed.items()) <= set(jobs) and len(jobs) == len(set(jobs))
 
 
-def test_a_dry_run_lists_the_grid_and_its_estimates_and_measures_nothing(tmp_path):
+def test_a_dry_run_lists_the_grid_and_its_estimates_and_measures_nothing(tmp_path, cli):
     out = tmp_path / "never"
-    proc = sweep_cli(out, *TINY_AXES, "--variant", "moe,meo", "--top-k", "1,2", "--dry-run",
-                     "--max-memory", "1KiB")
+    proc = cli(*sweep_args(out, *TINY_AXES, "--variant", "moe,meo", "--top-k", "1,2", "--dry-run",
+                           "--max-memory", "1KiB"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("layer moe E=") == 2 and proc.stdout.count("layer meo E=") == 2
     assert "(over: oom)" in proc.stdout
     assert "4 configurations" in proc.stderr and "4 to measure" in proc.stderr
     assert "at least 0 s of timed calls" in proc.stderr and "4 over it" in proc.stderr
     assert not out.exists()
+
+
+def test_a_dry_run_beyond_a_day_warns_and_lists_its_first_rows(tmp_path, capsys):
+    """240 configurations timed an hour each: more than a day, said before anything runs; the
+    table lists the first 200 and says so, the lines below count all 240."""
+    from cli import app
+
+    batches = ",".join(str(b) for b in range(1, 41))
+    args = ["sweep", "--dry-run", "--out", str(tmp_path), "--host", "layer", "--d-model", "16",
+            "--d-ff", "32", "--seq-len", "8", "--device", "cpu", "--variant", "moe,meo",
+            "--experts", "2,4,8", "--top-k", "1", "--batch-size", batches, "--metrics", "latency",
+            "--min-run-time", "3600"]
+    with pytest.raises(SystemExit) as done:
+        app(args, prog_name="meo-profile")
+    out, err = capsys.readouterr()
+    assert done.value.code == 0, err
+    assert "the first 200 of 240 configurations" in out.replace("\n", " ")
+    assert "240 configurations (0 grid combinations left out" in err
+    assert "warning: 240 timed configurations take at least 240.0 h" in err.replace("\n", " ")
+    assert not (tmp_path / "results.jsonl").exists()

@@ -62,3 +62,17 @@ def test_a_sentence_with_a_path_is_not_broken():
     path = "reports/a-rather-long-directory-name/with/results.jsonl"
     print_line(f"sweep: 13 configurations; results in {path}", console)
     assert path in console.export_text()
+
+
+def test_a_stack_of_identical_blocks_is_one_row_with_its_count():
+    from meo_profile.terminal.render import collapse_stacks, without_wrappers
+
+    by_module = {"": 100, "model": 100, "model.layers": 96, "model.head": 4,
+                 **{f"model.layers.{i}": 3 for i in range(32)},
+                 **{f"model.layers.{i}.mlp": 2 for i in range(32)}}
+    assert collapse_stacks(without_wrappers(by_module)) == [
+        ("(model)", 1, 100), ("model.layers", 1, 96), ("model.layers.0-31", 32, 3),
+        ("model.layers.0-31.mlp", 32, 2), ("model.head", 1, 4)]  # `model` wraps it all: gone
+    # blocks that cost differently (DeepSeek-V3's dense first layers) keep their own rows
+    mixed = {"layers.0": 5, "layers.1": 3, "layers.2": 3, "layers.4": 3}
+    assert collapse_stacks(mixed) == [("layers.1,2,4", 3, 3), ("layers.0", 1, 5)]

@@ -4,8 +4,6 @@ real timers on a small sleep-free workload (ordered, positive; never a duration 
 import itertools
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -164,13 +162,8 @@ TINY = ["--host", "layer", "--experts", "4", "--top-k", "2", "--d-model", "64", 
         "--seq-len", "16", "--batch-size", "2", "--device", "cpu"]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
-                          timeout=120)
-
-
-def test_latency_json_prints_one_record_and_nothing_else():
-    proc = _cli("latency", "--variant", "meo", *TINY, "--min-run-time", "0.05", "--json")
+def test_latency_json_prints_one_record_and_nothing_else(cli):
+    proc = cli("latency", "--variant", "meo", *TINY, "--min-run-time", "0.05", "--json")
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)  # the whole of stdout is one JSON object
     for key in ("latency_ms_median", "latency_ms_p20", "latency_ms_p80", "timer",
@@ -186,8 +179,8 @@ def test_latency_json_prints_one_record_and_nothing_else():
     assert record["roofline_overlap_ms"] <= record["roofline_ms"]
 
 
-def test_latency_bad_option_is_one_line_and_exit_2():
-    proc = _cli("latency", *TINY, "--min-run-time", "-1")
+def test_latency_bad_option_is_one_line_and_exit_2(cli):
+    proc = cli("latency", *TINY, "--min-run-time", "-1")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == \
         "error: --min-run-time -1.0: must be a number of seconds in (0, 3600]"

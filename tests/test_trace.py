@@ -2,8 +2,6 @@
 file itself, so a live trace and `trace --from FILE` agree."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 from meo_profile.models import Spec
@@ -84,16 +82,13 @@ def test_bad_paths_and_counts_are_refused(tmp_path):
     assert (tmp_path / "t.json").read_text() == "kept"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", "trace", *args], capture_output=True,
-                          text=True, timeout=120)
-
-
-def test_trace_command_and_its_from_file_summary_agree(tmp_path):
+def test_trace_command_and_its_from_file_summary_agree(tmp_path, cli):
     out = tmp_path / "trace.json"
-    live = _cli("--variant", "moe", *TINY_FLAGS, "--out", str(out), "--json")
+    # grouped, named: auto picks by timing, and loop has no dispatch phase
+    live = cli("trace", "--variant", "moe", "--impl", "grouped", *TINY_FLAGS, "--out", str(out),
+               "--json")
     assert live.returncode == 0, live.stderr
-    again = _cli("--from", str(out))  # the tables, from the file alone
+    again = cli("trace", "--from", str(out))  # the tables, from the file alone
     assert again.returncode == 0, again.stderr
     assert "host operators by self time" in again.stdout and "host time by phase" in again.stdout
     assert "router" in again.stdout and "device time" not in again.stdout
@@ -103,8 +98,8 @@ def test_trace_command_and_its_from_file_summary_agree(tmp_path):
     assert {"router", "dispatch", "experts", "combine"} <= set(annotations(out))
 
 
-def test_trace_from_a_missing_file_is_one_line_and_exit_2(tmp_path):
-    proc = _cli("--from", str(tmp_path / "none.json"))
+def test_trace_from_a_missing_file_is_one_line_and_exit_2(tmp_path, cli):
+    proc = cli("trace", "--from", str(tmp_path / "none.json"))
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [f"error: --from '{tmp_path / 'none.json'}': no such file"]
 

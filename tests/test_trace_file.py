@@ -282,3 +282,26 @@ def test_unreadable_files_are_one_line_errors(tmp_path, content, message):
     with pytest.raises(TraceFileError, match=f"^--from '.*t.json': {message}") as info:
         analyze_trace(path)
     assert "\n" not in str(info.value)
+
+
+def test_each_table_names_one_time_unit_for_all_its_time_columns():
+    import re
+
+    from meo_profile.measure.trace import TraceSummary, summarize_file
+    from meo_profile.terminal import perf
+
+    slow = tiny_trace()  # every event 1000 times longer: kernels of milliseconds, means of ms
+    for event in slow["traceEvents"]:
+        for key in ("ts", "dur"):
+            if key in event:
+                event[key] *= 1000
+    tables = [table for summary in (summarize_file(H200_TRACE),
+                                    TraceSummary(None, "slow.json", analyze_trace(slow)))
+              for table in (perf.kernels_table(summary), perf.ops_table(summary),
+                            perf.phases_table(summary))]
+    for table in tables:
+        units = {m.group(1) for c in table.columns
+                 if (m := re.search(r"\((s|ms|us|ns)\)$", str(c.header)))}
+        assert len(units) == 1, [c.header for c in table.columns]
+    kernels = tables[0]
+    assert kernels.columns[4].header == kernels.columns[2].header.replace("total", "mean")

@@ -23,7 +23,7 @@ from typing import Any
 
 from meo_profile.core.errors import BadInput
 from meo_profile.core.identity import MACHINE_FIELD, config_key, labeller
-from meo_profile.core.units import format_value, parse_fraction, percent
+from meo_profile.core.units import fmt_sig, format_value, parse_fraction, percent
 from meo_profile.results.store import load, results_path
 
 
@@ -246,6 +246,8 @@ def compare_paths(baseline: str | Path, current: str | Path, given: Iterable[str
         if not file.exists():
             raise CompareError(f"{name} {str(path)!r}: no results file there")
         loaded = load(path)
+        if loaded.invalid:  # an impossible value is never judged, nor silently dropped
+            raise CompareError(f"{name} {str(path)!r}: {loaded.invalid_line()}")
         if not loaded.records:
             raise CompareError(f"{name} {str(path)!r}: no readable record")
         sides.append(loaded)
@@ -274,4 +276,4 @@ def format_change(row: Row) -> str:
         return "-"
     if row.unit in COUNT_UNITS:
         return f"{int(row.current) - int(row.baseline):+,} ({percent(row.change)})"
-    return f"{row.change:+.1%}"
+    return fmt_sig(100 * row.change, 1, 1, sign=True) + "%"  # +20.0%, and +0.04%, not +0.0%

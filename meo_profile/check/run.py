@@ -20,7 +20,7 @@ from meo_profile.core.identity import spec_title
 from meo_profile.core.inputs import output_dir
 from meo_profile.measure.run import measure, preflight
 from meo_profile.models import Spec
-from meo_profile.results.store import Store, load, results_path
+from meo_profile.results.store import Loaded, Store, load, results_path
 
 
 @functools.cache
@@ -100,6 +100,18 @@ def measure_plan(needed: dict[Spec, tuple[str, ...]], save: Path | None = None,
     return records
 
 
+def stored_results(results: str | Path) -> Loaded:
+    """The records of a results file to judge; ClaimError (bad input) when there is no file or
+    it holds an invalid record: a claim judged on an impossible value passes or fails by
+    accident."""
+    if str(results).strip() == "" or not results_path(results).is_file():
+        raise ClaimError(f"RESULTS {str(results)!r}: no results file there")
+    loaded = load(results)
+    if loaded.invalid:
+        raise ClaimError(f"RESULTS {str(results)!r}: {loaded.invalid_line()}")
+    return loaded
+
+
 def run_checks(claims: list[Claim], results: str | Path | None = None, save: str | None = None,
                log: Callable[[str], None] | None = None, require_all: bool = False,
                max_memory_bytes: int | None = None) -> CheckRun:
@@ -108,17 +120,14 @@ def run_checks(claims: list[Claim], results: str | Path | None = None, save: str
     if results is not None and save is not None:
         raise ClaimError("--save: nothing is measured when RESULTS is given")
     out = output_dir(save, "--save") if save is not None else None  # before any work
+    loaded = None if results is None else stored_results(results)  # bad input before any count
     pending = pending_reasons(claims)
-    skipped: list[str] = []
-    if results is None:
+    if loaded is None:
         needed = plan(claims, pending)
         for spec, metrics in needed.items():  # before measuring the first one
             preflight(spec, metrics, max_memory_bytes)
-        records = measure_plan(needed, out, log, max_memory_bytes)
+        records, skipped = measure_plan(needed, out, log, max_memory_bytes), []
     else:  # stored records are judged as they are (a GPU's records on a CPU machine, too)
-        if str(results).strip() == "" or not results_path(results).is_file():
-            raise ClaimError(f"RESULTS {str(results)!r}: no results file there")
-        loaded = load(results)
         records, skipped = loaded.records, loaded.skipped
     verdicts, errors = judge_all(claims, records, pending)
     return CheckRun(verdicts, errors, records, skipped, require_all)

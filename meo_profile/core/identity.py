@@ -96,7 +96,7 @@ def config_title(fields: Mapping[str, Any]) -> str:
         experts += f" n_ce={f['n_ce']}"
     mode = "" if f.get("mode", "inference") == "inference" else f" {f['mode']}"
     conditions = "".join(f" {name}={f[name]}" for name, usual in CONDITION_DEFAULTS.items()
-                         if not _absent(f.get(name, usual)) and f.get(name, usual) != usual)
+                         if not _unsaid(f.get(name), usual))
     return (f"{f['host']} {f['variant']}{experts} unit={f['expert_unit']} impl={f['impl']} "
             f"B={f['batch_size']} L={f['seq_len']} {f['dtype']} {f['device']}{mode}{conditions}")
 
@@ -106,9 +106,10 @@ CONDITION_DEFAULTS = {"scope": "model", "workload": "prefill", "context": None,
                       "merge_reuse": None, "routing": "router"}
 
 
-def _absent(value: Any) -> bool:
-    """None, or a table's empty cell (NaN)."""
-    return value is None or (isinstance(value, float) and value != value)
+def _unsaid(value: Any, usual: str) -> bool:
+    """A condition a title leaves out: the usual one, or none recorded (an older record in a
+    table, where the column is null: it was measured under the usual one)."""
+    return value is None or value != value or value == usual  # value != value: NaN
 
 
 def _plain(value: Any) -> Any:
@@ -116,6 +117,43 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+HF_PREFIX = "hf:"  # a user's transformers config (models/native_configs.py)
+SHORT_HOST_CHARS = 28  # what a legend entry or a panel title spares for a host's name
+
+
+def short_host(host: str, parents: int = 0, chars: int = SHORT_HOST_CHARS) -> str:
+    """How figures name a host: as it is, except a user's config (`hf:PATH`), named by the
+    folder that holds it, which `save_pretrained` names after the model (family and size):
+    'hf:granite-moe-small-v2' for hf:models/experiments/granite-moe-small-v2 or for
+    .../granite-moe-small-v2/config.json; `parents` more folders where names collide. Cut in
+    the middle past `chars` characters. Tables and titles keep the full path."""
+    if not host.startswith(HF_PREFIX):
+        return host
+    parts = [p for p in host[len(HF_PREFIX):].replace("\\", "/").split("/") if p not in ("", ".")]
+    if parts and parts[-1].endswith(".json") and len(parts) > 1:
+        parts = parts[:-1]  # the config file: its folder names the model
+    name = "/".join(parts[-1 - parents:]) or host[len(HF_PREFIX):]
+    room = chars - len(HF_PREFIX)
+    if len(name) > room:  # keep both ends: a family's name and a size or version
+        head = (room - 1) // 2
+        name = name[:head] + "…" + name[len(name) - (room - 1 - head):]
+    return HF_PREFIX + name
+
+
+def host_labels(hosts: Iterable[str]) -> dict[str, str]:
+    """Each host's short name (`short_host`), with parent folders added to names that two
+    configs share (run1/model and run2/model), so a legend never names two hosts alike."""
+    parents = dict.fromkeys(sorted(set(hosts)), 0)
+    for _ in range(8):
+        labels = {h: short_host(h, n) for h, n in parents.items()}
+        shared = [h for h in parents if list(labels.values()).count(labels[h]) > 1]
+        if not shared:
+            return labels
+        for h in shared:
+            parents[h] += 1
+    return {h: h for h in parents}  # no short form tells them apart: the full paths
 
 
 def spec_title(spec: Spec) -> str:

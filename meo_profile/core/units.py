@@ -17,36 +17,58 @@ def missing(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
+def significant_decimals(x: float, digits: int) -> int:
+    """Decimals that show `digits` significant digits of x: 3 for 0.0123 at 2 digits, none for
+    123.4 at 3 (0 and non-finite values: none)."""
+    if not x or not math.isfinite(x):
+        return 0
+    return max(0, digits - 1 - math.floor(math.log10(abs(x))))
+
+
+def fmt_sig(x: Any, digits: int = 3, least_decimals: int = 0, sign: bool = False) -> str:
+    """x with at least `digits` significant digits and `least_decimals` decimals, never in
+    exponent form, thousands separated: 812, 81.2, 8.12, 0.812, 0.000123. A number small
+    beside its table's others keeps its digits instead of reading 0.000."""
+    if missing(x):
+        return NA
+    decimals = max(least_decimals, significant_decimals(x, digits))
+    return f"{x:{'+' if sign else ''},.{decimals}f}"
+
+
 def fmt_num(x: Any, digits: int = 2) -> str:
-    return NA if missing(x) else f"{x:,.{digits}f}"
+    """`digits` decimals, more where a small value needs them to show a significant digit."""
+    return fmt_sig(x, 1, digits)
 
 
 def fmt_ms(x: Any) -> str:
-    """Three significant digits without exponents: 812, 81.2, 8.12, 0.812."""
-    if missing(x):
-        return NA
-    digits = 0 if x >= 100 else 1 if x >= 10 else 2 if x >= 1 else 3
-    return f"{x:,.{digits}f}"
+    """Three significant digits without exponents: 812, 81.2, 8.12, 0.812, 0.0812."""
+    return fmt_sig(x, 3)
 
 
 def fmt_times(x: Any) -> str:
-    """A ratio: 0.87×, 12.4×, 808×."""
+    """A ratio: 0.87×, 12.4×, 808×, 0.0012×."""
     if missing(x):
         return NA
-    digits = 0 if abs(x) >= 100 else 1 if abs(x) >= 10 else 2
-    return f"{x:,.{digits}f}×"
+    least = 0 if abs(x) >= 100 else 1 if abs(x) >= 10 else 2
+    return fmt_sig(x, 2, least) + "×"
 
 
 def fmt_pct(x: Any) -> str:
-    return NA if missing(x) else f"{100 * x:.0f}%"
+    """A share in percent: 45%, 3%, 0.3%, 0.004% (one significant digit at least)."""
+    return NA if missing(x) else fmt_sig(100 * x, 1) + "%"
+
+
+def fmt_share(x: Any) -> str:
+    """A part of a whole with one decimal, more for a small part: 45.3%, 0.012%."""
+    return NA if missing(x) else fmt_sig(100 * x, 2, 1) + "%"
 
 
 def fmt_signed_pct(x: Any) -> str:
-    return NA if missing(x) else f"{100 * x:+.2f}%"
+    return NA if missing(x) else fmt_sig(100 * x, 1, 2, sign=True) + "%"
 
 
 def fmt_bytes(x: Any, unit: tuple[str, float]) -> str:
-    return NA if missing(x) else f"{x / unit[1]:,.2f}"
+    return NA if missing(x) else fmt_sig(x / unit[1], 3, 2)
 
 
 def fmt_int(x: Any) -> str:
@@ -85,8 +107,9 @@ def time_unit(values_ms) -> tuple[str, float]:
 
 
 def fmt_giga(n: float | None) -> str:
-    """Billions with three decimals: GMACs and GFLOPs in terminal tables."""
-    return NA if missing(n) else f"{n / 1e9:,.3f}"
+    """Billions with three decimals, more for a small model (4 significant digits at least):
+    GMACs and GFLOPs in terminal tables, 72.389 and 0.0001234, never 0.000."""
+    return NA if missing(n) else fmt_sig(n / 1e9, 4, 3)
 
 
 def format_value(value: float | None, unit: str) -> str:

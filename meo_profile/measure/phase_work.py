@@ -19,9 +19,13 @@ counted from the model's structure, for each MoE layer over N tokens of B sequen
   scales written;
 - dispatch and combine: nothing. A fused kernel gathers rows and sums the k outputs of a token
   inside the expert matmuls, so neither must move anything the experts phase does not count.
-The distinct experts are those the layer's last forward touched (`SparseLayer.last_top_k_index`)
-when a forward ran on a real device, else the expected number when n routed inputs each pick k
-of E uniformly: E·(1 - (1 - k/E)^n).
+The distinct experts are those the layer's last forward touched (`SparseLayer.last_top_k_index`,
+a native block's `NativeMoE.last_top_k_index`, compressed experts' auxiliary ones too) when a
+forward ran on a real device, so the bound follows the routing that ran (`--routing`), else the
+expected number when n routed inputs each pick k of E uniformly: E·(1 - (1 - k/E)^n). How
+unevenly the pairs spread over those experts (`expert_load_max_over_mean`) changes no phase's
+total MACs or bytes, so it stays out of the bound: a lower bound must hold for a kernel that
+balances its work, and the record keeps the imbalance beside it.
 
 A workload is summed over its calls (models/conditions.py `workload_calls`), each read at its
 own shape as the closed form reads it (analytic.CallShape), every call reading the host's
@@ -44,7 +48,7 @@ from meo_profile.models import VARIANTS, Spec, sparse_layers, torch_dtype
 from meo_profile.models.compressed import CompressedExperts
 from meo_profile.models.conditions import workload_calls
 from meo_profile.models.decode import kv_bytes_per_position
-from meo_profile.models.layers import SparseLayer, experts_touched
+from meo_profile.models.layers import SparseLayer, distinct_of, experts_touched
 from meo_profile.models.native import NativeMoE
 from meo_profile.models.phases import PHASES
 
@@ -92,7 +96,7 @@ def phase_bytes(spec: Spec, model: nn.Module) -> Counter:
         for layer in layers:
             moved.update(layer_bytes(layer, shape, itemsize, last=i == len(calls) - 1))
         for block in native:
-            moved.update(native_bytes(block, shape, itemsize))
+            moved.update(native_bytes(block, shape, itemsize, last=i == len(calls) - 1))
         out.update({p: call.times * b for p, b in moved.items()})
     return out
 
@@ -150,17 +154,19 @@ def layer_bytes(layer: SparseLayer, spec: Spec, itemsize: int, last: bool = True
     else:
         out["experts"] = touched * per_expert + rows_io
     if isinstance(layer, CompressedExperts):
-        out["compress"] = compress_bytes(layer, spec, itemsize)
+        out["compress"] = compress_bytes(layer, spec, itemsize, last)
     return out
 
 
-def native_bytes(block: NativeMoE, spec: Spec, itemsize: int) -> Counter:
+def native_bytes(block: NativeMoE, spec: Spec, itemsize: int, last: bool = True) -> Counter:
     """A native host's own MoE block (`moe`): the routed experts its tokens touch, read once,
     and each token's rows through them (H -> I -> H); its router and shared experts are host
     parameters, read once like the rest."""
     tokens = spec.batch_size * spec.seq_len
     per_expert = _numel_bytes(block.experts) / block.num_experts
-    touched = expected_distinct(block.num_experts, block.top_k, tokens)
+    touched = experts_touched(block) if last else None  # its router's last choice, by a hook
+    if touched is None:
+        touched = expected_distinct(block.num_experts, block.top_k, tokens)
     rows_io = tokens * 2 * (block.hidden + block.expert_width) * itemsize
     return Counter(experts=touched * per_expert + rows_io)
 
@@ -172,10 +178,13 @@ def router_bytes(layer: SparseLayer, spec: Spec, itemsize: int) -> float:
     return tokens * layer.experts.d_in * itemsize + _numel_bytes(layer.router) + chosen
 
 
-def compress_bytes(layer: CompressedExperts, spec: Spec, itemsize: int) -> float:
+def compress_bytes(layer: CompressedExperts, spec: Spec, itemsize: int,
+                   last: bool = True) -> float:
     """Vectors of the distinct auxiliary experts read; one scale per token and input written."""
     tokens, width = spec.batch_size * spec.seq_len, layer.vectors.weight.shape[1]
-    aux = expected_distinct(layer.experts.num_experts, layer.n_ce, tokens)
+    aux = distinct_of(layer.last_aux_index) if last else None
+    if aux is None:
+        aux = expected_distinct(layer.experts.num_experts, layer.n_ce, tokens)
     return (aux + tokens) * width * itemsize
 
 

@@ -99,7 +99,8 @@ class MemoryEstimate:
 @functools.cache
 def _resident(spec: Spec) -> tuple[int, int, int]:
     """(elements, bytes) of the spec's parameters and buffers, and the bytes its workload keeps
-    between decode steps, from a meta-device build."""
+    per sequence between decode steps, from a meta-device build (of one sequence: see
+    `_weights_key`)."""
     model = build_model(spec, device="meta")
     tensors = [*model.parameters(), *model.buffers()]
     return (sum(t.numel() for t in tensors), sum(t.numel() * t.element_size() for t in tensors),
@@ -107,7 +108,8 @@ def _resident(spec: Spec) -> tuple[int, int, int]:
 
 
 def _state_bytes(spec: Spec, model: torch.nn.Module) -> int:
-    """A decode's KV cache, merged experts kept and running sums (see the module doc)."""
+    """A decode's KV cache, merged experts kept and running sums for the spec's batch (see the
+    module doc); each is B times one sequence's."""
     if not parse_workload(spec.workload).decodes:
         return 0
     B = spec.batch_size
@@ -120,7 +122,14 @@ def _state_bytes(spec: Spec, model: torch.nn.Module) -> int:
 
 def weight_bytes(spec: Spec) -> int:
     """Bytes of the spec's parameters and buffers (no memory used)."""
-    return _resident(spec.replace(device="meta", seed=0))[1]
+    return _resident(_weights_key(spec))[1]
+
+
+def _weights_key(spec: Spec) -> Spec:
+    """The spec as far as its weights go: the batch, the seed, the mode and the router's logit
+    scale build the same parameters, so a grid over them builds each model once on the meta
+    device."""
+    return spec.replace(device="meta", seed=0, batch_size=1, mode="inference", router_scale=1.0)
 
 
 def prompt_length(spec: Spec) -> int:
@@ -143,7 +152,8 @@ def _element_bytes(spec: Spec) -> int:
 
 def estimate(spec: Spec) -> MemoryEstimate:
     """The memory one step of `spec` needs (see the module doc)."""
-    elements, weights, state = _resident(spec.replace(device="meta", seed=0))
+    elements, weights, state_per_sequence = _resident(_weights_key(spec))
+    state = spec.batch_size * state_per_sequence
     prompt = prompt_length(spec)
     block = block_elements(spec, prompt, cache_length(spec) if state else prompt)
     shape = host_shape(spec.host)

@@ -36,14 +36,16 @@ from meo_profile.measure.counting import SOURCES, count, cross_check
 from meo_profile.measure.memory import peak_memory
 from meo_profile.measure.preflight import DoesNotFit, check_fits
 from meo_profile.measure.roofline import configuration_bound
+from meo_profile.measure.routing.stats import routing_fields, trace_summary
 from meo_profile.measure.step_timing import time_step
 from meo_profile.measure.timing import TimingOptions
 from meo_profile.measure.workload import Workload
-from meo_profile.models import Spec, build_model, make_inputs, sparse_layers
+from meo_profile.models import Spec, build_model, make_inputs
 from meo_profile.models.catalog import router_gates
 from meo_profile.models.compressed import model_rel_l2_error
+from meo_profile.models.conditions import parse_routing
 from meo_profile.models.decode import merged_cache_bytes
-from meo_profile.models.layers import experts_touched
+from meo_profile.models.routing_trace import load_trace
 from meo_profile.models.spec import SpecError
 from meo_profile.models.variants import CUDA_ONLY, VARIANTS
 from meo_profile.models.xmoe import routing_summary
@@ -164,14 +166,16 @@ def preflight(spec: Spec, measurements: tuple[str, ...], max_memory_bytes: int |
 def time_workload(result: Result, work: Workload, options: TimingOptions, memory: bool = True,
                   bound: bool = True) -> Result:
     """Time `work.step` (in the timing mode asked), then probe its memory and bound: the latency
-    fields of `result`. Routing statistics are read after the timed calls (host syncs)."""
+    fields of `result`. Routing statistics are read after the timed calls (host syncs), from the
+    last forward's choices (measure/routing/stats.py)."""
     malloc = allocator_setting(work.spec.device, options)
     stepped = time_step(work, options)
     result.add_timing(stepped.timing)
     result.update(**time_parts(work, options))
     result.update(tokens_per_s=work.tokens / (result.timing.median_ms / 1e3), allocator=malloc,
                   timing_options=options.to_dict(), **stepped.to_fields(),
-                  **routing_summary(work.model), **touched_summary(work.model))
+                  **routing_summary(work.model), **routing_fields(work.model, work.spec),
+                  **replayed_trace(work.spec))
     if memory:
         result.update(**peak_memory(work).to_fields())
     if bound:
@@ -203,11 +207,12 @@ def decode_fields(spec: Spec, work: Workload | None) -> dict[str, int | None]:
     return {"merged_cache_bytes": merged_cache_bytes(model, spec)}
 
 
-def touched_summary(model: torch.nn.Module) -> dict[str, float]:
-    """Distinct experts each MoE layer's last forward ran, averaged over the layers ({} when
-    the model has none, or none has run on a real device)."""
-    touched = [n for n in map(experts_touched, sparse_layers(model)) if n is not None]
-    return {"experts_touched_mean": sum(touched) / len(touched)} if touched else {}
+def replayed_trace(spec: Spec) -> dict:
+    """`--routing replay:FILE`: the trace's header and statistics, kept in the record."""
+    choice = parse_routing(spec.routing)
+    if choice.kind != "replay":
+        return {}
+    return {"routing_trace": trace_summary(load_trace(choice.path), choice.path)}
 
 
 def allocator_setting(device: str, options: TimingOptions) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from meo_profile.core.inputs import output_file
@@ -33,6 +34,8 @@ from meo_profile.measure.timing import MAX_WARMUP
 from meo_profile.measure.trace_file import TraceAnalysis, analyze_trace, per_step
 from meo_profile.measure.workload import Workload
 from meo_profile.models import Spec
+from meo_profile.models.discover import MoELayoutError, find_moe_blocks
+from meo_profile.models.phases import phase
 from meo_profile.models.spec import SpecError
 from meo_profile.models.variants import CUDA_ONLY
 
@@ -97,6 +100,8 @@ def trace(spec: Spec, out: str | Path = "trace.json", *, warmup: int = 2, steps:
     check_fits(spec, max_memory_bytes)
     spec = spec.replace(impl=autotune(spec).impl)  # auto: what `latency` would time
     work = Workload.build(spec)
+    if spec.host_impls:  # the model's own MoE block: transformers' code marks no phases
+        mark_native_phases(work.model)
     for _ in range(warmup):  # first calls pay one-time costs (allocations, kernel selection)
         work.step()
     work.sync()
@@ -104,6 +109,31 @@ def trace(spec: Spec, out: str | Path = "trace.json", *, warmup: int = 2, steps:
     if not path.is_file() or not path.stat().st_size:  # kineto reports a failed write only in a log
         raise OSError(errno.EIO, "the profiler did not write the trace file", str(path))
     return TraceSummary(spec, str(path), analyze_trace(path))
+
+
+def mark_native_phases(model: nn.Module) -> int:
+    """Mark the router and the experts of a native host's own MoE blocks (transformers' code,
+    which marks nothing) as the `router` and `experts` ranges this project's layers mark, with
+    forward hooks; return how many blocks were marked (0 where none is found)."""
+    try:
+        blocks = find_moe_blocks(model)
+    except MoELayoutError:
+        return 0
+    for info in blocks:
+        for name, module in (("router", info.router), ("experts", info.experts)):
+            open_ranges: list = []  # a module can run again before it returns: a stack
+            module.register_forward_pre_hook(
+                lambda mod, args, name=name, open_ranges=open_ranges:
+                    open_ranges.append(_entered(phase(name))))
+            module.register_forward_hook(
+                lambda mod, args, out, open_ranges=open_ranges:
+                    open_ranges.pop().__exit__(None, None, None) if open_ranges else None)
+    return len(blocks)
+
+
+def _entered(context: Any) -> Any:
+    context.__enter__()
+    return context
 
 
 def summarize_file(path: str | Path) -> TraceSummary:

@@ -28,6 +28,7 @@ from meo_profile.core.inputs import output_dir
 from meo_profile.report import figures, provenance, tables, views
 from meo_profile.report.findings import findings
 from meo_profile.report.regimes import regime_tables
+from meo_profile.report.routing import routing_tables
 from meo_profile.report.tables import Table, as_list
 from meo_profile.results.store import load, load_warnings, results_path
 
@@ -120,6 +121,12 @@ SECTIONS: list[Section] = [
             "the host. Each variant's eager time, its time replayed from a CUDA graph, and the "
             "device's own kernel time, split by phase.",
             "fig9_where_time_goes", (tables.time_tables,)),
+    Section("Routing",
+            "A random router spreads tokens nearly evenly and forgets the previous token; real "
+            "routers are skewed and local. Vanilla MoE and MEO under the routings measured "
+            "(`--routing`): vanilla's cost follows the distinct experts its tokens touch and "
+            "the busiest expert, MEO's merge the experts each sequence chose.",
+            "fig10_routing", (routing_tables,)),
     Section("Where merging pays off",
             "A merge costs k·P bytes per sequence whatever the number of tokens it serves: over "
             "many tokens it buys MEO one matmul per token instead of k, over one token per "
@@ -127,7 +134,7 @@ SECTIONS: list[Section] = [
             "costs B·P bytes per layer. MEO against the best vanilla MoE over batch and tokens "
             "per sequence per forward, prefill and decode, measured and as the phase-wise "
             "bounds predict.",
-            "fig10_regimes", (regime_tables,)),
+            "fig11_regimes", (regime_tables,)),
 ]
 
 
@@ -184,24 +191,32 @@ def _provenance(every: pd.DataFrame, command: str, source: str) -> str:
 
 
 # ------------------------------------------------------------------------------ markdown
+def md(text: str) -> str:
+    """Text for markdown, with HTML's special characters escaped outside `code` spans (which
+    markdown shows as they are): a name such as hf:runs/<b>x</b> stays text, never markup."""
+    parts = re.split(r"(`[^`\n]*`)", str(text))
+    return "".join(p if len(p) > 1 and p[0] == p[-1] == "`" else html.escape(p, quote=False)
+                   for p in parts)
+
+
 def markdown_table(t: Table) -> str:
     def row(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(md(c).replace("|", "\\|") for c in cells) + " |"
 
     rule = ["---:" if i in t.right else "---" for i in range(len(t.columns))]
-    lines = [*([f"**{t.title}**", ""] if t.title else []), row(t.columns),
+    lines = [*([f"**{md(t.title)}**", ""] if t.title else []), row(t.columns),
              "| " + " | ".join(rule) + " |", *(row(r) for r in t.rows)]
-    return "\n".join(lines + ([f"\n*{t.note}*"] if t.note else []))
+    return "\n".join(lines + ([f"\n*{md(t.note)}*"] if t.note else []))
 
 
 MARKDOWN: dict[type, Callable] = {
-    Heading: lambda b: "#" * b.level + " " + b.text,
-    Paragraph: lambda b: b.text,
-    Bullets: lambda b: "\n".join(f"- {item}" for item in b.items),
+    Heading: lambda b: "#" * b.level + " " + md(b.text),
+    Paragraph: lambda b: md(b.text),
+    Bullets: lambda b: "\n".join(f"- {md(item)}" for item in b.items),
     TableBlock: lambda b: markdown_table(b.table),
-    FigureBlock: lambda b: (f"![{b.title}]({FIGURES_DIR}/{b.name}.png)\n\n"
-                            f"*Figure: {b.caption}* ([SVG]({FIGURES_DIR}/{b.name}.svg))"),
-    Omitted: lambda b: f"*{b.title}: left out, {b.reason}.*",
+    FigureBlock: lambda b: (f"![{md(b.title)}]({FIGURES_DIR}/{b.name}.png)\n\n"
+                            f"*Figure: {md(b.caption)}* ([SVG]({FIGURES_DIR}/{b.name}.svg))"),
+    Omitted: lambda b: f"*{md(b.title)}: left out, {md(b.reason)}.*",
 }
 
 
@@ -258,15 +273,16 @@ WRITERS: dict[str, tuple[str, Callable[[Report], str]]] = {
 
 # ------------------------------------------------------------------------------ files
 def load_results(results: str | Path) -> tuple[Path, list[dict], list[str]]:
-    """(results file, records, unreadable lines: "file:line: why"); ReportError when there is
-    nothing to read."""
+    """(results file, valid records, lines left out: "unreadable line file:line: why" or
+    "invalid record file:line: field: why"); ReportError when there is nothing to read."""
     file = results_path(results)
     if str(results).strip() == "" or not file.is_file():
         raise ReportError(f"RESULTS {str(results)!r}: no results file ({file.name} expected)")
-    loaded = load(file)  # unreadable lines are skipped and counted; an unreadable file is bad input
+    loaded = load(file)  # bad lines are left out and counted; an unreadable file is bad input
     if not loaded.records:
-        raise ReportError(f"{file}: no readable records")
-    return file, loaded.records, loaded.skipped
+        raise ReportError(f"{file}: no readable records"
+                          + (f" ({loaded.invalid_line()})" if loaded.invalid else ""))
+    return file, loaded.records, loaded.left_out
 
 
 def write_report(report: Report, out_dir: Path, fmt: str = "md") -> Path:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from meo_profile.core.identity import label
-from meo_profile.core.stats import NOISY_IQR_OVER_MEDIAN, iqr_over_median
+from meo_profile.core.stats import NOISY_IQR_OVER_MEDIAN, iqr_over_median, quantile
 from meo_profile.core.units import (
     byte_unit,
     fmt_bytes,
@@ -25,6 +25,7 @@ from meo_profile.core.units import (
 )
 from meo_profile.report import views
 from meo_profile.report.regimes import regime_findings
+from meo_profile.report.routing import routing_speedup
 from meo_profile.report.tables import marked, paper_rows, printed_values
 
 Finding = Callable[[pd.DataFrame], list[str]]
@@ -117,13 +118,14 @@ def latency_noise(ok: pd.DataFrame) -> list[str]:
         if noisy.empty:
             continue
         worst = rows.loc[spread.idxmax()]
+        ordered = sorted(worst["latency_samples_ms"])  # the quartiles the rule read, shown as such
         out.append(f"On {device}, {len(noisy)} of {len(rows)} latency points spread more than "
                    f"{fmt_pct(NOISY_IQR_OVER_MEDIAN)} of their median between the 25th and 75th "
                    f"percentile of their samples "
-                   f"(widest: {label(worst['variant'])}, k={worst['top_k']}, "
-                   f"{fmt_ms(worst['latency_ms_median'])} ({fmt_ms(worst['latency_ms_p20'])}–"
-                   f"{fmt_ms(worst['latency_ms_p80'])}) ms): the machine was busy or the runs too "
-                   f"short, so compare those points with care.")
+                   f"(widest: {label(worst['variant'])}, k={worst['top_k']}, median "
+                   f"{fmt_ms(worst['latency_ms_median'])} ms, 25th–75th percentile "
+                   f"{fmt_ms(quantile(ordered, 0.25))}–{fmt_ms(quantile(ordered, 0.75))} ms): "
+                   f"the machine was busy or the runs too short, so compare those points with care.")
     return out
 
 
@@ -321,7 +323,8 @@ METHOD_SENTENCES = {"ce": _ce_sentence, "xmoe": _xmoe_sentence}
 
 FINDINGS: tuple[Finding, ...] = (paper_flops, flops_ratio, latency_growth, latency_noise,
                                   speedup_shortfall, memory_cost, roofline_distance,
-                                  launch_bound, methods_compared, regime_findings)
+                                  launch_bound, methods_compared, routing_speedup,
+                                  regime_findings)
 
 
 def findings(ok: pd.DataFrame) -> list[str]:

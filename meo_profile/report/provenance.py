@@ -50,7 +50,7 @@ def setup_table(all_rows: pd.DataFrame, skipped_lines: int = 0, command: str | N
     rows.append(["timing options", *(_timing_options(g) for _, g in groups)])
     rows.append(["configurations", *(_outcomes(g) for _, g in groups)])
     if skipped_lines:
-        rows.append(across("unreadable lines", str(skipped_lines)))
+        rows.append(across("lines left out (unreadable or invalid)", str(skipped_lines)))
     rows += [across("load warning", w) for w in load_warnings]
     return table("Setup", [("field", False), *((name, False) for name, _ in groups)], rows)
 

@@ -22,7 +22,7 @@ from meo_profile.report.tables import Table, marked, table
 # The paper's layer unless a sweep measured another; every other axis held at one value.
 REGIME_PREFER = {"host": "layer", "mode": "inference", "expert_unit": "linear", "dtype": None,
                  "d_model": None, "d_ff": None, "layers": None, "num_experts": 16, "top_k": 4,
-                 "seed": None}
+                 "seed": None, "routing": ("router", "uniform")}
 REGIME_VARIANTS = ("dense", "moe", "moe-seq", "meo")
 # The regimes in the order a table and a heatmap show them: decode first (one token), then
 # prefills by L. (workload, merge_reuse) -> label.
@@ -48,8 +48,8 @@ def regime_view(df: pd.DataFrame) -> pd.DataFrame:
         if merged.empty or not rows["variant"].isin(views.VANILLA).any():
             continue
         _, chosen = views.fix_axes(merged, REGIME_PREFER)
-        dense = views.match(rows[rows["variant"] == "dense"],  # one expert: no E, no k
-                            {k: v for k, v in chosen.items() if k not in ("num_experts", "top_k")})
+        dense = views.match(rows[rows["variant"] == "dense"],  # one expert: no E, k, routing
+                            {k: v for k, v in chosen.items() if k not in views.NOT_DENSE})
         held = pd.concat([views.match(rows[rows["variant"] != "dense"], chosen), dense])
         decode = held[held["workload"] == "decode"]
         if not decode.empty:  # one context for every decode point

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from meo_profile.core.identity import config_fields
+from meo_profile.core.identity import config_fields, short_host
 from meo_profile.core.paper import meo_flops_ratio_closed_form
 from meo_profile.models.catalog import HOST_NAMES
 from meo_profile.models.spec import SPEC_FIELDS
@@ -30,7 +30,7 @@ COLUMNS = IDENTITY_FIELDS + SPEC_FIELDS + Result.measured_fields() + ENV_FIELDS
 NUMERIC = ("macs", "flops", "params_total", "params_active", "latency_ms_median", "latency_ms_p20",
            "latency_ms_p80", "latency_runs", "tokens_per_s", "roofline_ms", "roofline_ratio",
            "roofline_overlap_ms", "eager_ms_median", "kernel_ms", "launch_overhead",
-           "experts_touched_mean",
+           "experts_touched_mean", "expert_load_max_over_mean", "experts_per_sequence_mean",
            "peak_mem_bytes", "peak_mem_above_weights_bytes", "weights_bytes",
            "experts_per_token_mean", "experts_per_token_p90", "experts_per_token_max",
            "dropped_pairs", "rel_l2_error", "num_experts", "top_k", "seq_len", "batch_size",
@@ -97,13 +97,14 @@ def device_label(row: pd.Series) -> str:
 
 # ------------------------------------------------------------------------------- slicing
 def pick_value(values: pd.Series, preferred: Any = None) -> Any:
-    """The preferred value when present, else the most common (ties: the smallest, for a
-    choice that does not depend on row order)."""
+    """The preferred value when present (a tuple: the first of them present), else the most
+    common (ties: the smallest, for a choice that does not depend on row order)."""
     present = values.dropna()
     if present.empty:
         return None
-    if preferred is not None and (present == preferred).any():
-        return preferred
+    for choice in preferred if isinstance(preferred, tuple) else (preferred,):
+        if choice is not None and (present == choice).any():
+            return choice
     counts = present.value_counts()
     return min(counts[counts == counts.max()].index, key=_sort_key)
 
@@ -159,7 +160,7 @@ def describe_setting(chosen: dict[str, Any]) -> str:
 
 SETTING_FORMAT = {
     "workload": lambda v: "" if v == "prefill" else f"workload {v}",
-    "host": lambda v: f"host {v}",
+    "host": lambda v: f"host {short_host(v)}",  # a panel title: the full path is in the tables
     "d_model": lambda v: f"d={v}",
     "d_ff": lambda v: f"d_ff={v}",
     "num_experts": lambda v: f"E={v}",
@@ -170,6 +171,7 @@ SETTING_FORMAT = {
     "mode": str,
     "expert_unit": lambda v: "" if v == "linear" else f"expert unit {v}",
     "router_scale": lambda v: "" if v == 1 else f"router logits ×{v:g}",
+    "routing": lambda v: "" if v == "router" else f"routing {v}",
 }
 
 
@@ -236,7 +238,10 @@ def ratio_view(flops: pd.DataFrame) -> pd.DataFrame:
 
 LATENCY_PREFER = {"workload": "prefill", "host": "layer", "mode": "inference",
                   "expert_unit": "linear", "dtype": None, "d_model": None, "d_ff": None,
-                  "layers": None, "batch_size": 8, "seq_len": 128}
+                  "layers": None, "batch_size": 8, "seq_len": 128,
+                  "routing": ("router", "uniform")}  # the random router's, or the routing like it
+# What the dense baseline is matched on: not E, k or routing, which it has none of.
+NOT_DENSE = ("num_experts", "top_k", "routing")
 
 
 def latency_view(df: pd.DataFrame, num_experts: int = 16) -> pd.DataFrame:
@@ -246,7 +251,7 @@ def latency_view(df: pd.DataFrame, num_experts: int = 16) -> pd.DataFrame:
     for label, dev in _by_device(df, "latency_ms_median"):
         sparse, chosen = fix_axes(dev[dev["variant"] != "dense"],
                                   {**LATENCY_PREFER, "num_experts": num_experts})
-        dense = match(dev[dev["variant"] == "dense"], _without(chosen, "num_experts", "top_k"))
+        dense = match(dev[dev["variant"] == "dense"], _without(chosen, *NOT_DENSE))
         rows = best_per_point(pd.concat([sparse, dense]), ["variant", "top_k"], "latency_ms_median")
         parts.append(rows.assign(device_label=label, setting=describe_setting(chosen)))
     return _concat(parts)
@@ -296,7 +301,7 @@ def memory_view(df: pd.DataFrame) -> pd.DataFrame:
         for mode, rows in dev.groupby("mode", sort=True):
             sparse, chosen = fix_axes(rows[rows["variant"] != "dense"],
                                       _without(MEMORY_PREFER, "mode"))
-            dense = match(rows[rows["variant"] == "dense"], _without(chosen, "top_k"))
+            dense = match(rows[rows["variant"] == "dense"], _without(chosen, *NOT_DENSE))
             best = best_per_point(pd.concat([sparse, dense]), ["variant", "num_experts"],
                                   "peak_mem_bytes")
             parts.append(best.assign(device_label=label, mode=mode,
@@ -330,7 +335,7 @@ def time_view(df: pd.DataFrame) -> pd.DataFrame:
     parts = []
     for label, dev in _by_device(df, "kernel_ms"):
         sparse, chosen = fix_axes(dev[dev["variant"] != "dense"], TIME_PREFER)
-        dense = match(dev[dev["variant"] == "dense"], _without(chosen, "num_experts", "top_k"))
+        dense = match(dev[dev["variant"] == "dense"], _without(chosen, *NOT_DENSE))
         rows = in_variant_order(pd.concat([dense, sparse]))
         graph = rows["latency_ms_median"].where(rows["timing_mode"] == "graph")
         parts.append(rows.assign(device_label=label, setting=describe_setting(chosen),
@@ -347,7 +352,8 @@ NEWER_METHODS = ("ce", "xmoe")
 # the comparison is made with ffn experts for all four.
 BUDGET_PREFER = {"workload": "prefill", "host": "layer", "mode": "inference",
                  "expert_unit": "ffn", "dtype": None, "d_model": None, "d_ff": None,
-                 "layers": None, "num_experts": 16, "batch_size": 8, "seq_len": 128}
+                 "layers": None, "num_experts": 16, "batch_size": 8, "seq_len": 128,
+                 "routing": ("router", "uniform")}
 # Each method's own knobs, held at one value (the papers' defaults where present; compressed
 # experts' n_ce at k/2, set where k is known).
 METHOD_KNOBS = {"ce": {"n_ce": None, "ce_init": "ones"},

@@ -116,6 +116,9 @@ class Result:
     experts_touched_mean: float | None = None  # distinct experts a MoE layer ran, mean over layers
     expert_load_max_over_mean: float | None = None  # the busiest expert's pairs / the mean, over layers
     experts_per_sequence_mean: float | None = None  # distinct experts of one sequence, mean
+    # `--routing replay:FILE`: the trace's header and its per-layer statistics averaged over
+    # layers (meo_profile/measure/routing/stats.trace_summary)
+    routing_trace: dict[str, Any] | None = None
     # workloads that decode (`--workload decode|generate:N`)
     merged_cache_bytes: int | None = None  # merged experts kept across steps (merge_reuse sequence)
     prefill_ms: float | None = None  # generate:N: the prefill's share of the latency
@@ -209,6 +212,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     }
 
 
+@functools.cache  # read once per process: a dry run names the machine for every configuration
 def device_name(device: str) -> str:
     """A name that tells machines apart: the GPU's name, or the CPU model and its core count."""
     if device == "cuda":

@@ -3,7 +3,9 @@
 
 Loading tolerates what an interrupted writer or a hand edit leaves: a truncated line, bytes that
 are not UTF-8, or an object without the record's required fields is reported and skipped, never
-a crash and never filled in with defaults.
+a crash and never filled in with defaults. A record whose field breaks its rule (a NaN latency,
+a negative count: results/validate.py) is left out too and listed apart, as `invalid`: the
+commands that judge results (`compare`, `check`) refuse a set that holds one.
 """
 
 from __future__ import annotations
@@ -24,16 +26,37 @@ from meo_profile.results.record import (
     record_problem,
     to_json_line,
 )
+from meo_profile.results.validate import invalid_field
 
 RESULTS_FILE = "results.jsonl"
 CSV_FILE = "results.csv"
 ENVIRONMENT_FILE = "environment.json"
 
 
+class InvalidRecord(ValueError):
+    """A stored record with a field out of its rule (its type, finiteness or range)."""
+
+
 @dataclass
 class Loaded:
     records: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # "file:line: why", one per bad line
+    skipped: list[str] = field(default_factory=list)  # "file:line: why", one per unreadable line
+    invalid: list[str] = field(default_factory=list)  # "file:line: field: why", one per record
+
+    @property
+    def left_out(self) -> list[str]:
+        """Every line kept out of the records, saying why: unreadable lines, then invalid
+        records ("invalid record results.jsonl:3: latency_ms_median: NaN is not ...")."""
+        return ([f"unreadable line {line}" for line in self.skipped]
+                + [f"invalid record {line}" for line in self.invalid])
+
+    def invalid_line(self) -> str | None:
+        """One line naming the first invalid record, for a command that refuses the set."""
+        if not self.invalid:
+            return None
+        more = len(self.invalid) - 1
+        return (f"invalid record at {self.invalid[0]}"
+                + (f" (and {more} more invalid record{'s' * (more > 1)})" if more else ""))
 
 
 def results_path(path: str | Path) -> Path:
@@ -43,7 +66,8 @@ def results_path(path: str | Path) -> Path:
 
 
 def load(path: str | Path) -> Loaded:
-    """Every readable record of a results file; bad lines are listed in `skipped`."""
+    """Every readable, valid record of a results file; unreadable lines are listed in
+    `skipped`, records with an invalid field in `invalid`."""
     loaded = Loaded()
     file = results_path(path)
     if not file.exists():
@@ -57,6 +81,9 @@ def load(path: str | Path) -> Loaded:
             continue
         try:
             record = parse_line(raw)
+        except InvalidRecord as e:
+            loaded.invalid.append(f"{file.name}:{lineno}: {e}")
+            continue
         except ValueError as e:
             loaded.skipped.append(f"{file.name}:{lineno}: {str(e)[:100]}")
             continue
@@ -65,7 +92,9 @@ def load(path: str | Path) -> Loaded:
 
 
 def parse_line(raw: bytes) -> dict[str, Any]:
-    """One stored line as a record; ValueError saying why it is not one."""
+    """One stored line as a record; ValueError saying why it is not one (InvalidRecord, naming
+    the field, when it is one whose value breaks its rule). Fields added to the spec after
+    schema 1 read as their defaults, and are then checked like the rest."""
     try:
         record = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -77,7 +106,11 @@ def parse_line(raw: bytes) -> dict[str, Any]:
     problem = record_problem(record)
     if problem:
         raise ValueError(problem)
-    return record | {k: v for k, v in later_spec_defaults().items() if k not in record}
+    record = record | {k: v for k, v in later_spec_defaults().items() if k not in record}
+    problem = invalid_field(record)
+    if problem:
+        raise InvalidRecord(problem)
+    return record
 
 
 def read_environment(directory: str | Path) -> dict[str, Any]:

@@ -21,13 +21,13 @@ the jobs in flight still come back.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from meo_profile.core.errors import BadInput
-from meo_profile.results.record import environment
 
 WorkFn = Callable[[Any], Any]
 StopFn = Callable[[], bool]
@@ -84,6 +84,8 @@ def probe_environments(cuda: bool = True) -> dict[str, dict[str, Any]]:
     """Run where the work runs: the environment of each device there (a Site's content)."""
     import torch
 
+    from meo_profile.results.record import environment  # torch: where the work runs, not for --help
+
     found = {"cpu": dict(environment("cpu"))}
     if cuda and torch.cuda.is_available():
         found["cuda"] = dict(environment("cuda"))
@@ -104,6 +106,21 @@ class Executor(Protocol):
 def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else ""
+
+
+# A traceback's closing line: an exception's (dotted) name at the start of a line, alone or
+# followed by ": detail". Frames are indented; an engine's own prose ("Job (task=0) failed
+# during processing with trace:", "You can check full logs with ...") has spaces in its head.
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(: .*)?$")
+
+
+def cause_line(e: BaseException) -> str:
+    """The root cause in an engine's error whose text nests the worker's traceback (Ray's
+    RayTaskError, submitit's FailedJobError "... with trace:"): the last exception line in it,
+    "ImportError: cannot import name 'Spec' from 'models'", not the wrapper's first line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # Ray colours its tracebacks
+    causes = [line.strip() for line in text.splitlines() if _EXCEPTION_LINE.match(line.rstrip())]
+    return causes[-1][:300] if causes else f"{type(e).__name__}: {first_line(e)}"
 
 
 def call_work(work: WorkFn, job: Any, worker: str) -> Any:

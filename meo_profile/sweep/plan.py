@@ -58,6 +58,11 @@ class SweepPlan:
     estimate: str | None = None  # a preset's measured duration, as `meo-profile presets` says
     checked: list[Job] | None = None  # the jobs as planned and checked here (for --dry-run)
 
+    @property
+    def timed(self) -> int:
+        """Configurations the grid times (resume may skip some of them)."""
+        return sum("latency" in metrics for _, metrics in self.checked or [])
+
 
 def plan_sweep(preset: str | None, config: str | Path | None, axes: dict[str, list[Any]],
                metrics: str | None, out: str | Path | None, resume: bool,
@@ -118,6 +123,20 @@ def preview(plan: SweepPlan) -> list[PlannedJob]:
         fits = memory is None or memory.total_bytes <= limits[spec.device]
         out.append(PlannedJob(spec, metrics, key in done, memory, fits))
     return out
+
+
+DAY_S = 24 * 3600
+
+
+def long_sweep_warning(timed: int, min_run_time_s: float) -> str | None:
+    """A warning for a grid whose timing alone, at its least, takes more than a day (nothing
+    else is counted: tuning, building and counting only add to it)."""
+    least_s = timed * min_run_time_s
+    if least_s <= DAY_S:
+        return None
+    return (f"warning: {timed:,} timed configurations take at least {least_s / 3600:,.1f} h "
+            f"(--min-run-time {min_run_time_s:g} s each), more than a day: trim the grid, "
+            "or split it over workers (--executor ray or slurm)")
 
 
 def command_line(argv: list[str]) -> str:

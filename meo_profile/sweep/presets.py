@@ -44,6 +44,16 @@ METHODS_LAYER = Block({"host": ["layer"], "variant": ["moe", "meo", "ce", "xmoe"
                       ("flops", "latency", "memory"), "four methods at one expert budget")
 
 
+# The report's routing section: vanilla MoE (token- and sequence-routed) and MEO at the paper's
+# layer under skewed, balanced and local routing (`--routing`), counted and timed.
+ROUTINGS = ["uniform", "balanced", "zipf:0.5", "zipf:1", "zipf:1.5", "uniform,local:0.5",
+            "uniform,local:0.9", "biased:1"]
+ROUTING_LAYER = Block({"host": ["layer"], "variant": ["moe", "moe-seq", "meo"],
+                       "num_experts": [16], "top_k": [4], "d_model": [768], "d_ff": [3072],
+                       "batch_size": [8], "seq_len": [128], "routing": ROUTINGS,
+                       "device": ["auto"]}, ("flops", "latency"), "routing at the paper layer")
+
+
 # Where merging pays off (the report's regime map): tokens per sequence per forward (a decode
 # step's one, then prefills of L) crossed with the batch, for the best vanilla MoE, MEO (decode
 # with its merged expert merged every step or kept from the prompt) and one dense expert.
@@ -130,6 +140,13 @@ PRESETS: dict[str, Preset] = {
                     ("flops",), "bert-small FLOPs"),
               layer_grid([4, 8], [1, 2], ["dense", "moe", "meo"], d_model=128, d_ff=512,
                          batch=4, seq=64)]),
+    ),
+    "routing": Preset(
+        "The paper's layer (d 768, d_ff 3072, E 16, k 4, batch 8, sequence 128) as vanilla MoE "
+        "(moe, moe-seq) and MEO under uniform, balanced, zipf 0.5/1/1.5, biased 1 and uniform "
+        "with locality 0.5/0.9: the report's routing section.",
+        "about 3 min on a 2-core CPU",
+        Grid([ROUTING_LAYER]),
     ),
     "regimes": Preset(
         "Where merging pays off: the paper's layer (d 768, d_ff 3072, E 16, k 4) at batch 1/8/64 "

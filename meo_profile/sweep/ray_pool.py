@@ -29,6 +29,7 @@ from meo_profile.sweep.executors import (
     Site,
     WorkerSetupError,
     call_work,
+    cause_line,
     export_sys_path,
     first_line,
     ignore,
@@ -113,7 +114,7 @@ class RayExecutor:
         except ConnectionError as e:  # no cluster at that address
             raise BadInput(f"--ray-address {self.address!r}: {first_line(e)}") from None
         except Exception as e:  # e.g. its GCS did not come up in time on a loaded machine
-            raise WorkerSetupError(f"--executor ray: Ray did not start: {_cause_line(e)}") from None
+            raise WorkerSetupError(f"--executor ray: Ray did not start: {cause_line(e)}") from None
         finally:  # ray.init makes SIGTERM end the driver at once; the sweep's own handler stays
             signal.signal(signal.SIGTERM, sigterm)
         self._started_ray = self.address is None
@@ -145,7 +146,7 @@ class RayExecutor:
         try:
             return ray.get(refs)
         except RayError as e:  # e.g. the project does not import on a node
-            raise WorkerSetupError(f"--executor ray: workers cannot start: {_cause_line(e)}") from None
+            raise WorkerSetupError(f"--executor ray: workers cannot start: {cause_line(e)}") from None
 
     def close(self) -> None:
         import ray
@@ -192,18 +193,9 @@ class RayExecutor:
             name = self._names.pop(actor, "ray actor")
             return Failure(name, f"WorkerDied: {type(e).__name__}: {first_line(e)}")
         except RayTaskError as e:  # e.g. the job could not be unpickled in the worker
-            return Failure(self._names.get(actor, "ray actor"), f"{type(e).__name__}: {_cause_line(e)}")
+            return Failure(self._names.get(actor, "ray actor"), cause_line(e))
 
     def _replacement(self):
         actor = self._cls.remote()
         self._names[actor] = self._gather([actor.hello.remote()])[0][0]
         return actor
-
-
-def _cause_line(e: BaseException) -> str:
-    """The root exception's line in a Ray error (its text nests the worker's traceback)."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    causes = re.findall(r"^\s*(\w+(?:Error|Exception)\b.*)$", text, re.MULTILINE)
-    return causes[-1].strip()[:300] if causes else first_line(e)

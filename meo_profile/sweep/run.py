@@ -87,6 +87,18 @@ class SweepSummary:
     def failed(self) -> int:
         return self.statuses["oom"] + self.statuses["error"]
 
+    def failure_line(self, strict: bool = False, report: Path | None = None) -> str | None:
+        """Why a finished sweep exits 1, in one line: configurations that errored ("3 of 13
+        configurations failed; see the report's failures table"). A recorded limit (`oom`:
+        over the memory budget) is a result, and fails the sweep only under `--strict`."""
+        errors, ooms = self.statuses["error"], self.statuses["oom"] if strict else 0
+        if not errors + ooms:
+            return None
+        kinds = f" ({errors} error, {ooms} oom)" if ooms else ""
+        where = (f"see the report's failures table ({report})" if report is not None else
+                 "their errors are in results.jsonl")
+        return f"{errors + ooms} of {self.total} configurations failed{kinds}; {where}"
+
 
 # ------------------------------------------------------------------------------- identity
 def job_key(fields: dict[str, Any], metrics, timing_options: dict | None = None) -> tuple:
@@ -298,5 +310,6 @@ def write_environment(out: Path, devices: set[str], site: Site, guard: LoadGuard
 
 
 def skipped_lines(out: Path) -> list[str]:
-    """Lines of results.jsonl that could not be read (reported, then ignored)."""
-    return load(out).skipped
+    """Lines of results.jsonl left out, saying why: unreadable, or a record with an invalid
+    field (reported, then ignored; an invalid record's configuration is measured again)."""
+    return load(out).left_out

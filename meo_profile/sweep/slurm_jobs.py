@@ -32,8 +32,8 @@ from meo_profile.sweep.executors import (
     Site,
     WorkerSetupError,
     call_work,
+    cause_line,
     export_sys_path,
-    first_line,
     ignore,
     never,
     probe_environments,
@@ -211,7 +211,9 @@ class SubmititExecutor:
         try:
             return sjob.result()
         except submitit.core.utils.UncompletedJobError as e:  # FailedJobError is one too
-            return Failure(where, f"{type(e).__name__}: {first_line(e)}")
+            # the job's own exception (e.g. the project did not import there), not the
+            # wrapper's "failed during processing with trace:"
+            return Failure(where, cause_line(e))
 
     def _clean(self, sjob) -> None:
         paths = sjob.paths

@@ -19,23 +19,23 @@ import typer
 from meo_profile.core.errors import BadInput
 from meo_profile.core.inputs import describe_os_error, output_file
 from meo_profile.core.units import parse_bytes
-from meo_profile.models.catalog import HF_HOST_HELP, HOST_NAMES, NATIVE_MOE_IMPLS
 from meo_profile.models.conditions import MERGE_REUSE, ROUTINGS, SCOPES, WORKLOADS
-from meo_profile.models.spec import (
+from meo_profile.models.errors import SpecError, flag_of
+from meo_profile.models.names import (
     DEVICES,
     DTYPES,
     EXPERT_UNITS,
+    HF_HOST_HELP,
+    HOST_NAMES,
+    IMPL_NAMES,
     MODES,
-    Spec,
-    SpecError,
-    flag_of,
+    VARIANT_NAMES,
 )
-from meo_profile.models.variants import VARIANTS
-from meo_profile.results.record import git_commit
 from meo_profile.sweep.choice import ExecutorChoice, parse_params
-from meo_profile.sweep.grid import parse_axis_flag
 
-_ALL_IMPLS = sorted({i for v in VARIANTS.values() for i in v.impls} | {*NATIVE_MOE_IMPLS, "auto"})
+# Nothing imported here loads torch, pandas, matplotlib or fvcore: the help answers at once.
+# The registries' names come from models/names.py; what builds or parses a configuration is
+# imported where it runs (the Spec, the grid's axis parser).
 
 
 def _opt(flag: str, help: str, **kw: Any) -> Any:
@@ -49,7 +49,7 @@ def _cond(flag: str, help: str, **kw: Any) -> Any:
 # (spec field, type, default, option). Defaults None mean "the host's own" or "the variant's".
 SPEC_OPTIONS: list[tuple[str, Any, Any, Any]] = [
     ("host", str, "layer", _opt("--host", f"Host model: {', '.join(HOST_NAMES)}, or {HF_HOST_HELP}.")),
-    ("variant", str, "meo", _opt("--variant", f"MoE variant: {', '.join(VARIANTS)}.")),
+    ("variant", str, "meo", _opt("--variant", f"MoE variant: {', '.join(VARIANT_NAMES)}.")),
     ("num_experts", int | None, None, _opt("--experts", "Experts per MoE layer (E); default: 16, or a MoE host's own.")),
     ("top_k", int | None, None, _opt("--top-k", "Experts selected per token or sequence (k); default: 4, or a MoE host's own.")),
     ("d_model", int | None, None, _opt("--d-model", "Model width; default: the host's.")),
@@ -59,7 +59,7 @@ SPEC_OPTIONS: list[tuple[str, Any, Any, Any]] = [
     ("batch_size", int, 8, _opt("--batch-size", "Sequences per batch (B).")),
     ("dtype", str, "float32", _opt("--dtype", f"Numeric type: {', '.join(DTYPES)}.")),
     ("device", str, "auto", _opt("--device", f"{', '.join(DEVICES)}; auto picks cuda when present.")),
-    ("impl", str, "auto", _opt("--impl", f"Implementation: {', '.join(_ALL_IMPLS)}; auto picks per variant (moe on a native MoE host: the model's own block under hf-*).")),
+    ("impl", str, "auto", _opt("--impl", f"Implementation: {', '.join(IMPL_NAMES)}; auto picks per variant (moe on a native MoE host: the model's own block under hf-*).")),
     ("expert_unit", str | None, None, _opt("--expert-unit", f"{' or '.join(EXPERT_UNITS)}: an expert is one FFN linear (paper) or a whole FFN.")),
     ("mode", str, "inference", _opt("--mode", f"{' or '.join(MODES)} (train = forward + backward).")),
     ("seed", int, 0, _opt("--seed", "Seed for weights and inputs.")),
@@ -121,6 +121,29 @@ def exits_on_bad_input(command: Callable) -> Callable:
     return wrapper
 
 
+# ------------------------------------------------------------------------------ help
+def _without_flag_types(params: list) -> list:
+    """A flag takes no value, so help shows no type beside it (Typer would print <bool>)."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    return params
+
+
+class Command(typer.core.TyperCommand):
+    """Every command's class: its help names no type for a flag (`--json`, `--help`)."""
+
+    def get_params(self, ctx):
+        return _without_flag_types(super().get_params(ctx))
+
+
+class Group(typer.core.TyperGroup):
+    """The command group's class: as `Command`, for `--version` and `--help`."""
+
+    def get_params(self, ctx):
+        return _without_flag_types(super().get_params(ctx))
+
+
 # ------------------------------------------------------------------------ typed options
 def parse_size(text: str) -> int:
     """`--max-memory 8GiB` -> bytes (a bad size is a usage error: one line, exit 2)."""
@@ -146,7 +169,7 @@ def int_in(least: int, most: int) -> Callable[[str], int]:
 
 
 MaxMemory = Annotated[int | None, typer.Option(
-    "--max-memory", parser=parse_size, metavar="SIZE",
+    "--max-memory", parser=parse_size, metavar="<size>",
     help="Memory a configuration may use, e.g. 8GiB (default: 90% of what the device has free); "
          "a configuration whose estimate is above it is refused (a sweep records it as oom).")]
 
@@ -158,34 +181,50 @@ def writable_file(flag: str) -> Callable[[str | None], str | None]:
 
 def version_text() -> str:
     """`meo-profile --version`: the package version and the commit it runs from."""
+    from meo_profile.results.record import git_commit
+
     commit = git_commit()
     return f"meo-profile {version('meo-profile')}" + (f" (commit {commit})" if commit else "")
 
 
+def own_parameters(command: Callable, replaced: str) -> list[inspect.Parameter]:
+    """`command`'s parameters, string annotations resolved, less the one a decorator replaces.
+    `Spec` resolves to Any: the command line imports it for type checkers only (it loads
+    torch), and the `spec` parameter it annotates is the one `with_spec` replaces."""
+    hints = typing.get_type_hints(command, include_extras=True, localns={"Spec": Any})
+    return [p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in inspect.signature(command).parameters.values() if p.name != replaced]
+
+
+def with_signature(wrapper: Callable, parameters: list[inspect.Parameter]) -> Callable:
+    """What Typer reads: the signature, and annotations that match it (functools.wraps copied
+    the command's own, whose `spec: Spec` would be evaluated)."""
+    wrapper.__signature__ = inspect.Signature(parameters)
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
+
+
 def with_spec(command: Callable) -> Callable:
     """Give `command(spec: Spec, ...)` the configuration flags; it receives the built Spec."""
-    hints = typing.get_type_hints(command, include_extras=True)  # resolve string annotations
-    own = [p.replace(annotation=hints.get(p.name, p.annotation))
-           for p in inspect.signature(command).parameters.values() if p.name != "spec"]
+    own = own_parameters(command, "spec")
     added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                annotation=Annotated[typ, option])
              for name, typ, default, option in SPEC_OPTIONS]
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
+        from meo_profile.models.spec import Spec  # builds on torch: imported once it is needed
+
         fields = {name: kwargs.pop(name) for name, *_ in SPEC_OPTIONS}
         return command(spec=Spec(**fields), **kwargs)
 
-    wrapper.__signature__ = inspect.Signature(own + added)  # what Typer reads
-    return wrapper
+    return with_signature(wrapper, own + added)
 
 
 def with_axes(command: Callable) -> Callable:
     """Give `command(axes: dict, ...)` the configuration flags as comma-separated lists
     (`--variant moe,meo --top-k 1,2,4`); it receives {spec field: [values]} for those given."""
-    hints = typing.get_type_hints(command, include_extras=True)
-    own = [p.replace(annotation=hints.get(p.name, p.annotation))
-           for p in inspect.signature(command).parameters.values() if p.name != "axes"]
+    own = own_parameters(command, "axes")
     added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                annotation=Annotated[str | None, typer.Option(
                                    flag_of(name), help=option.help + " Comma-separated list.",
@@ -194,12 +233,13 @@ def with_axes(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
+        from meo_profile.sweep.grid import parse_axis_flag  # builds Specs: imported when run
+
         given = {name: kwargs.pop(name) for name, *_ in SPEC_OPTIONS}
         axes = {name: parse_axis_flag(name, text) for name, text in given.items() if text is not None}
         return command(axes=axes, **kwargs)
 
-    wrapper.__signature__ = inspect.Signature(own + added)
-    return wrapper
+    return with_signature(wrapper, own + added)
 
 
 def _exec_opt(flag: str, help: str) -> Any:
@@ -224,9 +264,7 @@ EXECUTOR_OPTIONS: list[tuple[str, Any, Any, Any]] = [
 def with_executor(command: Callable) -> Callable:
     """Give `command(executor: ExecutorChoice, ...)` the `--executor` flags, checked (one line
     and exit 2 on a bad value) before the command runs."""
-    hints = typing.get_type_hints(command, include_extras=True)
-    own = [p.replace(annotation=hints.get(p.name, p.annotation))
-           for p in inspect.signature(command).parameters.values() if p.name != "executor"]
+    own = own_parameters(command, "executor")
     added = [inspect.Parameter("executor_" + name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                annotation=Annotated[typ, option])
              for name, typ, default, option in EXECUTOR_OPTIONS]
@@ -237,5 +275,4 @@ def with_executor(command: Callable) -> Callable:
         given["slurm_params"] = parse_params(given["slurm_params"])
         return command(executor=ExecutorChoice(**given), **kwargs)
 
-    wrapper.__signature__ = inspect.Signature(own + added)
-    return wrapper
+    return with_signature(wrapper, own + added)

@@ -1,7 +1,8 @@
 """Terminal tables for latency records and trace summaries. Renderers never measure.
 
-One time unit per table, printed in the column header: picked from the smallest entry (as
-torch.utils.benchmark's Compare does), except in operator tables, where the top row decides.
+One time unit per table, for every time column, printed in the column headers: picked from the
+smallest entry (as torch.utils.benchmark's Compare does), except in operator tables, where the
+top row decides; a value small beside it keeps its significant digits.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any
 from rich.table import Table
 
 from meo_profile.core.identity import spec_title
-from meo_profile.core.units import human_bytes, time_unit
+from meo_profile.core.units import fmt_share, fmt_sig, human_bytes, time_unit
 from meo_profile.measure.trace import TraceSummary
+from meo_profile.measure.trace_file import OTHER
 from meo_profile.results.record import Result
 
 
@@ -22,7 +24,7 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def _scaled(value_ms: float | None, ms_per_unit: float) -> str:
-    return "-" if value_ms is None else f"{value_ms / ms_per_unit:.3f}"
+    return "-" if value_ms is None else fmt_sig(value_ms / ms_per_unit, 4, 3)
 
 
 def latency_table(result: Result) -> Table:
@@ -34,7 +36,7 @@ def latency_table(result: Result) -> Table:
     table.add_column("quantity")
     table.add_column("value", justify="right")
     for name, value in [*_timing_rows(result, unit, per), *_workload_rows(result, unit, per),
-                        *_bound_rows(result, unit, per),
+                        *_bound_rows(result, unit, per), *_routing_rows(result),
                         ("peak memory", human_bytes(result.peak_mem_bytes)),
                         ("  above weights", human_bytes(result.peak_mem_above_weights_bytes)),
                         ("  weights", human_bytes(result.weights_bytes)),
@@ -88,6 +90,16 @@ def _bound_rows(result: Result, unit: str, per: float) -> list[tuple[str, str]]:
     return rows
 
 
+def _routing_rows(result: Result) -> list[tuple[str, str]]:
+    """How the experts were chosen and what the forward touched (per MoE layer, averaged)."""
+    if result.experts_touched_mean is None:
+        return []
+    return [("routing", result.spec.routing),
+            ("  experts touched", _fmt(result.experts_touched_mean, ".1f")),
+            ("  load max / mean", _fmt(result.expert_load_max_over_mean, ".2f")),
+            ("  experts per sequence", _fmt(result.experts_per_sequence_mean, ".1f"))]
+
+
 def kernels_table(summary: TraceSummary, top: int = 20) -> Table | None:
     """The `top` device events by total time, one line each, with their share of device time
     and the phase they ran in; None for a trace without device time (CPU)."""
@@ -95,19 +107,20 @@ def kernels_table(summary: TraceSummary, top: int = 20) -> Table | None:
     if a.kernel_ms_total is None:
         return None
     rows = a.kernels[:top]
-    unit, per = time_unit([r.total_ms for r in rows[:1]])
+    # one unit for the totals and the means: the smallest mean decides
+    unit, per = time_unit([r.mean_us / 1e3 for r in rows])
     table = Table(title=f"device time by kernel ({a.steps} step(s)): {_title(summary)}")
     # names are one line already (trace_names.py); a narrow terminal cuts them, never wraps them
     table.add_column("kernel", overflow="ellipsis")
-    for col in ("calls", f"total ({unit})", "share", "mean (us)", "phase"):
+    for col in ("calls", f"total ({unit})", "share", f"mean ({unit})", "phase"):
         table.add_column(col, justify="left" if col == "phase" else "right", no_wrap=True,
                          min_width=len(col))
     for r in rows:
         share = r.total_ms / a.kernel_ms_total if a.kernel_ms_total else 0.0
-        table.add_row(r.name, str(r.calls), f"{r.total_ms / per:.3f}", f"{share:.1%}",
-                      f"{r.mean_us:.1f}", " + ".join(r.by_phase))
-    table.caption = (f"{len(a.kernels)} kernels, {a.kernel_ms_total:.3f} ms of device time in all; "
-                     f"trace: {summary.trace_path}")
+        table.add_row(r.name, str(r.calls), _scaled(r.total_ms, per), fmt_share(share),
+                      _scaled(r.mean_us / 1e3, per), " + ".join(r.by_phase))
+    table.caption = (f"{len(a.kernels)} kernels, {_scaled(a.kernel_ms_total, per)} {unit} of "
+                     f"device time in all; trace: {summary.trace_path}")
     return table
 
 
@@ -122,17 +135,20 @@ def ops_table(summary: TraceSummary, top: int = 20) -> Table:
         table.add_column(col, justify="left" if col == "operator" else "right")
     for r in ops:
         share = r.self_ms / a.op_self_ms_total if a.op_self_ms_total else 0.0
-        table.add_row(r.name, str(r.calls), f"{r.self_ms / per:.3f}", f"{share:.1%}",
-                      f"{r.total_ms / per:.3f}")
+        table.add_row(r.name, str(r.calls), _scaled(r.self_ms, per), fmt_share(share),
+                      _scaled(r.total_ms, per))
     return table
 
 
-def phases_table(summary: TraceSummary) -> Table:
+def phases_table(summary: TraceSummary) -> Table | None:
     """Time per phase, in the order the layers run them: device time on CUDA (every kernel in
-    exactly one phase, "other" outside every phase), host time inside each range on CPU."""
+    exactly one phase, "other" outside every phase), host time inside each range on CPU; None
+    for a trace without phase ranges (`phase_lines` says so)."""
     a = summary.analysis
     device = a.kernel_ms_total is not None
     by_phase = a.kernel_ms_by_phase if device else a.phase_host_ms()
+    if not set(by_phase) - {OTHER}:
+        return None
     # shares: of all device time, or of the steps' host time (phases nest inside the steps)
     total = a.kernel_ms_total if device else sum(r.total_ms for r in a.annotations
                                                  if r.name.startswith("ProfilerStep#"))
@@ -141,12 +157,20 @@ def phases_table(summary: TraceSummary) -> Table:
     for col in ("phase", f"time ({unit})", "share"):
         table.add_column(col, justify="left" if col == "phase" else "right")
     for phase, ms in by_phase.items():
-        table.add_row(phase, f"{ms / per:.3f}", f"{ms / total:.1%}" if total else "-")
+        table.add_row(phase, _scaled(ms, per), fmt_share(ms / total) if total else "-")
     if not device:
         table.caption = "share: of the profiled steps' host time"
     if device:
         table.caption = "other: outside every phase (the host model's own work)"
     return table
+
+
+def phase_lines(summary: TraceSummary) -> list[str]:
+    """What stands in for the phase table where the trace has no phase ranges."""
+    if phases_table(summary) is not None:
+        return []
+    return ["no phase ranges in this trace (router, dispatch, experts, merge, ...): a dense "
+            "model's own FFN marks none, nor does a trace recorded by other code"]
 
 
 def launch_lines(summary: TraceSummary) -> list[str]:

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from meo_profile.core.identity import spec_title
-from meo_profile.core.units import fmt_giga
+from meo_profile.core.units import fmt_giga, fmt_share
 from meo_profile.models import Spec
 from meo_profile.results.record import Result
 
@@ -124,18 +124,18 @@ def counts_table(counts, spec: Spec) -> Table:
     table.add_column("GFLOPs", justify="right")
     table.add_column("share", justify="right")
     for part, macs in counts.macs_by_part.items():
-        table.add_row(part, fmt_giga(macs), fmt_giga(2 * macs), f"{macs / max(counts.macs, 1):.1%}")
+        table.add_row(part, fmt_giga(macs), fmt_giga(2 * macs), fmt_share(macs / max(counts.macs, 1)))
     table.add_section()
     table.add_row("[bold]total[/]", fmt_giga(counts.macs), fmt_giga(counts.flops), "100.0%")
     if "router" in counts.macs_by_part:
         rest = counts.macs - counts.macs_by_part["router"]
-        table.add_row("total without router", fmt_giga(rest), fmt_giga(2 * rest), f"{rest / max(counts.macs, 1):.1%}")
+        table.add_row("total without router", fmt_giga(rest), fmt_giga(2 * rest), fmt_share(rest / max(counts.macs, 1)))
     return table
 
 
 def params_line(counts) -> str:
     return (f"params: {counts.params_total:,} total, {counts.params_active:,} active per token "
-            f"({counts.params_active / max(counts.params_total, 1):.1%})")
+            f"({fmt_share(counts.params_active / max(counts.params_total, 1))})")
 
 
 def skipped_line(counts) -> str:
@@ -158,6 +158,59 @@ def modules_to_depth(by_module: dict[str, int], depth: int) -> dict[str, int]:
     """Non-zero modules no deeper than `depth` dots, largest first."""
     kept = {n: v for n, v in by_module.items() if v and (n.count(".") < depth or not n)}
     return dict(sorted(kept.items(), key=lambda kv: -kv[1]))
+
+
+def without_wrappers(by_module: dict[str, int]) -> dict[str, int]:
+    """Modules less those that cost exactly what their parent does (a wrapper such as a host's
+    `model` inside the whole model: the parent's row says it already)."""
+    return {n: v for n, v in by_module.items()
+            if not n or by_module.get(n.rpartition(".")[0]) != v}
+
+
+def collapse_stacks(by_module: dict[str, int]) -> list[tuple[str, int, int]]:
+    """(module, blocks, MACs of one block) rows, largest total first: modules whose names are
+    equal but for their indices and whose MACs are equal (a stack of identical blocks) are one
+    row named with the index range, 'layers.0-31', and their count."""
+    groups: dict[tuple, list[tuple[tuple[int, ...], int]]] = {}
+    for name, macs in by_module.items():
+        parts = name.split(".")
+        shape = tuple("#" if p.isdigit() else p for p in parts)
+        groups.setdefault((shape, macs), []).append(
+            (tuple(int(p) for p in parts if p.isdigit()), macs))
+    rows = []
+    for (shape, macs), members in groups.items():
+        if len(members) == 1 or "#" not in shape:
+            rows += [(_named(shape, [idx]), 1, macs) for idx, _ in members]
+        else:
+            rows.append((_named(shape, [idx for idx, _ in members]), len(members), macs))
+    return sorted(rows, key=lambda r: (-r[1] * r[2], r[0]))
+
+
+def _named(shape: tuple[str, ...], indices: list[tuple[int, ...]]) -> str:
+    """A name with each index slot filled: the index, or the range a stack spans."""
+    slots = iter(zip(*indices))
+    parts = []
+    for part in shape:
+        if part != "#":
+            parts.append(part)
+            continue
+        values = sorted(set(next(slots)))
+        contiguous = values == list(range(values[0], values[-1] + 1))
+        parts.append(str(values[0]) if len(values) == 1 else
+                     f"{values[0]}-{values[-1]}" if contiguous else ",".join(map(str, values)))
+    return ".".join(parts) or "(model)"
+
+
+def modules_table(by_module: dict[str, int], depth: int) -> Table:
+    """MACs by module to `depth`: a stack of identical blocks is one row with its count."""
+    table = Table(title=f"MACs by module (depth <= {depth}; identical blocks as one row)")
+    table.add_column("module")
+    for col in ("blocks", "GMACs each", "GMACs all"):
+        table.add_column(col, justify="right")
+    rows = collapse_stacks(without_wrappers(modules_to_depth(by_module, depth)))
+    for name, blocks, macs in rows:
+        table.add_row(escape(name), str(blocks), fmt_giga(macs), fmt_giga(blocks * macs))
+    return table
 
 
 def comparison_table(a, b, spec: Spec) -> Table:
@@ -188,8 +241,7 @@ def print_counts(result: Result, by_module: bool, by_operator: bool, depth: int)
     if by_operator:
         print_table(mapping_table("MACs by operator", "operator", counts.macs_by_operator), console)
     if by_module:
-        modules = modules_to_depth(counts.macs_by_module, depth)
-        print_table(mapping_table(f"MACs by module (depth <= {depth})", "module", modules), console)
+        print_table(modules_table(counts.macs_by_module, depth), console)
     record = result.to_dict()
     for name, text in EXTRA_LABELS.items():
         value = record.get(name)
@@ -235,7 +287,7 @@ def print_sweep_summary(summary, out, skipped: list[str]) -> None:
     for line in summary.load_warnings:
         print_line(f"[yellow]warning:[/] {line}", console)
     for line in skipped:
-        print_line(f"[yellow]skipped unreadable line[/] {escape(line)}", console)
+        print_line(f"[yellow]left out[/] {escape(line)}", console)
 
 
 def presets_text(presets) -> str:

@@ -14,7 +14,7 @@ from meo_profile.core.units import human_bytes
 from meo_profile.measure.preflight import memory_limit
 from meo_profile.report.document import load_results, rich_table, summary_tables
 from meo_profile.sweep.grid import IMPOSSIBLE
-from meo_profile.sweep.plan import PlannedJob, SweepPlan
+from meo_profile.sweep.plan import PlannedJob, SweepPlan, long_sweep_warning
 from meo_profile.terminal.render import print_line, print_table
 
 
@@ -22,25 +22,34 @@ def print_report_summary(results: str | Path, command: str | None = None,
                          console: Console | None = None) -> None:
     """The key tables of a results set (setup, the paper's numbers, FLOPs, speedup, roofline,
     the four methods, failures), each fitted to the terminal's width; then a warning on stderr
-    for each line of the results file that could not be read."""
+    for each line of the results file left out (unreadable, or a record with an
+    invalid field)."""
     _, records, skipped = load_results(results)
     console = console or Console()
     for t in summary_tables(records, len(skipped), command):
         print_table(rich_table(t), console)
     for line in skipped:
-        print_line(f"warning: skipped unreadable line {escape(line)}", Console(stderr=True))
+        print_line(f"warning: left out {escape(line)}", Console(stderr=True))
 
 
-def plan_table(planned: list[PlannedJob]) -> Table:
+PLAN_ROWS = 200  # configurations a dry run lists; the counts and estimates cover them all
+
+
+def plan_table(planned: list[PlannedJob], rows: int = PLAN_ROWS) -> Table:
+    """The first `rows` configurations in the order they run (a table of 189,000 rows takes
+    longer to print than to plan, and nobody reads it); the caption says how many more."""
     table = Table(title="sweep --dry-run: the configurations, in the order they run")
     for col, right in (("#", True), ("configuration", False), ("metrics", False),
                        ("stored", False), ("memory estimate", True)):
         table.add_column(col, justify="right" if right else "left")
-    for i, job in enumerate(planned, 1):
+    for i, job in enumerate(planned[:rows], 1):
         memory = "–" if job.memory is None else human_bytes(job.memory.total_bytes)
         table.add_row(str(i), spec_title(job.spec), ",".join(job.metrics),
                       "yes (skipped)" if job.stored else "no",
                       memory + ("" if job.fits else " (over: oom)"))
+    if len(planned) > rows:
+        table.caption = (f"the first {rows:,} of {len(planned):,} configurations; the lines "
+                         "below count them all")
     return table
 
 
@@ -55,6 +64,9 @@ def plan_lines(plan: SweepPlan, planned: list[PlannedJob]) -> list[str]:
     lines.append(f"timing: {len(timed)} configurations x --min-run-time "
                  f"{options.timing.min_run_time:g} s = at least "
                  f"{len(timed) * options.timing.min_run_time:.0f} s of timed calls")
+    too_long = long_sweep_warning(len(timed), options.timing.min_run_time)
+    if too_long:
+        lines.append(too_long)
     built = [j for j in todo if j.memory is not None]
     if built:
         largest = max(built, key=lambda j: j.memory.total_bytes)

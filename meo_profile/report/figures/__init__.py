@@ -15,6 +15,7 @@ from meo_profile.report.figures.memory import draw_memory_vs_experts
 from meo_profile.report.figures.methods import draw_methods
 from meo_profile.report.figures.regimes import draw_regimes
 from meo_profile.report.figures.roofline import draw_roofline
+from meo_profile.report.figures.routing import draw_routing
 from meo_profile.report.figures.style import VARIANT_COLOURS, Drawn, FigureEntry, Missing, save
 from meo_profile.report.figures.timing import draw_where_time_goes
 
@@ -29,7 +30,8 @@ FIGURES: dict[str, FigureEntry] = {e.name: e for e in (
     FigureEntry("fig7_roofline", "Measured time against the roofline bound", draw_roofline),
     FigureEntry("fig8_methods", "Four methods at one expert budget", draw_methods),
     FigureEntry("fig9_where_time_goes", "Where the time goes on CUDA", draw_where_time_goes),
-    FigureEntry("fig10_regimes", "Where merging pays off: MEO's speedup, batch × regime",
+    FigureEntry("fig10_routing", "Latency against skew and locality of routing", draw_routing),
+    FigureEntry("fig11_regimes", "Where merging pays off: MEO's speedup, batch × regime",
                 draw_regimes),
 )}
 

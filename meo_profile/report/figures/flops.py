@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from meo_profile.core.identity import label, order_variants
+from meo_profile.core.identity import host_labels, label, order_variants
 from meo_profile.core.paper import FLOPS_CONVENTION, meo_flops_ratio_closed_form
 from meo_profile.report import views
 from meo_profile.report.figures.style import (
     Drawn,
     colour,
-    host_style,
+    host_styles,
     log2_axis,
     log10_axis,
     new_panels,
@@ -30,14 +30,16 @@ def draw_flops_vs_k(df: pd.DataFrame) -> Drawn:
     require(view["top_k"].nunique() >= 2, "FLOPs counted at a single k; the figure needs several")
     fig, (ax,) = new_panels(1)
     fig.set_size_inches(7.0, 4.6)
+    hosts = views.order_hosts(view["host"].unique())
+    styles, names = host_styles(hosts), host_labels(hosts)
     for variant in order_variants(view["variant"].unique()):  # legend: one column per variant
-        for host in views.order_hosts(view["host"].unique()):
+        for host in hosts:
             rows = view[(view["variant"] == variant) & (view["host"] == host)]
             if rows.empty:
                 continue
-            marker, line = host_style(host)
+            marker, line = styles[host]
             ax.plot(rows["top_k"], rows["gflops"], color=colour(variant), marker=marker,
-                    linestyle=line, label=f"{label(variant)}, {host}")
+                    linestyle=line, label=f"{label(variant)}, {names[host]}")
     log2_axis(ax, view["top_k"])
     log10_axis(ax)
     ax.set_xlabel("selected experts k (log scale)")
@@ -65,10 +67,12 @@ def draw_flops_ratio(df: pd.DataFrame) -> Drawn:
     require(not ratios.empty, "no configuration has FLOPs for both MEO and vanilla MoE")
     fig, (ax,) = new_panels(1)
     fig.set_size_inches(7.0, 4.6)
+    hosts = views.order_hosts(ratios["host"].unique())
+    styles, names = host_styles(hosts), host_labels(hosts)
     for (host, variant), rows in ratios.groupby(["host", "variant"], sort=False):
-        marker, line = host_style(host)
+        marker, line = styles[host]
         ax.plot(rows["top_k"], rows["ratio"], color=colour(variant), marker=marker,
-                linestyle=line, label=f"{label(variant)} / vanilla, {host}, whole model")
+                linestyle=line, label=f"{label(variant)} / vanilla, {names[host]}, whole model")
     layer_only = ratios[ratios["moe_layer_ratio"].notna()]
     if not layer_only.empty:
         ax.plot(layer_only["top_k"], layer_only["moe_layer_ratio"], linestyle="none", marker="x",

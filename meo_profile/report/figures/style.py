@@ -84,8 +84,20 @@ def marker(variant: str) -> dict:
     return {"marker": shape, "markersize": size}
 
 
-def host_style(host: str) -> tuple[str, str]:
-    return HOST_STYLES.get(host, ("o", "-"))
+def host_styles(hosts) -> dict[str, tuple[str, str]]:
+    """(marker, line style) per host, in the order given: a named host's own (HOST_STYLES);
+    each other one (a native MoE host, a user's `hf:` config) the next style that no host of
+    this figure has taken, so that no two lines of a figure look alike."""
+    hosts = list(hosts)
+    taken = {HOST_STYLES[h] for h in hosts if h in HOST_STYLES}
+    spare = [style for style in (*HOST_STYLES.values(), *SPARE_STYLES) if style not in taken]
+    out = {}
+    for host in hosts:
+        out[host] = HOST_STYLES.get(host) or (spare.pop(0) if spare else ("o", "-"))
+    return out
+
+
+SPARE_STYLES = (("*", "-"), ("h", "--"), ("d", ":"), ("p", "-."), ("<", "-"), (">", "--"))
 
 
 def styled(draw: Callable[[pd.DataFrame], Drawn]) -> Callable[[pd.DataFrame], Drawn]:
