@@ -67,6 +67,7 @@ class Variant:
     router: RouterFactory = top_k_router
     knobs: tuple[str, ...] = ()  # spec fields only this variant reads (None for the others)
     every_expert: bool = False  # every input reads all E experts: k is E, stored so
+    merges: bool = False  # folds expert weights into one expert per input (MEO's merge kernels)
     auto: Callable[[Spec], str] | None = None  # the rule for `--impl auto`, if not impls[0]
     # impl -> why it cannot run a configuration (None: it can); impls not named run anywhere
     needs: Mapping[str, Callable[[Spec], str | None]] = field(default_factory=dict)
@@ -128,12 +129,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             layer=lambda bank, router, spec: SequenceMoE(bank, router, spec.impl_by_rule),
             rerun=lambda layer, impl: SequenceMoE(layer.experts, layer.router, impl)),
     Variant("meo", "MEO", ("gather", "dense", "fused"), routes="sequence", auto=fewer_bytes_merge,
-            needs={"fused": fused_merge_needs},
+            needs={"fused": fused_merge_needs}, merges=True,
             layer=lambda bank, router, spec: MergedExperts(bank, router, spec.impl_by_rule),
             rerun=lambda layer, impl: MergedExperts(layer.experts, layer.router, impl)),
     # a fresh token block is the identity, so `meo` reruns a `meo-token` layer without it
     Variant("meo-token", "MEO + token block", ("gather", "dense", "fused"), routes="sequence",
-            auto=fewer_bytes_merge, needs={"fused": fused_merge_needs},
+            auto=fewer_bytes_merge, needs={"fused": fused_merge_needs}, merges=True,
             layer=lambda bank, router, spec: MergedExperts(bank, router, spec.impl_by_rule,
                                                            token_block=True)),
     # compressed experts follow OLMoE: softmax over all E, then top-k, not renormalised; a
@@ -156,12 +157,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # merge first (SMEAR's own); a softmax over all E is `softmax_topk` at k = E
     Variant("smear", "SMEAR", ("dense", "gather", "fused"), routes="sequence",
             gates="softmax_topk", router=merging_router, every_expert=True, auto=merge_all_rule,
-            needs={"fused": fused_merge_needs},
+            needs={"fused": fused_merge_needs}, merges=True,
             layer=lambda bank, router, spec: MergedExperts(bank, router, spec.impl_by_rule),
             rerun=lambda layer, impl: MergedExperts(layer.experts, layer.router, impl)),
     Variant("lory", "Lory", ("dense", "gather", "fused"), routes="segment",
             gates="softmax_topk", router=merging_router, every_expert=True, auto=merge_all_rule,
-            knobs=("segment_len",), needs={"fused": fused_merge_needs},
+            knobs=("segment_len",), needs={"fused": fused_merge_needs}, merges=True,
             layer=lambda bank, router, spec: SegmentMerged(bank, router, spec.impl_by_rule,
                                                            spec.segment_len),
             rerun=lambda layer, impl: SegmentMerged(layer.experts, layer.router, impl,
