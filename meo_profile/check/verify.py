@@ -58,8 +58,12 @@ def verify(spec: Spec, max_memory_bytes: int | None = None) -> list[Check]:
         raise SpecError("device", "meta", "verify compares real outputs: use cpu or cuda")
     check_fits(spec.replace(mode="inference"), max_memory_bytes)
     tol = TOLERANCE[spec.dtype]
+    # the merging family stores k = E: MEO's checks run at the host's k (smear's own compare
+    # it with MEO at k = E)
+    every = VARIANTS[spec.variant].every_expert
+    k = min(host_shape(spec.host).top_k, spec.num_experts) if every else spec.top_k
     base = spec.replace(variant="meo-token" if spec.variant == "meo-token" else "meo", impl="auto",
-                        mode="inference")
+                        mode="inference", top_k=k)
     captured = captured_inputs(build_model(base), make_inputs(base))
     checks = []
     meo = layer_outputs(captured, "meo", VARIANTS["meo"].impls[0])
