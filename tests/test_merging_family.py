@@ -238,3 +238,13 @@ def test_the_default_preset_measures_the_family_at_one_budget_without_duplicates
     timed = [s for s, m in jobs if "latency" in m and s.variant == "moe" and s.expert_unit == "ffn"
              and s.router_scale == 8.0]
     assert len(timed) == 1  # the four methods' vanilla record serves the family too
+
+
+def test_a_grid_crossing_segments_with_lengths_leaves_out_what_is_no_lory_model():
+    from meo_profile.sweep.grid import Block
+
+    block = Block({"variant": ["moe", "lory"], "segment_len": [32], "seq_len": [100, 128],
+                   "num_experts": [4], "top_k": [2], "d_model": [32], "d_ff": [48]}, ("flops",))
+    specs, left_out = block.specs()
+    assert left_out == 1 and {(s.variant, s.seq_len) for s in specs} == {
+        ("moe", 100), ("moe", 128), ("lory", 128)}
