@@ -353,18 +353,22 @@ def _family_times(rows: pd.DataFrame) -> str:
             f"{label(fastest['variant'])}.")
 
 
+def _soft_moe_reason(r: pd.Series) -> str:
+    slots_per_token = r["num_experts"] * r["slots_per_expert"] / r["seq_len"]
+    mixing = views.part_macs(r["macs_by_part"], ("router", "dispatch", "combine"))
+    added = mixing / views.part_macs(r["macs_by_part"], ("experts",)) * slots_per_token
+    return (f"Soft MoE runs its experts on S = {int(r['num_experts'] * r['slots_per_expert'])} "
+            f"slots for L = {int(r['seq_len'])} tokens (S/L = {fmt_num(slots_per_token)} of an "
+            f"expert per token) and adds {fmt_num(added)} for its router, dispatch and combine")
+
+
 FAMILY_REASONS = {
-    "smear": lambda r: (f"SMEAR merges all E = {int(r['num_experts'])} experts once per sequence "
-                        f"of L = {int(r['seq_len'])}, E/L = "
-                        f"{fmt_num(r['num_experts'] / r['seq_len'])} of an expert per token"),
-    "lory": lambda r: (f"Lory merges them once per segment of T = "
-                       f"{int(min(r['segment_len'], r['seq_len']))}, E/T = "
-                       f"{fmt_num(r['num_experts'] / min(r['segment_len'], r['seq_len']))}"),
-    "soft-moe": lambda r: (f"Soft MoE's experts run on S = "
-                           f"{int(r['num_experts'] * r['slots_per_expert'])} slots for "
-                           f"{int(r['seq_len'])} tokens, S/L = "
-                           f"{fmt_num(r['num_experts'] * r['slots_per_expert'] / r['seq_len'])} "
-                           f"expert rows per token, plus dispatch and combine"),
+    "smear": lambda r: (f"SMEAR adds a merge of all E = {int(r['num_experts'])} experts per "
+                        f"sequence of L = {int(r['seq_len'])} (E/L = "
+                        f"{fmt_num(r['num_experts'] / r['seq_len'])} of an expert per token)"),
+    "lory": lambda r: (f"Lory one per segment of T = {int(min(r['segment_len'], r['seq_len']))} "
+                       f"(E/T = {fmt_num(r['num_experts'] / min(r['segment_len'], r['seq_len']))})"),
+    "soft-moe": _soft_moe_reason,
 }
 
 

@@ -97,7 +97,7 @@ PRESETS: dict[str, Preset] = {
         "family (smear, lory T 32, soft-moe p 8) at that budget with a training step's memory, "
         "and the FLOPs the built-in claims read, so `meo-profile check reports/default` "
         "judges them.",
-        "about 1.5 min on a 2-core CPU",
+        "about 2 min on a 2-core CPU",
         Grid([PAPER_FLOPS,
               layer_grid([4, 16, 64], [1, 2, 4, 8], ["dense", "moe", "moe-seq", "meo"],
                          d_model=512, d_ff=2048, batch=8, seq=128),
