@@ -9,7 +9,7 @@ import torch
 from matplotlib.colors import to_hex
 from meo_profile.models import Spec, SpecError, build_model, make_inputs, sparse_layers
 from meo_profile.models.merging import SegmentMerged
-from synthetic_results import ENV, counted
+from synthetic_results import FAMILY_MEMBERS, family_records
 from typer.testing import CliRunner
 
 from cli import app
@@ -22,7 +22,6 @@ from meo_profile.report import document as report
 from meo_profile.report import figures, views
 from meo_profile.report.family import family_tables, family_view
 from meo_profile.report.findings import merging_family
-from meo_profile.results.record import Result
 from meo_profile.sweep.presets import PRESETS
 
 TINY = dict(d_model=32, d_ff=48, num_experts=4, batch_size=2, seq_len=12)
@@ -158,35 +157,9 @@ def test_the_fused_merge_is_refused_for_training():
 
 
 # ------------------------------------------------------------------------------ report
-FAMILY_SETTING = dict(host="layer", expert_unit="ffn", num_experts=16, d_model=512, d_ff=2048,
-                      batch_size=8, seq_len=128, router_scale=8.0, device="cpu")
-MEMBERS = [("moe", {"top_k": 1}), ("moe", {"top_k": 4}), ("meo", {"top_k": 4}),
-           ("smear", {}), ("lory", {"segment_len": 32}), ("soft-moe", {"slots_per_expert": 8})]
-TOY_MS = {"moe": 40.0, "meo": 12.0, "smear": 14.0, "lory": 20.0, "soft-moe": 11.0}
-
-
-def family_records() -> list[dict]:
-    """Closed-form counts; toy times (the vanilla top-1 row only counted) and memory."""
-    out = []
-    for variant, knob in MEMBERS:
-        for mode in ("inference", "train"):
-            spec = Spec(variant=variant, mode=mode, **FAMILY_SETTING, **knob)
-            spec = spec.replace(impl=spec.impl_by_rule)  # a record names what ran
-            fields = counted(spec, analytic.count(spec).macs_by_part) if mode == "inference" else {}
-            if variant != "moe" or spec.top_k == 4:
-                ms = TOY_MS[variant]
-                fields |= {"peak_mem_above_weights_bytes": (3 if mode == "train" else 1) * 2**20}
-                if mode == "inference":
-                    fields |= {"latency_ms_median": ms, "latency_ms_p20": 0.9 * ms,
-                               "latency_ms_p80": 1.1 * ms, "roofline_ms": ms / 2}
-            if fields:
-                out.append(Result(spec, env=dict(ENV), **fields).to_dict())
-    return out
-
-
 @pytest.fixture(scope="module")
 def ok():
-    return views.ok_rows(views.records_frame(family_records()))
+    return views.ok_rows(views.records_frame(family_records(FAMILY_MEMBERS)))
 
 
 def test_view_is_per_token_with_ratios_to_vanilla_at_each_k(ok):
@@ -215,14 +188,17 @@ def test_section_table_figure_and_finding_agree(ok):
     colours = [to_hex(p.get_facecolor()) for p in flops_ax.patches[:4]]  # the experts part
     assert colours == [figures.VARIANT_COLOURS[v].lower() for v in ("meo", "smear", "lory", "soft-moe")]
     (sentence,) = merging_family(ok)
-    cheapest = min(table.rows[2:], key=lambda r: float(r[2].replace(",", "")))
+    cheapest = min(table.rows[2:], key=lambda r: float(r[4].replace(",", "")))
     assert f"{cheapest[0]} is the cheapest of the merging family" in sentence
-    assert re.search(rf"{cheapest[2]} MFLOPs per token, {re.escape(cheapest[3])} vanilla", sentence)
-    assert "E/L = 0.12" in sentence and "E/T = 0.50" in sentence
+    assert re.search(rf"{cheapest[4]} MFLOPs per token, {re.escape(cheapest[5])} vanilla", sentence)
+    by = {row[0]: row for row in table.rows}
+    assert f"SMEAR adds {by['SMEAR'][3]} (a merge of all E = 16 experts per sequence of L = 128)" \
+        in sentence and f"Lory {by['Lory'][3]} (one per segment of T = 32)" in sentence
+    assert (by["SMEAR"][2], by["Lory"][3], by["Soft MoE"][2]) == ("1.00", "0.50", "1.00")
 
 
 def test_section_is_left_out_with_a_reason_without_the_family():
-    vanilla = [r for r in family_records() if r["variant"] == "moe"]
+    vanilla = [r for r in family_records(FAMILY_MEMBERS) if r["variant"] == "moe"]
     built = report.build_report(vanilla, "test")
     text = report.to_markdown(built)
     assert "The merging family at one expert budget: left out, no setting has counted records" in text

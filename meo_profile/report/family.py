@@ -6,7 +6,11 @@ Per-token columns divide by the N = B·L tokens of one forward: MoE-block FLOPs 
 MoE layer computes: experts, merge, routers, Soft MoE's dispatch and combine; FLOPs = 2 x MACs),
 the median latency and the roofline bound in microseconds, and the peak memory above the
 weights (inference; a training step's where one was measured) in KiB. `ratio_top{k}` is a
-member's MoE-block FLOPs over vanilla top-k's at the same setting, for every counted k.
+member's MoE-block FLOPs over vanilla top-k's at the same setting, for every counted k. In units
+of one expert per token (vanilla's experts MACs over k): `expert_rows_per_token`, how many
+expert rows a token's share of the experts' matmuls is (vanilla k, the merging members 1, Soft
+MoE S/L), and `added_per_token`, what the rest of the MoE block adds (merge, routers, dispatch
+and combine).
 """
 
 from __future__ import annotations
@@ -77,7 +81,13 @@ def _per_token(rows: pd.DataFrame, vanilla: pd.DataFrame, train: pd.DataFrame) -
     for r in vanilla.to_dict("records"):
         out[f"ratio_top{int(r['top_k'])}"] = out["moe_block_flops"] / (
             2 * views.part_macs(r["macs_by_part"], FAMILY_PARTS))
-    return out
+    first = vanilla.iloc[0]  # one expert per token: vanilla's experts MACs over its k tokens rows
+    expert_macs = views.part_macs(first["macs_by_part"], ("experts",)) / (
+        first["batch_size"] * first["seq_len"] * first["top_k"])
+    experts = pd.Series([views.part_macs(p, ("experts",)) for p in rows["macs_by_part"]],
+                        index=rows.index)
+    return out.assign(expert_rows_per_token=experts / tokens / expert_macs,
+                      added_per_token=(block / 2 - experts) / tokens / expert_macs)
 
 
 def _train_memory(train: pd.DataFrame, row: dict) -> float:
@@ -120,18 +130,23 @@ def family_tables(ok: pd.DataFrame) -> list[Table]:
     out = []
     for device, rows in view.groupby("device_label", sort=True) if not view.empty else []:
         ks = vanilla_ks(rows)
-        body = [[member_label(r), merges(r), fmt_num(r.mflops_per_token, 1),
+        body = [[member_label(r), merges(r), fmt_num(r.expert_rows_per_token),
+                 fmt_num(r.added_per_token), fmt_num(r.mflops_per_token, 1),
                  *(fmt_times(getattr(r, f"ratio_top{k}")) for k in ks),
                  marked(fmt_num(r.latency_us_per_token, 1), r.distrusted),
                  fmt_num(r.bound_us_per_token, 1), fmt_num(r.mem_kib_per_token, 1),
                  fmt_num(r.train_mem_kib_per_token, 1)]
                 for r in views.in_variant_order(rows).itertuples()]
-        header = [("method", False), ("merges", False), ("MoE-block MFLOPs / token", True),
+        header = [("method", False), ("merges", False), ("expert rows / token", True),
+                  ("added / token (experts)", True), ("MoE-block MFLOPs / token", True),
                   *((f"× top-{k}", True) for k in ks), ("latency µs / token", True),
                   ("bound µs / token", True), ("memory KiB / token", True),
                   ("training memory KiB / token", True)]
         out.append(table(f"The merging family at one expert budget, {device}; "
                          f"{rows['setting'].iloc[0]}", header, body,
+                         f"Expert rows / token: the experts' matmuls per token in units of one "
+                         f"expert per token; added: the rest of the MoE block (merge, routers, "
+                         f"dispatch and combine) in the same unit. "
                          f"MoE-block FLOPs: experts, merge, routers, dispatch and combine, "
                          f"{FLOPS_CONVENTION}, per token of the B·L in a forward; × top-k: that "
                          f"over vanilla top-k's at the same setting. Latency: the median of the "

@@ -331,12 +331,13 @@ def merging_family(ok: pd.DataFrame) -> list[str]:
         why = [FAMILY_REASONS[v](by.loc[v]) for v in MERGING if v in by.index]
         text = (f"On {device}, at one expert budget, {label(low['variant'])} is the cheapest of "
                 f"the merging family in MoE-block FLOPs: {fmt_num(low['mflops_per_token'], 1)} "
-                f"MFLOPs per token, {fmt_times(low.get('ratio_top1'))} vanilla top-1's. Beyond "
-                f"one expert per token, " + "; ".join(why) + ".")
+                f"MFLOPs per token, {fmt_times(low.get('ratio_top1'))} vanilla top-1's. In units "
+                f"of one expert per token, " + "; ".join(why) + ".")
         if "meo" in by.index:
             meo = by.loc["meo"]
-            text += (f" MEO, merging only its k = {int(meo['top_k'])}, costs "
-                     f"{fmt_num(meo['mflops_per_token'], 1)} ({fmt_times(meo.get('ratio_top1'))}).")
+            text += (f" MEO, merging only its k = {int(meo['top_k'])}, adds "
+                     f"{fmt_num(meo['added_per_token'])}: {fmt_num(meo['mflops_per_token'], 1)} "
+                     f"MFLOPs per token ({fmt_times(meo.get('ratio_top1'))}).")
         out.append(text + _family_times(rows))
     return out
 
@@ -353,22 +354,15 @@ def _family_times(rows: pd.DataFrame) -> str:
             f"{label(fastest['variant'])}.")
 
 
-def _soft_moe_reason(r: pd.Series) -> str:
-    slots_per_token = r["num_experts"] * r["slots_per_expert"] / r["seq_len"]
-    mixing = views.part_macs(r["macs_by_part"], ("router", "dispatch", "combine"))
-    added = mixing / views.part_macs(r["macs_by_part"], ("experts",)) * slots_per_token
-    return (f"Soft MoE runs its experts on S = {int(r['num_experts'] * r['slots_per_expert'])} "
-            f"slots for L = {int(r['seq_len'])} tokens (S/L = {fmt_num(slots_per_token)} of an "
-            f"expert per token) and adds {fmt_num(added)} for its router, dispatch and combine")
-
-
 FAMILY_REASONS = {
-    "smear": lambda r: (f"SMEAR adds a merge of all E = {int(r['num_experts'])} experts per "
-                        f"sequence of L = {int(r['seq_len'])} (E/L = "
-                        f"{fmt_num(r['num_experts'] / r['seq_len'])} of an expert per token)"),
-    "lory": lambda r: (f"Lory one per segment of T = {int(min(r['segment_len'], r['seq_len']))} "
-                       f"(E/T = {fmt_num(r['num_experts'] / min(r['segment_len'], r['seq_len']))})"),
-    "soft-moe": _soft_moe_reason,
+    "smear": lambda r: (f"SMEAR adds {fmt_num(r['added_per_token'])} (a merge of all E = "
+                        f"{int(r['num_experts'])} experts per sequence of L = {int(r['seq_len'])})"),
+    "lory": lambda r: (f"Lory {fmt_num(r['added_per_token'])} (one per segment of T = "
+                       f"{int(min(r['segment_len'], r['seq_len']))})"),
+    "soft-moe": lambda r: (f"Soft MoE runs its experts on {fmt_num(r['expert_rows_per_token'])} "
+                           f"rows per token (S = {int(r['num_experts'] * r['slots_per_expert'])} "
+                           f"slots for L = {int(r['seq_len'])} tokens) and adds "
+                           f"{fmt_num(r['added_per_token'])} for its router, dispatch and combine"),
 }
 
 

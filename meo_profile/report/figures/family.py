@@ -56,6 +56,7 @@ def _ticks(ax, members: pd.DataFrame) -> None:
     names = [f"{label(v)}\ntop-{fmt_int(k)}" if v == "moe" else label(v)
              for v, k in zip(members["variant"], members["top_k"], strict=True)]
     ax.set_xticks(np.arange(len(members)), [textwrap.fill(n, 11) for n in names])
+    ax.set_xlabel("method")
     ax.grid(False, axis="x")
     ax.set_axisbelow(True)
 
@@ -100,6 +101,7 @@ def _time_panel(ax, rows: pd.DataFrame) -> None:
     timed = members["latency_us_per_token"].notna()
     if not timed.any():
         ax.text(0.5, 0.5, "not timed", ha="center", va="center", transform=ax.transAxes)
+    bound_label = "roofline bound"  # on the first bound drawn only: one legend entry
     for x, r in enumerate(members.itertuples()):
         if missing(r.latency_us_per_token):
             continue
@@ -112,11 +114,12 @@ def _time_panel(ax, rows: pd.DataFrame) -> None:
                     color="black", linewidth=1, capsize=3)
         if not missing(r.bound_us_per_token):
             ax.hlines(r.bound_us_per_token, x - 0.36, x + 0.36, color="black", linewidth=2,
-                      label="roofline bound" if x == 0 else None)
+                      label=bound_label)
+            bound_label = None
     _ticks(ax, members)
     ax.set_ylabel("latency per token (µs)")
     ax.set_title("Median latency and its bound", loc="left")
-    if timed.any():
+    if bound_label is None:
         ax.legend(loc="upper right", fontsize=7.5)
 
 
