@@ -100,8 +100,9 @@ def config_title(fields: Mapping[str, Any]) -> str:
         experts = f" E={f['num_experts']}" + "".join(
             f" {symbol(k)}={f[k]}" for k in VARIANTS[f["variant"]].knobs if f.get(k) is not None)
     mode = "" if f.get("mode", "inference") == "inference" else f" {f['mode']}"
+    # a table row of a record without a condition holds NaN there (x == x is False): unnamed
     conditions = "".join(f" {name}={f[name]}" for name, usual in CONDITION_DEFAULTS.items()
-                         if f.get(name, usual) != usual)
+                         if f.get(name) == f.get(name) and f.get(name, usual) not in (usual, None))
     return (f"{f['host']} {f['variant']}{experts} unit={f['expert_unit']} impl={f['impl']} "
             f"B={f['batch_size']} L={f['seq_len']} {f['dtype']} {f['device']}{mode}{conditions}")
 
