@@ -249,8 +249,9 @@ def sweep(
         typer.echo(too_long, err=True)
     out = plan.options.out
     if plan.impossible:
-        typer.echo(f"{plan.impossible} grid combinations left out: top-k above the expert count",
-                   err=True)
+        from meo_profile.sweep.grid import NOT_A_MODEL_TEXT
+
+        typer.echo(f"{plan.impossible} grid combinations left out: {NOT_A_MODEL_TEXT}", err=True)
     try:
         summary = run_with_progress(run_sweep, plan.jobs, plan.options, quiet, plan.total)
     except WorkerSetupError as e:  # no worker could run anything: one line, a run-time failure

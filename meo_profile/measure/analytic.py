@@ -13,6 +13,12 @@ reading d_0 features (the MEO paper, Sec. 3, per MoE linear):
     router: token level N*d_0*E; sequence level B*d_0*E (on the mean token)
 so MEO / vanilla for one linear = (N*P + B*k*P) / (N*k*P) = 1/k + 1/T.
 
+The merging family, every input reading all E experts (G merged experts per layer: B for
+SMEAR, B*S for Lory, whose sequences split into S segments of --segment-len tokens; Soft MoE
+has S' = E*p slots, p per expert):
+    smear, lory   experts N*P     merge G*E*(P + b)    router G*d_0*(E + 5)  [LayerNorm: 5/element]
+    soft-moe      experts B*S'*P  router N*d_0*S'      dispatch N*S'*d_0     combine N*S'*d_out
+
 Native MoE hosts (meo_profile/measure/analytic_native.py has the rest of the model per family)
 have SwiGLU experts, P = 3*d*f (gate and up, then down), and an MoE site only where the model
 has a sparse layer. `moe` there is the model's own block: its router and its k experts per
@@ -27,6 +33,7 @@ from collections.abc import Callable
 from meo_profile.measure import analytic_native
 from meo_profile.measure.counts import Counts
 from meo_profile.models.catalog import host_shape
+from meo_profile.models.merging import merge_groups
 from meo_profile.models.spec import Spec, SpecError
 
 LAYER_NORM_MACS_PER_ELEMENT = 5  # fvcore's rule for an affine layer_norm
@@ -84,9 +91,40 @@ def _compressed(spec: Spec, dims: list[int]) -> Counter:
                    router=N * dims[0] * E)
 
 
+def _router_params(spec: Spec, d_in: int) -> int:
+    """A linear gate d_in x E; SMEAR's (Lory's) adds a bias and a LayerNorm (2 d_in); Soft
+    MoE's has one d_in vector per slot and a learned scale."""
+    E = spec.experts_total
+    if spec.variant == "soft-moe":
+        return d_in * E * spec.slots_per_expert + 1
+    if spec.variant in ("smear", "lory"):
+        return d_in * E + E + 2 * d_in
+    return d_in * E
+
+
 def _vector_width(spec: Spec, dims: list[int]) -> int:
     """A compressed expert's vector: one scale per matrix input (SwiGLU: gate and up apart)."""
     return sum(dims[:-1]) + (dims[0] if _gated(spec, dims) else 0)
+
+
+def _merge_all(spec: Spec, dims: list[int]) -> Counter:
+    """SMEAR and Lory: all E experts merged for each of G groups (sequences or segments), one
+    matmul per token; each group routed by a LayerNorm and a linear with bias."""
+    N, E, G = spec.batch_size * spec.seq_len, spec.experts_total, merge_groups(spec)
+    P, b = _sizes(spec, dims)
+    bias = b if host_shape(spec.host).bias else 0
+    d_in = dims[0]
+    return Counter(experts=N * P, merge=G * E * (P + bias),
+                   router=G * d_in * (E + LAYER_NORM_MACS_PER_ELEMENT))
+
+
+def _soft_moe(spec: Spec, dims: list[int]) -> Counter:
+    """Soft MoE: S = E*p slots, each a mix of the sequence's tokens; experts run on slots."""
+    N, B, S = spec.batch_size * spec.seq_len, spec.batch_size, spec.experts_total * spec.slots_per_expert
+    P, _ = _sizes(spec, dims)
+    d_in, d_out = dims[0], dims[-1]
+    return Counter(router=N * d_in * S, dispatch=N * S * d_in, experts=B * S * P,
+                   combine=N * S * d_out)
 
 
 def _dense(spec: Spec, dims: list[int]) -> Counter:
@@ -100,6 +138,9 @@ LAYER_MACS: dict[str, Callable[[Spec, list[int]], Counter]] = {
     "meo": _meo,
     "meo-token": lambda spec, dims: _meo(spec, dims, token_block=True),
     "ce": _compressed,
+    "smear": _merge_all,
+    "lory": _merge_all,
+    "soft-moe": _soft_moe,
 }
 
 
@@ -110,7 +151,7 @@ def _layer_params(spec: Spec, dims: list[int]) -> tuple[int, int]:
     if spec.variant == "dense":
         return per_expert, 0
     E, k = spec.experts_total, spec.top_k
-    total = E * per_expert + dims[0] * E  # experts + router
+    total = E * per_expert + _router_params(spec, dims[0])
     if spec.variant == "meo-token":
         r = max(1, dims[0] // 64)
         total += dims[0] * r + r + r * dims[0] + dims[0]  # the token block: down, up

@@ -26,6 +26,11 @@ expected number when n routed inputs each pick k of E uniformly: E·(1 - (1 - k/
 unevenly the pairs spread over those experts (`expert_load_max_over_mean`) changes no phase's
 total MACs or bytes, so it stays out of the bound: a lower bound must hold for a kernel that
 balances its work, and the record keeps the imbalance beside it.
+The merging family: SMEAR and Lory as MEO with G merged experts per layer (one per sequence,
+one per segment), each reading all E; Soft MoE's router reads the tokens and writes N x S
+logits, its dispatch reads them and the tokens and writes the B x S slots, its experts read
+all E experts and the slots' rows, its combine reads the logits and the slots' outputs and
+writes the tokens'.
 """
 
 from __future__ import annotations
@@ -39,14 +44,17 @@ from meo_profile.measure.analytic import count
 from meo_profile.models import VARIANTS, Spec, sparse_layers, torch_dtype
 from meo_profile.models.compressed import CompressedExperts
 from meo_profile.models.layers import MergedExperts, SparseLayer, distinct_of, experts_touched
+from meo_profile.models.merging import merge_groups
 from meo_profile.models.native import NativeMoE
 from meo_profile.models.phases import PHASES
+from meo_profile.models.soft_moe import SoftMoE
 
 HOST = "host"  # the host model's own work: everything outside the MoE layers' phases
 BOUND_PHASES = (*PHASES, HOST)
 # The closed form's parts by phase; every other part (attention, head, norm, ffn, token_block)
 # is the host's own work.
-PART_PHASE = {"router": "router", "experts": "experts", "merge": "merge", "compress": "compress"}
+PART_PHASE = {"router": "router", "experts": "experts", "merge": "merge", "compress": "compress",
+              "dispatch": "dispatch", "combine": "combine"}
 INDEX_BYTES = 8  # an expert index is int64
 
 
@@ -90,10 +98,10 @@ def expected_distinct(num_experts: int, picks: int, inputs: int) -> float:
 
 
 def routed(spec: Spec) -> tuple[int, int]:
-    """(inputs one MoE layer routes, experts each runs in full): tokens or sequences by the
-    variant's router; compressed experts run k - n_ce experts in full."""
-    by_sequence = VARIANTS[spec.variant].routes == "sequence"
-    inputs = spec.batch_size if by_sequence else spec.batch_size * spec.seq_len
+    """(inputs one MoE layer routes, experts each runs in full): tokens, sequences or segments
+    by the variant's router; compressed experts run k - n_ce experts in full."""
+    routes = VARIANTS[spec.variant].routes
+    inputs = merge_groups(spec) if routes in ("sequence", "segment") else spec.batch_size * spec.seq_len
     return inputs, spec.top_k - (spec.n_ce or 0)
 
 
@@ -117,7 +125,9 @@ def expert_bytes(layer: SparseLayer) -> int:
 
 def layer_bytes(layer: SparseLayer, spec: Spec, itemsize: int) -> Counter:
     """Bytes per phase of one MoE layer (see the module doc)."""
-    tokens, B = spec.batch_size * spec.seq_len, spec.batch_size
+    if isinstance(layer, SoftMoE):
+        return soft_moe_bytes(layer, spec, itemsize)
+    tokens, B = spec.batch_size * spec.seq_len, merge_groups(spec)  # B: merged experts made
     per_expert, touched = expert_bytes(layer), distinct_experts(layer, spec)
     rows_io = tokens * sum(linear_widths(layer)) * itemsize
     out = Counter(router=router_bytes(layer, spec, itemsize))
@@ -133,6 +143,19 @@ def layer_bytes(layer: SparseLayer, spec: Spec, itemsize: int) -> Counter:
     if isinstance(layer, CompressedExperts):
         out["compress"] = compress_bytes(layer, spec, itemsize)
     return out
+
+
+def soft_moe_bytes(layer: SoftMoE, spec: Spec, itemsize: int) -> Counter:
+    """Soft MoE's phases (see the module doc): N tokens, B*S slots."""
+    tokens = spec.batch_size * spec.seq_len
+    S = layer.router.w_gate.out_features
+    slots, logits = spec.batch_size * S, tokens * S * itemsize
+    d_in, d_out = layer.experts.d_in, layer.experts.d_out
+    return Counter(
+        router=tokens * d_in * itemsize + _numel_bytes(layer.router) + logits,
+        dispatch=logits + (tokens + slots) * d_in * itemsize,
+        experts=_numel_bytes(layer.experts) + slots * sum(linear_widths(layer)) * itemsize,
+        combine=logits + (slots + tokens) * d_out * itemsize)
 
 
 def native_bytes(block: NativeMoE, spec: Spec, itemsize: int) -> Counter:

@@ -34,6 +34,13 @@ class GridError(BadInput):
     """A grid or config file that cannot be expanded; one line naming the key and the value."""
 
 
+# What a grid may cross into that is no model at all, left out and counted rather than refused:
+# (spec field, words of its SpecError's reason).
+NOT_A_MODEL = (("top_k", "exceeds"),  # k above E
+               ("segment_len", "must divide"))  # Lory segments that do not tile the sequence
+NOT_A_MODEL_TEXT = "top-k above the expert count, or Lory segments that do not divide the sequence"
+
+
 @dataclass
 class Block:
     axes: dict[str, list[Any]]
@@ -41,7 +48,7 @@ class Block:
     label: str = ""
 
     def specs(self) -> tuple[list[Spec], int]:
-        """Every valid combination, and how many combinations were impossible (top-k > E)."""
+        """Every valid combination, and how many combinations were no model (NOT_A_MODEL)."""
         names = list(self.axes)
         specs, seen, impossible = [], set(), 0
         for values in itertools.product(*(self.axes[n] for n in names)):
@@ -49,8 +56,8 @@ class Block:
             try:
                 spec = Spec(**fields)
             except SpecError as e:
-                if e.field_name == "top_k" and "exceeds" in e.reason:
-                    impossible += 1  # a grid crosses k with E; k > E is simply not a model
+                if any(e.field_name == name and words in e.reason for name, words in NOT_A_MODEL):
+                    impossible += 1  # a grid crosses k with E, or T with L: simply not a model
                     continue
                 raise
             if spec not in seen:  # dense ignores E and k: one baseline, not one per cell
