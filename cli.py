@@ -226,7 +226,6 @@ def sweep(
     from meo_profile.measure.timing import TimingOptions
     from meo_profile.report.document import render_report
     from meo_profile.sweep.executors import WorkerSetupError
-    from meo_profile.sweep.grid import IMPOSSIBLE
     from meo_profile.sweep.plan import (
         command_line,
         long_sweep_warning,
@@ -250,7 +249,9 @@ def sweep(
         typer.echo(too_long, err=True)
     out = plan.options.out
     if plan.impossible:
-        typer.echo(f"{plan.impossible} grid combinations left out: {IMPOSSIBLE}", err=True)
+        from meo_profile.sweep.grid import NOT_A_MODEL_TEXT
+
+        typer.echo(f"{plan.impossible} grid combinations left out: {NOT_A_MODEL_TEXT}", err=True)
     try:
         summary = run_with_progress(run_sweep, plan.jobs, plan.options, quiet, plan.total)
     except WorkerSetupError as e:  # no worker could run anything: one line, a run-time failure

@@ -11,7 +11,6 @@ from meo_profile.models.experts import ExpertBank
 from meo_profile.models.hosts import Site, SwiGLU
 from meo_profile.models.imposed import impose_routing
 from meo_profile.models.layers import SparseLayer
-from meo_profile.models.routing import Router
 from meo_profile.models.spec import Spec
 from meo_profile.models.variants import VARIANTS
 from torch import nn
@@ -30,8 +29,7 @@ def make_sparse_layer(spec: Spec, dims: list[int], act: nn.Module | None, bias: 
     dims = [dims[0], *(width // g for width in dims[1:-1]), dims[-1]]
     bank = ExpertBank(spec.experts_total, dims, act=act, bias=bias, gated=gated)
     variant = VARIANTS[spec.variant]
-    router = Router(dims[0], spec.experts_total, spec.top_k, scale=spec.router_scale,
-                    gates=variant.gates)
+    router = variant.router(dims[0], spec.experts_total, spec, variant.gates)
     return variant.layer(bank, router, spec)
 
 

@@ -59,6 +59,7 @@ class Call:
     chooses: bool = True
     times: int = 1
     cached: bool = False  # the call reads and writes a KV cache (decoding a causal host)
+    keeps: bool = False  # a prompt whose choice later steps keep (`--merge-reuse sequence`)
 
 
 def workload_calls(spec) -> list[Call]:
@@ -76,7 +77,7 @@ def workload_calls(spec) -> list[Call]:
     keys = cache_length(spec)
     if workload.name == "decode":
         return [Call(1, keys, chooses, cached=True)]
-    return [Call(spec.seq_len, spec.seq_len, cached=True),
+    return [Call(spec.seq_len, spec.seq_len, cached=True, keeps=not chooses),
             Call(1, keys, chooses, times=workload.steps, cached=True)]
 
 

@@ -53,7 +53,7 @@ class SequenceState:
     def run(self, layer: SequenceRouted, x: torch.Tensor) -> torch.Tensor:
         """The layer's forward on x (B, T, d_in), after its own `prepare`."""
         if self.count == 0:  # the prompt: a forward over whole sequences, as a prefill runs
-            out, choice = layer.whole(x)
+            out, choice = layer.whole(x, keep=self.reuse == "sequence")
             self.count = x.shape[1]
             if self.reuse == "sequence":
                 self.kept = choice
@@ -206,7 +206,12 @@ def counted_calls(model: nn.Module, spec: Spec, device: str | None = None):
             if dec.keeps_state:
                 dec.prompt(tokens.prompt)
         else:
-            yield dec.prompt, tokens.prompt, 1
+            def prompt(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                # what the steps keep is an output too: a trace drops work whose result no
+                # output reads (Lory's kept merge would go uncounted)
+                return (dec.prompt(x), *_tensors([layer.decoding.kept for layer in dec.layers]))
+
+            yield prompt, tokens.prompt, 1
         after = dec.snapshot()
 
         def step(x: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,10 @@ from torch import nn
 # The variants whose router chooses k of E experts per routed input: the ones a choice can be
 # imposed on. Why the others cannot take one:
 TOP_K_VARIANTS = ("moe", "moe-seq", "meo", "meo-token", "ce")
-NOT_TOP_K = {"xmoe": "chooses a variable number of experts per token (a probability threshold)"}
+NOT_TOP_K = {"xmoe": "chooses a variable number of experts per token (a probability threshold)",
+             "smear": "merges all E experts, weighted by a softmax over all of them",
+             "lory": "merges all E experts per segment, weighted by a softmax over all of them",
+             "soft-moe": "sends every token to every expert through weighted slots"}
 
 
 class ImposedRouting:

@@ -176,10 +176,11 @@ class SequenceRouted(SparseLayer):
         """(B, T, d_in) tokens through their sequence's choice -> (B, T, d_out)."""
         raise NotImplementedError
 
-    def whole(self, x: torch.Tensor) -> tuple[torch.Tensor, object]:
+    def whole(self, x: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, object]:
         """A forward over whole sequences x (B, T, d_in): the output, and each sequence's choice
-        (what a decode step keeps with `--merge-reuse sequence`). A variant that routes parts of
-        a sequence apart (Lory's segments) overrides this, and says which choice a step keeps."""
+        (what a decode step keeps with `--merge-reuse sequence`; a variant may skip making it
+        unless `keep`). A variant that routes parts of a sequence apart (Lory's segments)
+        overrides this, and says which choice a step keeps."""
         with phase("router"):
             mean = x.mean(dim=1)  # (B, T, d_in) -> (B, d_in)
         choice = self.choose(mean)

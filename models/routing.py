@@ -3,6 +3,7 @@
 Two gate conventions appear in the seed papers' code:
 - `topk_softmax` (MEO): logits -> top-k -> softmax over the k logits, so the gates sum to 1.
 - `softmax_topk` (OLMoE, compressed experts): softmax over all E -> top-k, not renormalised.
+  At k = E it is SMEAR's and Lory's softmax over all E experts (sorted, so still top-k's form).
 Inference profiling adds no router noise (the noise is a training-time exploration device).
 
 `GATES` evaluates a convention at experts chosen otherwise (`--routing`, models/imposed.py):
@@ -56,20 +57,25 @@ def ranked(index: torch.Tensor, gates: torch.Tensor) -> Routing:
 class Router(nn.Module):
     """A linear gate `logits = scale * (h @ w_gate)`, then top-k under a gate convention.
 
-    The router input is whatever the layer routes on: one row per token (token level) or the
-    mean token of each sequence (sequence level); the router itself does not know which.
+    The router input is whatever the layer routes on: one row per token (token level), the
+    mean token of each sequence (sequence level) or of each segment (Lory); the router itself
+    does not know which. `norm` and `bias` give SMEAR's router (r-three/smear, `Router`): a
+    LayerNorm on the routing input, then a linear with bias: scale * (LN(h) @ w_gate + b).
     """
 
     def __init__(self, d_in: int, num_experts: int, top_k: int, *, scale: float = 1.0,
-                 gates: str = "topk_softmax"):
+                 gates: str = "topk_softmax", norm: bool = False, bias: bool = False):
         super().__init__()
-        self.w_gate = nn.Linear(d_in, num_experts, bias=False)
+        self.norm = nn.LayerNorm(d_in) if norm else None
+        self.w_gate = nn.Linear(d_in, num_experts, bias=bias)
         self.top_k, self.scale, self.gates = top_k, scale, gates
         # The choice `--routing` imposes (models/imposed.ImposedRouting), or None: the router's
         # own. A plain attribute: it holds no parameter and no state to save.
         self.imposed: Any = None
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            h = self.norm(h)
         return self.w_gate(h) * self.scale  # (N, E)
 
     def forward(self, h: torch.Tensor) -> Routing:

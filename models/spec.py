@@ -28,7 +28,9 @@ from meo_profile.models.conditions import (
 )
 from meo_profile.models.errors import FLAG_OF, SpecError, flag_of  # noqa: F401 (their home was here)
 from meo_profile.models.imposed import check_routing
+from meo_profile.models.merging import LORY_SEGMENT_LEN
 from meo_profile.models.names import DEVICES, DTYPES, EXPERT_UNITS, MODES
+from meo_profile.models.soft_moe import SLOTS_PER_EXPERT
 from meo_profile.models.variants import VARIANTS
 
 # Integer fields and their largest value: far beyond any model profiled here (DeepSeek-V3 has
@@ -76,7 +78,7 @@ class Spec:
     host: str = "layer"
     variant: str = "meo"
     num_experts: int | None = None  # None: the host's (16; a native MoE host's own count)
-    top_k: int | None = None  # None: the host's (4; a native MoE host's own k)
+    top_k: int | None = None  # None: the host's (4; a native MoE host's own k); E for smear, lory, soft-moe
     d_model: int | None = None  # None: the host's own width
     d_ff: int | None = None
     seq_len: int = 128
@@ -96,8 +98,8 @@ class Spec:
     max_k: int | None = None  # XMoE: optional cap on experts per token
     capacity_factor: float | None = None  # XMoE: None means dropless
     router_scale: float = 1.0  # multiplies router logits; >1 sharpens a random router
-    segment_len: int | None = None  # lory: tokens per segment (T), merged and routed together
-    slots_per_expert: int | None = None  # soft-moe: slots each expert processes (p)
+    segment_len: int | None = None  # lory: tokens per segment (T, default 256), merged and routed together
+    slots_per_expert: int | None = None  # soft-moe: slots each expert processes (p, default 1)
     # conditions: what is measured, and under which workload and routing (models/conditions.py)
     scope: str = "model"  # model (the whole host), blocks (its block stack) or moe (MoE sublayers)
     workload: str = "prefill"  # prefill, decode or generate:N
@@ -136,9 +138,9 @@ class Spec:
             raise SpecError("device", "cuda", f"no CUDA device is available on {where}")
         if not _positive_number(self.router_scale):
             raise SpecError("router_scale", self.router_scale, "must be a finite number > 0")
+        self._validate_conditions()
         self._validate_knob_values()
         self._validate_variant()
-        self._validate_conditions()
         if shape.check is not None:  # a native host holds the sizes to its config
             shape.check(self)
         self._validate_impl()
@@ -225,6 +227,8 @@ class Spec:
                 raise SpecError("max_k", self.max_k, f"must be in 1..{self.num_experts * g}")
             if self.expert_unit != "ffn":
                 raise SpecError("expert_unit", self.expert_unit, "xmoe splits whole FFN experts: use ffn")
+        if VARIANTS[v].every_expert:  # the merging family reads all E: k is E, whatever was asked
+            self._set("top_k", self.num_experts)
         if sparse and v != "xmoe" and self.top_k > self.num_experts:
             raise SpecError("top_k", self.top_k, f"exceeds --experts {self.num_experts}",
                             "impossible")
@@ -234,6 +238,10 @@ class Spec:
                 raise SpecError("n_ce", n_ce, f"must be in 0..{self.top_k - 1} (top-k {self.top_k})")
             self._set("n_ce", n_ce)
             self._set("ce_init", "ones" if self.ce_init is None else self.ce_init)
+        if v == "lory":
+            self._validate_segments()
+        if v == "soft-moe" and self.slots_per_expert is None:
+            self._set("slots_per_expert", SLOTS_PER_EXPERT)
         other_knobs = {k for other in VARIANTS.values() for k in other.knobs} - set(VARIANTS[v].knobs)
         for knob in other_knobs:  # another variant's knob means nothing here: stored as None
             self._set(knob, None)
@@ -243,6 +251,14 @@ class Spec:
             self._set("num_experts", 1)
             self._set("top_k", 1)
             self._set("routing", "router")
+
+    def _validate_segments(self) -> None:
+        """Lory's segments are equal: T divides L, or one segment (T >= L) holds the sequence."""
+        T = LORY_SEGMENT_LEN if self.segment_len is None else self.segment_len
+        if self.seq_len > T and self.seq_len % T:
+            raise SpecError("segment_len", T, f"must divide --seq-len {self.seq_len} (Lory's "
+                            "segments are equal), or be at least it (one segment)", "impossible")
+        self._set("segment_len", T)
 
     @property
     def host_impls(self) -> tuple[str, ...] | None:

@@ -4,13 +4,15 @@ FLOPs follow the analytic model of the MEO paper's setting (bert-base, k=4, L=12
 vanilla ~72.4e9 with routers, ~72.0e9 without; MEO ~29e9). Latency, memory and roofline numbers
 come from a toy cost model (a 100 GFLOP/s, 12 GB/s CPU): MEO's merge is bandwidth-bound, so its
 speedup falls short of its FLOPs ratio, as on real machines. `method_records` adds vanilla MoE,
-MEO, compressed experts and XMoE at one expert budget (FFN experts), for the methods section.
+MEO, compressed experts and XMoE at one expert budget (FFN experts), for the methods section;
+`family_records` the merging family (SMEAR, Lory, Soft MoE) at that budget.
 """
 
 from __future__ import annotations
 
 from meo_profile.models import Spec
 
+from meo_profile.measure import analytic
 from meo_profile.results.record import Result
 
 ENV = {"torch_version": "2.13.0", "fvcore_version": "0.1.5.post20221221",
@@ -293,9 +295,40 @@ def failure_records() -> list[dict]:
     return [oom.to_dict(), err.to_dict()]
 
 
+# The merging family at the methods' budget and setting, as the default preset measures it
+# (Lory T = 32, Soft MoE p = 8): closed-form counts; toy times (a vanilla MoE at k other than
+# 4 only counted) and memory, a training step's three times an inference's.
+FAMILY_SETTING = dict(host="layer", expert_unit="ffn", num_experts=16, d_model=512, d_ff=2048,
+                      batch_size=8, seq_len=128, router_scale=8.0, device="cpu")
+FAMILY_MEMBERS = (("moe", {"top_k": 1}), ("moe", {"top_k": 4}), ("meo", {"top_k": 4}),
+                  ("smear", {}), ("lory", {"segment_len": 32}),
+                  ("soft-moe", {"slots_per_expert": 8}))
+FAMILY_TOY_MS = {"moe": 40.0, "meo": 12.0, "smear": 14.0, "lory": 20.0, "soft-moe": 11.0}
+
+
+def family_records(members=FAMILY_MEMBERS[3:] + FAMILY_MEMBERS[:1]) -> list[dict]:
+    """By default the members the methods' records do not hold already (vanilla top-1 and the
+    three merging variants)."""
+    out = []
+    for variant, knob in members:
+        for mode in ("inference", "train"):
+            spec = Spec(variant=variant, mode=mode, **FAMILY_SETTING, **knob)
+            spec = spec.replace(impl=spec.impl_by_rule)  # a record names what ran
+            fields = counted(spec, analytic.count(spec).macs_by_part) if mode == "inference" else {}
+            if variant != "moe" or spec.top_k == 4:
+                ms = FAMILY_TOY_MS[variant]
+                fields |= {"peak_mem_above_weights_bytes": (3 if mode == "train" else 1) * 2**20}
+                if mode == "inference":
+                    fields |= {"latency_ms_median": ms, "latency_ms_p20": 0.9 * ms,
+                               "latency_ms_p80": 1.1 * ms, "roofline_ms": ms / 2}
+            if fields:
+                out.append(Result(spec, env=dict(ENV), **fields).to_dict())
+    return out
+
+
 def full_set(gpu: bool = False, train: bool = False) -> list[dict]:
     records = flops_records() + layer_records(modes=("inference", "train") if train else ("inference",))
-    records += method_records() + routing_records() + regime_records()
+    records += method_records() + routing_records() + family_records() + regime_records()
     if gpu:
         records += layer_records(device="cuda", dtype="bfloat16")
         records += method_records(device="cuda", dtype="bfloat16")

@@ -94,9 +94,16 @@ def _tamper_moe_total(records):
     r["flops"] = 2 * r["macs"]
 
 
+def _tamper_lory_per_sequence(records):
+    """Count Lory's merge once per sequence instead of once per segment (L/T = 16 segments)."""
+    r = next(r for r in records if r["variant"] == "lory" and r["seq_len"] == 2048)
+    r["macs_by_part"]["merge"] //= 2048 // r["segment_len"]
+
+
 @pytest.mark.parametrize("tamper, failing, named", [
     (_tamper_merge, {"meo-merge-cost-closed-form"}, "top_k=4"),
     (_tamper_moe_total, {"meo-vanilla-moe-flops", "meo-vs-moe-flops-ratio"}, " vs "),
+    (_tamper_lory_per_sequence, {"lory-merge-overhead"}, "seq_len=2048"),
 ])
 def test_a_tampered_count_fails_the_claim_that_reads_it(builtin, tmp_path, tamper, failing, named):
     records = copy.deepcopy(load(builtin[2] / "run").records)

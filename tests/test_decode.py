@@ -112,6 +112,9 @@ def test_kv_bytes_per_position_is_the_cache_transformers_allocates(host, sizes):
     ("gpt2", GPT2, "dense", "generate:2", None),
     ("olmoe", MOE_HOST, "moe", "generate:2", None),
     ("deepseek-v3", MOE_HOST, "meo", "decode", "step"),
+    ("layer", LAYER, "smear", "generate:2", "sequence"),
+    ("gpt2", GPT2, "lory", "decode", "step"),
+    ("layer", {**LAYER, "segment_len": 4}, "lory", "generate:2", "sequence"),
 ])
 def test_closed_forms_equal_fvcore_for_each_workload(host, sizes, variant, workload, reuse):
     spec = Spec(host=host, variant=variant, workload=workload, merge_reuse=reuse, **sizes)
@@ -162,6 +165,7 @@ def test_generate_runs_its_prompt_and_steps_and_comes_back_empty():
     ({"workload": "decode", "mode": "train"}, "--mode", "inference"),
     ({"variant": "moe", "workload": "decode", "merge_reuse": "sequence"}, "--merge-reuse", "merging"),
     ({"workload": "generate:4", "context": 64}, "--context", "--seq-len"),
+    ({"variant": "soft-moe", "workload": "decode"}, "--workload", "Soft MoE mixes every token"),
 ])
 def test_what_cannot_decode_is_refused_in_one_line_saying_why(fields, flag, words):
     with pytest.raises(SpecError) as e:
@@ -222,3 +226,18 @@ def test_a_decode_step_under_an_imposed_routing_routes_at_its_own_position(varia
     work.step()  # the prompt (positions 0..L-1), then steps at positions L and L + 1
     last = table[:, spec.seq_len + 1]  # (B, k): the last step's position
     assert torch.equal(layer.last_top_k_index.sort(-1).values, last.sort(-1).values)
+
+
+@torch.no_grad()
+def test_lory_keeps_the_merge_its_next_segment_would_make():
+    """Lory with one segment per prompt (T = L): the tokens after it form the next segment,
+    which a prefill routes on the prompt's mean, so each kept-merge step equals that prefill."""
+    spec = Spec(variant="lory", segment_len=8, workload="generate:8", merge_reuse="sequence",
+                expert_unit="ffn", **LAYER)
+    plain = build_model(spec)  # the same weights (seeded), without a decoding state
+    tokens = decode_inputs(spec)
+    dec = Decoding(build_model(spec), spec)
+    dec.prompt(tokens.prompt)
+    got = torch.cat([dec.step(x) for x in tokens.steps], dim=1)  # (B, 8, d)
+    want = plain(torch.cat([tokens.prompt, *tokens.steps], dim=1))[:, spec.seq_len:]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -190,6 +190,7 @@ def test_real_sweep_draws_the_figures(real_sweep):
     omitted = [b for b in rep.blocks if isinstance(b, report.Omitted)]
     assert {o.title for o in omitted} <= {"Measured time against the roofline bound",
                                           "Four methods at one expert budget",
+                                          "The merging family at one expert budget",
                                           "Where the time goes on CUDA",
                                           "Latency against skew and locality of routing",
-                                          figures.FIGURES["fig11_regimes"].title}
+                                          figures.FIGURES["fig12_regimes"].title}

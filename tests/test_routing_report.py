@@ -47,7 +47,7 @@ def test_the_finding_quotes_the_speedup_at_uniform_the_most_skewed_and_the_most_
 
 
 def test_the_figure_has_a_skew_panel_and_a_locality_panel(ok):
-    drawn = figures.FIGURES["fig10_routing"].draw(ok)
+    drawn = figures.FIGURES["fig11_routing"].draw(ok)
     skew, local = drawn.figure.axes
     assert [t.get_text() for t in skew.get_xticklabels()] == ["balanced", "uniform", "zipf:1.5"]
     moe_line = next(line for line in local.get_lines() if line.get_label() == "vanilla MoE")

@@ -303,7 +303,13 @@ class Claim:
         bottom = self.quantity.of(den)
         if not bottom:
             return Outcome(label, False, error=f"denominator {self.quantity.describe()} is 0")
-        return self._outcome(label, self.quantity.of(num) / bottom, {**den, **case})
+        return self._outcome(label, self.quantity.of(num) / bottom, _configuration(num, den, case))
+
+
+def _configuration(num: dict, den: dict, case: dict[str, Any]) -> dict[str, Any]:
+    """What a closed form reads of a ratio's configuration: the denominator's fields, the
+    numerator's own set over them (its knobs: Lory's segment length), then the selection."""
+    return {**den, **{k: v for k, v in num.items() if v is not None}, **case}
 
 
 # Fields whose selected value "auto" stands for what the spec resolves it to (records store the

@@ -22,6 +22,13 @@ class ClosedForm:
 CLOSED_FORMS: dict[str, ClosedForm] = {
     "meo_merge_ratio": ClosedForm(
         "1/k + 1/L", lambda config: meo_flops_ratio_closed_form(config["top_k"], config["seq_len"])),
+    # the merging family over one expert per token: the merge of all E amortised over the
+    # tokens one merged expert serves (SMEAR: a sequence of L; Lory: a segment of T <= L)
+    "smear_merge_ratio": ClosedForm(
+        "1 + E/L", lambda config: 1.0 + config["num_experts"] / config["seq_len"]),
+    "lory_merge_ratio": ClosedForm(
+        "1 + E/T", lambda config: 1.0 + config["num_experts"] / min(config["segment_len"],
+                                                                     config["seq_len"])),
 }
 
 

@@ -37,8 +37,8 @@ CLAIM_METRICS: dict[str, ClaimMetric] = {
 }
 # The parts of `macs_by_part` (see flops.parts_from_modules), checked when a claim is read
 # because a misspelt part would silently count as 0.
-PARTS = ("attention", "compress", "dense_ffn", "experts", "ffn", "head", "merge", "norm", "other",
-         "router", "shared_experts", "token_block")
+PARTS = ("attention", "combine", "compress", "dense_ffn", "dispatch", "experts", "ffn", "head",
+         "merge", "norm", "other", "router", "shared_experts", "token_block")
 MACS_PER = {"macs": 1, "flops": 2}  # metrics that parts can restrict, and their MACs multiple
 
 

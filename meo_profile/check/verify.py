@@ -8,10 +8,11 @@ Error measure: max |a - b| / max |b| (relative to the reference's scale, robust 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
 
 import torch
 
+from meo_profile.check.comparison import Check, compare_outputs
+from meo_profile.check.family import family_checks
 from meo_profile.measure.preflight import check_fits
 from meo_profile.models import Spec, build_model, make_inputs, sparse_layers
 from meo_profile.models.catalog import host_shape
@@ -22,29 +23,6 @@ from meo_profile.models.variants import CUDA_ONLY, VARIANTS
 
 # Relative tolerance per dtype: float32 reorders sums (merge-then-matmul vs matmul-then-sum).
 TOLERANCE = {"float32": 1e-5, "float16": 5e-3, "bfloat16": 3e-2}
-
-
-@dataclass
-class Check:
-    name: str
-    max_abs_err: float
-    max_rel_err: float
-    tol: float
-    skipped: str | None = None  # why the check could not run here (an implementation absent)
-
-    @property
-    def ok(self) -> bool:
-        return self.skipped is not None or self.max_rel_err <= self.tol
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "ok": self.ok}
-
-
-def compare_outputs(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> Check:
-    got, want = got.double(), want.double()
-    abs_err = (got - want).abs().max().item()
-    scale = want.abs().max().item()
-    return Check(name, abs_err, abs_err / scale if scale > 0 else abs_err, tol)
 
 
 @torch.no_grad()
@@ -83,8 +61,12 @@ def verify(spec: Spec, max_memory_bytes: int | None = None) -> list[Check]:
                         "prefill: use --workload prefill")
     check_fits(spec.replace(mode="inference"), max_memory_bytes)
     tol = TOLERANCE[spec.dtype]
+    # the merging family stores k = E: MEO's checks run at the host's k (smear's own compare
+    # it with MEO at k = E)
+    every = VARIANTS[spec.variant].every_expert
+    k = min(host_shape(spec.host).top_k, spec.num_experts) if every else spec.top_k
     base = spec.replace(variant="meo-token" if spec.variant == "meo-token" else "meo", impl="auto",
-                        mode="inference")
+                        mode="inference", top_k=k)
     captured = captured_inputs(build_model(base), make_inputs(base))
     checks = []
     meo = layer_outputs(captured, "meo", VARIANTS["meo"].impls[0])
@@ -98,11 +80,17 @@ def verify(spec: Spec, max_memory_bytes: int | None = None) -> list[Check]:
     checks.append(check_single_expert(spec, tol))
     if host_shape(spec.host).native:
         checks += native_implementations_agree(spec, tol)
-    if VARIANTS[spec.variant].knobs:  # its layers carry their own knobs or vectors
+    if VARIANTS[spec.variant].knobs or spec.variant in OWN_MODEL:  # its own layers, knobs, vectors
         own = spec.replace(mode="inference")
-        checks += implementations_agree(captured_inputs(build_model(own), make_inputs(own)),
-                                        spec.variant, spec, tol)
+        captured = captured_inputs(build_model(own), make_inputs(own))
+        checks += implementations_agree(captured, spec.variant, spec, tol)
+        checks += family_checks(spec, captured, tol)
     return checks
+
+
+# Variants whose checks run on a model of their own (besides those with knobs): their routers
+# differ from MEO's.
+OWN_MODEL = ("smear",)
 
 
 def implementations_agree(captured, variant: str, spec: Spec, tol: float) -> list[Check]:

@@ -5,7 +5,8 @@ where they are compared or grouped the key adds `device_name`. The key holds the
 implementation as asked: a record whose implementation was chosen by `--impl auto` (by rule or
 by measurement) is the configuration "auto", whichever implementation won, so a resumed sweep or
 a comparison finds it again. Names follow the papers' symbols
-(E experts, k selected, B batch, L sequence length, d width, g granularity, t threshold).
+(E experts, k selected, B batch, L sequence length, d width, g granularity, t threshold,
+T Lory's segment length, p Soft MoE's slots per expert).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from meo_profile.models.variants import VARIANTS
 
 MACHINE_FIELD = "device_name"
 SYMBOLS = {"num_experts": "E", "top_k": "k", "batch_size": "B", "seq_len": "L", "d_model": "d",
-           "granularity": "g", "threshold": "t", "expert_unit": "unit"}
+           "granularity": "g", "threshold": "t", "expert_unit": "unit", "segment_len": "T",
+           "slots_per_expert": "p"}
 
 
 # --------------------------------------------------------------------------------- keys
@@ -94,7 +96,11 @@ def config_title(fields: Mapping[str, Any]) -> str:
                    f"scale={f['router_scale']:g}")
     elif f["variant"] == "ce":
         experts += f" n_ce={f['n_ce']}"
+    elif f["variant"] in VARIANTS and VARIANTS[f["variant"]].every_expert:  # k is E: its knobs
+        experts = f" E={f['num_experts']}" + "".join(
+            f" {symbol(k)}={f[k]}" for k in VARIANTS[f["variant"]].knobs if f.get(k) is not None)
     mode = "" if f.get("mode", "inference") == "inference" else f" {f['mode']}"
+    # a table row of a record without a condition holds NaN there (x == x is False): unnamed
     conditions = "".join(f" {name}={f[name]}" for name, usual in CONDITION_DEFAULTS.items()
                          if not _unsaid(f.get(name), usual))
     return (f"{f['host']} {f['variant']}{experts} unit={f['expert_unit']} impl={f['impl']} "

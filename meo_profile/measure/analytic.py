@@ -17,8 +17,16 @@ A workload is a list of calls (models/conditions.py `workload_calls`), each coun
 formulas above read at its own shape (`CallShape`): T tokens per sequence, attention over K
 keys (a decode step: T = 1, K = C + 1, the KV cache read; a prefill: K = T = L), and summed:
     decode              one step after C tokens; with `--merge-reuse sequence` a merging
-                        variant's step has no router and no merge, only experts B*P
-    generate:N          the prompt (T = L, K = L + N) + N steps (T = 1, K = L + N)
+                        variant's step has no router and no merge, only experts B*P (Lory's
+                        prompt then routes and merges once more, on its last segment)
+    generate:N          the prompt (T = K = L) + N steps (T = 1, K = L + N)
+(a decode step of the merging family below makes G = B merged experts: one token per sequence).
+
+The merging family, every input reading all E experts (G merged experts per layer: B for
+SMEAR, B*S for Lory, whose sequences split into S segments of --segment-len tokens; Soft MoE
+has S' = E*p slots, p per expert):
+    smear, lory   experts N*P     merge G*E*(P + b)    router G*d_0*(E + 5)  [LayerNorm: 5/element]
+    soft-moe      experts B*S'*P  router N*d_0*S'      dispatch N*S'*d_0     combine N*S'*d_out
 
 Native MoE hosts (meo_profile/measure/analytic_native.py has the rest of the model per family)
 have SwiGLU experts, P = 3*d*f (gate and up, then down), and an MoE site only where the model
@@ -37,7 +45,9 @@ from meo_profile.measure.counts import Counts
 from meo_profile.models.catalog import host_shape
 from meo_profile.models.conditions import Call, cache_length, workload_calls
 from meo_profile.models.hosts import gpt2_positions
+from meo_profile.models.merging import merge_groups
 from meo_profile.models.spec import Spec, SpecError
+from meo_profile.models.variants import VARIANTS
 
 LAYER_NORM_MACS_PER_ELEMENT = 5  # fvcore's rule for an affine layer_norm
 
@@ -94,9 +104,40 @@ def _compressed(spec: Spec, dims: list[int]) -> Counter:
                    router=N * dims[0] * E)
 
 
+def _router_params(spec: Spec, d_in: int) -> int:
+    """A linear gate d_in x E; SMEAR's (Lory's) adds a bias and a LayerNorm (2 d_in); Soft
+    MoE's has one d_in vector per slot and a learned scale."""
+    E = spec.experts_total
+    if spec.variant == "soft-moe":
+        return d_in * E * spec.slots_per_expert + 1
+    if spec.variant in ("smear", "lory"):
+        return d_in * E + E + 2 * d_in
+    return d_in * E
+
+
 def _vector_width(spec: Spec, dims: list[int]) -> int:
     """A compressed expert's vector: one scale per matrix input (SwiGLU: gate and up apart)."""
     return sum(dims[:-1]) + (dims[0] if _gated(spec, dims) else 0)
+
+
+def _merge_all(spec: Spec, dims: list[int]) -> Counter:
+    """SMEAR and Lory: all E experts merged for each of G groups (sequences or segments), one
+    matmul per token; each group routed by a LayerNorm and a linear with bias."""
+    N, E, G = spec.batch_size * spec.seq_len, spec.experts_total, merge_groups(spec)
+    P, b = _sizes(spec, dims)
+    bias = b if host_shape(spec.host).bias else 0
+    d_in = dims[0]
+    return Counter(experts=N * P, merge=G * E * (P + bias),
+                   router=G * d_in * (E + LAYER_NORM_MACS_PER_ELEMENT))
+
+
+def _soft_moe(spec: Spec, dims: list[int]) -> Counter:
+    """Soft MoE: S = E*p slots, each a mix of the sequence's tokens; experts run on slots."""
+    N, B, S = spec.batch_size * spec.seq_len, spec.batch_size, spec.experts_total * spec.slots_per_expert
+    P, _ = _sizes(spec, dims)
+    d_in, d_out = dims[0], dims[-1]
+    return Counter(router=N * d_in * S, dispatch=N * S * d_in, experts=B * S * P,
+                   combine=N * S * d_out)
 
 
 def _dense(spec: Spec, dims: list[int]) -> Counter:
@@ -110,6 +151,9 @@ LAYER_MACS: dict[str, Callable[[Spec, list[int]], Counter]] = {
     "meo": _meo,
     "meo-token": lambda spec, dims: _meo(spec, dims, token_block=True),
     "ce": _compressed,
+    "smear": _merge_all,
+    "lory": _merge_all,
+    "soft-moe": _soft_moe,
 }
 
 
@@ -120,7 +164,7 @@ def _layer_params(spec: Spec, dims: list[int]) -> tuple[int, int]:
     if spec.variant == "dense":
         return per_expert, 0
     E, k = spec.experts_total, spec.top_k
-    total = E * per_expert + dims[0] * E  # experts + router
+    total = E * per_expert + _router_params(spec, dims[0])
     if spec.variant == "meo-token":
         r = max(1, dims[0] // 64)
         total += dims[0] * r + r + r * dims[0] + dims[0]  # the token block: down, up
@@ -201,12 +245,13 @@ HOST_PARTS: dict[str, Callable[[Spec], tuple[Counter, int]]] = {
 class CallShape:
     """The spec as one call of its workload reads it: `seq_len` is the call's tokens per
     sequence (T), `keys` the positions its attention reads (K), `chooses` whether the layers
-    that route a sequence as a whole route and merge in it, `cache_positions` the KV cache's
-    length (T without one); every other field is the spec's."""
+    that route a sequence as a whole route and merge in it, `keeps` whether later steps keep
+    its choice, `cache_positions` the KV cache's length (T without one); every other field is
+    the spec's."""
 
     def __init__(self, spec: Spec, call: Call):
         self.whole, self.seq_len, self.keys = spec, call.tokens, call.keys
-        self.chooses = call.chooses
+        self.chooses, self.keeps = call.chooses, call.keeps
         self.cache_positions = cache_length(spec) if call.cached else call.tokens
 
     def __getattr__(self, name: str) -> Any:
@@ -246,8 +291,19 @@ def _call_macs(shape: CallShape) -> Counter:
         layer = LAYER_MACS[shape.variant](shape, dims)
         if not shape.chooses:
             layer = Counter({k: v for k, v in layer.items() if k not in NOT_CHOSEN})
+        if shape.keeps and VARIANTS[shape.variant].routes == "segment":
+            layer += kept_choice(shape, dims)
         macs += _times(layer, sites)
     return macs
+
+
+def kept_choice(shape: CallShape, dims: list[int]) -> Counter:
+    """What a segment-routed prompt (Lory's) adds to keep its choice for the steps: one more
+    routing and merge per sequence, on its last segment's mean, as one token per sequence
+    would route and merge."""
+    one_token = CallShape(shape.whole, Call(1, 1))
+    layer = LAYER_MACS[shape.variant](one_token, dims)
+    return Counter({k: v for k, v in layer.items() if k in NOT_CHOSEN})
 
 
 def _params(spec: Spec) -> tuple[int, int]:

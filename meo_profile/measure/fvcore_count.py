@@ -47,6 +47,7 @@ from meo_profile.models.decode import counted_calls
 from meo_profile.models.layers import Merger, SparseLayer, TokenBlock
 from meo_profile.models.native import NativeMoE
 from meo_profile.models.routing import Router
+from meo_profile.models.soft_moe import SlotCombine, SlotDispatch
 from meo_profile.models.xmoe import routing_summary
 
 # Ops with arithmetic or data movement that fvcore ignores without a word; we list them.
@@ -280,7 +281,7 @@ class _Called(nn.Module):
         super().__init__()
         self.model, self.call = model, call
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         return self.call(x)
 
 
@@ -313,7 +314,10 @@ def inactive_params(model: nn.Module) -> int:
 # --------------------------------------------------------------------------------- parts
 # Module type -> part, innermost first (a SparseLayer holds its router, merger, vectors).
 PART_OF_TYPE = ((Router, "router"), (Merger, "merge"), (TokenBlock, "token_block"),
-                (CompressedVectors, "compress"), (SparseLayer, "experts"))
+                (CompressedVectors, "compress"), (SlotDispatch, "dispatch"),
+                (SlotCombine, "combine"), (SparseLayer, "experts"))
+# Parts whose layer norms are theirs, not the host's "norm": SMEAR's router normalises its input.
+OWN_NORMS = ("router",)
 
 def _part_of_module(name: str, module: nn.Module, tags: dict[int, str]) -> str | None:
     """The part a module's own ops belong to, or None to defer to its parent."""
@@ -331,7 +335,7 @@ def _part_of_module(name: str, module: nn.Module, tags: dict[int, str]) -> str |
 
 def parts_from_modules(model: nn.Module, by_module_op: dict[str, Counter]) -> dict[str, int]:
     """Assign every op to exactly one part: the innermost tagged module that owns it
-    (layer_norm always to "norm"). fvcore's per-module counts include descendants, so a
+    (layer_norm to "norm", unless a router normalises its own input). fvcore's per-module counts include descendants, so a
     module's own ops are its count minus its children's."""
     modules = dict(model.named_modules())
     tags = module_tags(model)
@@ -343,7 +347,8 @@ def parts_from_modules(model: nn.Module, by_module_op: dict[str, Counter]) -> di
         part = _nearest_part(name, modules, tags)
         for op, count in own.items():
             if count > 0:
-                parts["norm" if op == "layer_norm" else part] += int(count)
+                host_norm = op == "layer_norm" and part not in OWN_NORMS
+                parts["norm" if host_norm else part] += int(count)
     return dict(sorted(parts.items()))
 
 

@@ -26,6 +26,11 @@ expected number when n routed inputs each pick k of E uniformly: E·(1 - (1 - k/
 unevenly the pairs spread over those experts (`expert_load_max_over_mean`) changes no phase's
 total MACs or bytes, so it stays out of the bound: a lower bound must hold for a kernel that
 balances its work, and the record keeps the imbalance beside it.
+The merging family: SMEAR and Lory as MEO with G merged experts per layer (one per sequence,
+one per segment), each reading all E; Soft MoE's router reads the tokens and writes N x S
+logits, its dispatch reads them and the tokens and writes the B x S slots, its experts read
+all E experts and the slots' rows, its combine reads the logits and the slots' outputs and
+writes the tokens'.
 
 A workload is summed over its calls (models/conditions.py `workload_calls`), each read at its
 own shape as the closed form reads it (analytic.CallShape), every call reading the host's
@@ -46,17 +51,20 @@ from torch import nn
 from meo_profile.measure.analytic import CallShape, count
 from meo_profile.models import VARIANTS, Spec, sparse_layers, torch_dtype
 from meo_profile.models.compressed import CompressedExperts
-from meo_profile.models.conditions import workload_calls
+from meo_profile.models.conditions import Call, workload_calls
 from meo_profile.models.decode import kv_bytes_per_position
 from meo_profile.models.layers import SparseLayer, distinct_of, experts_touched
+from meo_profile.models.merging import merge_groups
 from meo_profile.models.native import NativeMoE
 from meo_profile.models.phases import PHASES
+from meo_profile.models.soft_moe import SoftMoE
 
 HOST = "host"  # the host model's own work: everything outside the MoE layers' phases
 BOUND_PHASES = (*PHASES, HOST)
 # The closed form's parts by phase; every other part (attention, head, norm, ffn, token_block)
 # is the host's own work.
-PART_PHASE = {"router": "router", "experts": "experts", "merge": "merge", "compress": "compress"}
+PART_PHASE = {"router": "router", "experts": "experts", "merge": "merge", "compress": "compress",
+              "dispatch": "dispatch", "combine": "combine"}
 INDEX_BYTES = 8  # an expert index is int64
 
 
@@ -95,6 +103,9 @@ def phase_bytes(spec: Spec, model: nn.Module) -> Counter:
             moved[HOST] += spec.batch_size * (call.keys + call.tokens) * kv_bytes_per_position(spec)
         for layer in layers:
             moved.update(layer_bytes(layer, shape, itemsize, last=i == len(calls) - 1))
+            if call.keeps and VARIANTS[spec.variant].routes == "segment":  # see analytic.kept_choice
+                kept = layer_bytes(layer, CallShape(spec, Call(1, 1)), itemsize, last=False)
+                moved.update({p: kept[p] for p in ("router", "merge")})
         for block in native:
             moved.update(native_bytes(block, shape, itemsize, last=i == len(calls) - 1))
         out.update({p: call.times * b for p, b in moved.items()})
@@ -108,10 +119,10 @@ def expected_distinct(num_experts: int, picks: int, inputs: int) -> float:
 
 
 def routed(spec: Spec) -> tuple[int, int]:
-    """(inputs one MoE layer routes, experts each runs in full): tokens or sequences by the
-    variant's router; compressed experts run k - n_ce experts in full."""
-    by_sequence = VARIANTS[spec.variant].routes == "sequence"
-    inputs = spec.batch_size if by_sequence else spec.batch_size * spec.seq_len
+    """(inputs one MoE layer routes, experts each runs in full): tokens, sequences or segments
+    by the variant's router; compressed experts run k - n_ce experts in full."""
+    routes = VARIANTS[spec.variant].routes
+    inputs = merge_groups(spec) if routes in ("sequence", "segment") else spec.batch_size * spec.seq_len
     return inputs, spec.top_k - (spec.n_ce or 0)
 
 
@@ -137,7 +148,9 @@ def expert_bytes(layer: SparseLayer) -> int:
 def layer_bytes(layer: SparseLayer, spec: Spec, itemsize: int, last: bool = True) -> Counter:
     """Bytes per phase of one MoE layer in one call (see the module doc); `spec` may be a call
     of a workload (analytic.CallShape), `last`: the call is the kind the model ran last."""
-    tokens, B = spec.batch_size * spec.seq_len, spec.batch_size
+    if isinstance(layer, SoftMoE):
+        return soft_moe_bytes(layer, spec, itemsize)
+    tokens, B = spec.batch_size * spec.seq_len, merge_groups(spec)  # B: merged experts made
     per_expert, touched = expert_bytes(layer), distinct_experts(layer, spec, last)
     rows_io = tokens * sum(linear_widths(layer)) * itemsize
     chooses = getattr(spec, "chooses", True)  # False: a step reusing its prompt's choice
@@ -156,6 +169,19 @@ def layer_bytes(layer: SparseLayer, spec: Spec, itemsize: int, last: bool = True
     if isinstance(layer, CompressedExperts):
         out["compress"] = compress_bytes(layer, spec, itemsize, last)
     return out
+
+
+def soft_moe_bytes(layer: SoftMoE, spec: Spec, itemsize: int) -> Counter:
+    """Soft MoE's phases (see the module doc): N tokens, B*S slots."""
+    tokens = spec.batch_size * spec.seq_len
+    S = layer.router.w_gate.out_features
+    slots, logits = spec.batch_size * S, tokens * S * itemsize
+    d_in, d_out = layer.experts.d_in, layer.experts.d_out
+    return Counter(
+        router=tokens * d_in * itemsize + _numel_bytes(layer.router) + logits,
+        dispatch=logits + (tokens + slots) * d_in * itemsize,
+        experts=_numel_bytes(layer.experts) + slots * sum(linear_widths(layer)) * itemsize,
+        combine=logits + (slots + tokens) * d_out * itemsize)
 
 
 def native_bytes(block: NativeMoE, spec: Spec, itemsize: int, last: bool = True) -> Counter:

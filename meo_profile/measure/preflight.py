@@ -17,7 +17,11 @@ element), one MoE block's working set:
   rows) at their widest: 3*N*r*d_ff (up output, its
   activation, SwiGLU's second half) and the rows' inputs and outputs, gathered, scaled and
   combined (4*N*r*d);
-- copied or merged expert weights: MEO's B merged matrices, moe-seq `batched`'s B*k copies;
+- Soft MoE's router logits and their two softmaxes over its S = E*p slots (3*N*S), and its
+  rows counted as max(1, S/L) per token (the slots through the experts; each token's combined
+  output is a full row);
+- copied or merged expert weights: MEO's and SMEAR's B merged matrices, Lory's one per segment
+  (B*L/T), moe-seq `batched`'s B*k copies;
 - the language-model head's logits and their bias added (2*N*V), once (3*N*V in training).
 
 A decoding workload (`--workload decode|generate:N`) is estimated as its prompt, a prefill of
@@ -53,6 +57,7 @@ from meo_profile.models.catalog import host_shape
 from meo_profile.models.conditions import cache_length, parse_workload
 from meo_profile.models.decode import RUNNING_SUM_DTYPE, kv_bytes_per_position, merged_cache_bytes
 from meo_profile.models.layers import SequenceRouted
+from meo_profile.models.merging import merge_groups
 
 HEADROOM = 0.9  # of the free memory: the estimate is not a bound, and the process needs some
 TOKEN_ID_BYTES = 8  # int64
@@ -178,13 +183,15 @@ def block_elements(spec: Spec, L: int | None = None, keys: int | None = None) ->
     attention = 0 if shape.inputs == "hidden" else 3 * N * d + scores
     rows = _rows_per_token(spec)
     ffn = 3 * N * rows * f + 4 * N * rows * d
-    return 4 * N * d + attention + ffn + _weight_copies(spec)
+    return 4 * N * d + attention + ffn + _slot_weights(spec) + _weight_copies(spec)
 
 
 def _rows_per_token(spec: Spec) -> float:
     """Expert rows per token, in units of d_ff-wide experts."""
-    if spec.variant in ("dense", "meo", "meo-token"):
+    if spec.variant in ("dense", "meo", "meo-token", "smear", "lory"):
         return 1
+    if spec.variant == "soft-moe":
+        return max(1.0, spec.num_experts * spec.slots_per_expert / spec.seq_len)
     if spec.variant == "xmoe":
         g = spec.granularity or 1
         if spec.impl_by_rule == "padded":  # E*g buffers of C = N/(E*g) x capacity_factor rows each
@@ -194,12 +201,20 @@ def _rows_per_token(spec: Spec) -> float:
 
 
 def _weight_copies(spec: Spec) -> int:
-    """Expert matrices materialised per call in one MoE layer: MEO merges one per sequence."""
+    """Expert matrices materialised per call in one MoE layer: MEO and SMEAR merge one per
+    sequence, Lory one per segment."""
     d, f = spec.d_model, spec.d_ff
     gated = host_shape(spec.host).gated  # SwiGLU experts: (gate | up), down
     expert = (3 if gated else 2) * d * f if spec.expert_unit == "ffn" else (2 if gated else 1) * d * f
-    copies = {"meo": spec.batch_size, "meo-token": spec.batch_size}.get(spec.variant, 0)
-    return copies * expert
+    merging = spec.variant in ("meo", "meo-token", "smear", "lory")
+    return (merge_groups(spec) if merging else 0) * expert
+
+
+def _slot_weights(spec: Spec) -> int:
+    """Soft MoE: the logits and the dispatch and combine weights, N x S each."""
+    if spec.variant != "soft-moe":
+        return 0
+    return 3 * spec.batch_size * spec.seq_len * spec.num_experts * spec.slots_per_expert
 
 
 # ------------------------------------------------------------------------------ the limit

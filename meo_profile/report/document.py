@@ -26,6 +26,7 @@ from rich.table import Table as RichTable
 from meo_profile.core.errors import BadInput
 from meo_profile.core.inputs import output_dir
 from meo_profile.report import figures, provenance, tables, views
+from meo_profile.report.family import family_tables
 from meo_profile.report.findings import findings
 from meo_profile.report.regimes import regime_tables
 from meo_profile.report.routing import routing_tables
@@ -116,6 +117,13 @@ SECTIONS: list[Section] = [
             "against vanilla MoE: what a token reads, what the MoE block computes, what it costs "
             "in time and memory, and what each method trades for it.",
             "fig8_methods", (tables.methods_tables,)),
+    Section("The merging family at one expert budget",
+            "Methods that merge to save compute, side by side with the same experts and tokens: "
+            "MEO merges its k chosen experts per sequence, SMEAR all E per sequence, Lory all E "
+            "per segment of T tokens (each segment routed on the one before), Soft MoE merges "
+            "tokens into E·p slots instead. Per token: what the MoE block computes, against "
+            "vanilla top-k at each k, what it costs in time beside its bound, and in memory.",
+            "fig10_merging_family", (family_tables,)),
     Section("Where the time goes on CUDA",
             "Eager PyTorch launches one kernel per operator; at small sizes the device waits for "
             "the host. Each variant's eager time, its time replayed from a CUDA graph, and the "
@@ -126,7 +134,7 @@ SECTIONS: list[Section] = [
             "routers are skewed and local. Vanilla MoE and MEO under the routings measured "
             "(`--routing`): vanilla's cost follows the distinct experts its tokens touch and "
             "the busiest expert, MEO's merge the experts each sequence chose.",
-            "fig10_routing", (routing_tables,)),
+            "fig11_routing", (routing_tables,)),
     Section("Where merging pays off",
             "A merge costs k·P bytes per sequence whatever the number of tokens it serves: over "
             "many tokens it buys MEO one matmul per token instead of k, over one token per "
@@ -134,7 +142,7 @@ SECTIONS: list[Section] = [
             "costs B·P bytes per layer. MEO against the best vanilla MoE over batch and tokens "
             "per sequence per forward, prefill and decode, measured and as the phase-wise "
             "bounds predict.",
-            "fig11_regimes", (regime_tables,)),
+            "fig12_regimes", (regime_tables,)),
 ]
 
 
@@ -326,14 +334,15 @@ def render_report(results: str | Path, out_dir: str | Path | None = None, fmt: s
 # ------------------------------------------------------------------------------ terminal
 KEY_TABLES: tuple[tables.TableFn, ...] = (
     as_list(tables.paper_table), as_list(tables.flops_table), tables.speedup_tables,
-    tables.roofline_tables, tables.time_tables, tables.methods_tables, regime_tables,
+    tables.roofline_tables, tables.time_tables, tables.methods_tables, family_tables,
+    regime_tables,
 )
 
 
 def summary_tables(records: list[dict], skipped_lines: int = 0, command: str | None = None,
                    load_warnings: list[str] | tuple = ()) -> list[Table]:
     """The tables the terminal shows: setup, the paper's numbers, FLOPs, speedup, roofline,
-    the four methods, failures."""
+    the four methods, the merging family, failures."""
     every = views.records_frame(records)
     ok = views.ok_rows(every)
     out = [provenance.setup_table(every, skipped_lines, command, load_warnings)]

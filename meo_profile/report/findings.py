@@ -24,6 +24,7 @@ from meo_profile.core.units import (
     missing,
 )
 from meo_profile.report import views
+from meo_profile.report.family import MERGING, cheapest, family_view
 from meo_profile.report.regimes import regime_findings
 from meo_profile.report.routing import routing_speedup
 from meo_profile.report.tables import marked, paper_rows, printed_values
@@ -321,9 +322,56 @@ def _xmoe_sentence(r: pd.Series, vanilla: pd.Series) -> str:
 METHOD_SENTENCES = {"ce": _ce_sentence, "xmoe": _xmoe_sentence}
 
 
+def merging_family(ok: pd.DataFrame) -> list[str]:
+    """Which merging method costs least per token at the measured sizes, in FLOPs and in time,
+    and why: what each adds to one expert per token (SMEAR's merge over a sequence, Lory's over
+    a segment, Soft MoE's slots)."""
+    view = family_view(ok)
+    out = []
+    for device, rows in view.groupby("device_label", sort=True) if not view.empty else []:
+        by = rows.set_index("variant", drop=False)
+        low = cheapest(rows, "mflops_per_token")
+        why = [FAMILY_REASONS[v](by.loc[v]) for v in MERGING if v in by.index]
+        text = (f"On {device}, at one expert budget, {label(low['variant'])} is the cheapest of "
+                f"the merging family in MoE-block FLOPs: {fmt_num(low['mflops_per_token'], 1)} "
+                f"MFLOPs per token, {fmt_times(low.get('ratio_top1'))} vanilla top-1's. In units "
+                f"of one expert per token, " + "; ".join(why) + ".")
+        if "meo" in by.index:
+            meo = by.loc["meo"]
+            text += (f" MEO, merging only its k = {int(meo['top_k'])}, adds "
+                     f"{fmt_num(meo['added_per_token'])}: {fmt_num(meo['mflops_per_token'], 1)} "
+                     f"MFLOPs per token ({fmt_times(meo.get('ratio_top1'))}).")
+        out.append(text + _family_times(rows))
+    return out
+
+
+def _family_times(rows: pd.DataFrame) -> str:
+    timed = views.in_variant_order(rows[rows["latency_us_per_token"].notna()])
+    fastest = cheapest(timed, "latency_us_per_token")
+    if fastest is None:
+        return ""
+    cells = ", ".join(f"{label(r['variant'])} "
+                      + marked(fmt_num(r["latency_us_per_token"], 1), r["distrusted"])
+                      for r in timed.to_dict("records"))
+    return (f" Measured latency per token (µs): {cells}; the fastest of the merging family is "
+            f"{label(fastest['variant'])}.")
+
+
+FAMILY_REASONS = {
+    "smear": lambda r: (f"SMEAR adds {fmt_num(r['added_per_token'])} (a merge of all E = "
+                        f"{int(r['num_experts'])} experts per sequence of L = {int(r['seq_len'])})"),
+    "lory": lambda r: (f"Lory {fmt_num(r['added_per_token'])} (one per segment of T = "
+                       f"{int(min(r['segment_len'], r['seq_len']))})"),
+    "soft-moe": lambda r: (f"Soft MoE runs its experts on {fmt_num(r['expert_rows_per_token'])} "
+                           f"rows per token (S = {int(r['num_experts'] * r['slots_per_expert'])} "
+                           f"slots for L = {int(r['seq_len'])} tokens) and adds "
+                           f"{fmt_num(r['added_per_token'])} for its router, dispatch and combine"),
+}
+
+
 FINDINGS: tuple[Finding, ...] = (paper_flops, flops_ratio, latency_growth, latency_noise,
                                   speedup_shortfall, memory_cost, roofline_distance,
-                                  launch_bound, methods_compared, routing_speedup,
+                                  launch_bound, methods_compared, routing_speedup, merging_family,
                                   regime_findings)
 
 

@@ -30,12 +30,14 @@ from meo_profile.models.spec import FLAG_OF, SPEC_FIELDS, Spec, SpecError, flag_
 _ALIASES = {flag.lstrip("-").replace("-", "_"): name for name, flag in FLAG_OF.items()}
 
 
-# What a grid leaves out when it crosses its axes (said wherever the count is printed).
-IMPOSSIBLE = "top-k above the expert count, or a workload the host or variant cannot run"
-
-
 class GridError(BadInput):
     """A grid or config file that cannot be expanded; one line naming the key and the value."""
+
+
+# What a grid leaves out when it crosses its axes (SpecErrors of kind "impossible", said wherever
+# the count is printed).
+NOT_A_MODEL_TEXT = ("top-k above the expert count, Lory segments that do not divide the "
+                    "sequence, or a workload the host or variant cannot run")
 
 
 @dataclass
@@ -45,15 +47,15 @@ class Block:
     label: str = ""
 
     def specs(self) -> tuple[list[Spec], int]:
-        """Every valid combination, and how many combinations were impossible (top-k > E; a
-        decode workload on a host that cannot decode)."""
+        """Every valid combination, and how many combinations were no model (NOT_A_MODEL_TEXT:
+        SpecErrors of kind "impossible")."""
         names = list(self.axes)
         specs, seen, impossible = [], set(), 0
         for values in itertools.product(*(self.axes[n] for n in names)):
             try:
                 spec = crossed_spec(dict(zip(names, values)))
             except SpecError as e:
-                if e.kind == "impossible":  # a grid crosses k with E; k > E is simply not a model
+                if e.kind == "impossible":  # a grid crosses k with E, T with L: simply not a model
                     impossible += 1
                     continue
                 raise

@@ -52,6 +52,22 @@ ROUTING_LAYER = Block({"host": ["layer"], "variant": ["moe", "moe-seq", "meo"],
                        "num_experts": [16], "top_k": [4], "d_model": [768], "d_ff": [3072],
                        "batch_size": [8], "seq_len": [128], "routing": ROUTINGS,
                        "device": ["auto"]}, ("flops", "latency"), "routing at the paper layer")
+# The merging family at the same expert budget and setting (router logits x8 too, so the block
+# above's vanilla MoE and MEO records serve here): SMEAR, Lory at T = 32 (4 segments of the 128
+# tokens) and Soft MoE with p = 8 (128 slots, as many as tokens) timed; vanilla top-1, 2 and 8
+# counted, for the FLOPs ratio at each k; each member's training step's memory (one profiled
+# call each, no timing loop).
+FAMILY_AXES = {"host": ["layer"], "expert_unit": ["ffn"], "num_experts": [16], "router_scale": [8.0],
+               "d_model": [512], "d_ff": [2048], "batch_size": [8], "seq_len": [128],
+               "device": ["auto"]}
+FAMILY_MEMBERS = {"variant": ["moe", "meo", "smear", "lory", "soft-moe"], "top_k": [4],
+                  "segment_len": [32], "slots_per_expert": [8]}
+FAMILY_LAYER = Block({**FAMILY_AXES, **FAMILY_MEMBERS}, ("flops", "latency", "memory"),
+                     "merging family at one expert budget")
+FAMILY_VANILLA_K = Block({**FAMILY_AXES, "variant": ["moe"], "top_k": [1, 2, 8]}, ("flops",),
+                         "vanilla top-k beside the merging family")
+FAMILY_TRAIN = Block({**FAMILY_AXES, **FAMILY_MEMBERS, "mode": ["train"]}, ("memory",),
+                     "merging family, a training step's memory")
 
 
 # Where merging pays off (the report's regime map): tokens per sequence per forward (a decode
@@ -112,13 +128,15 @@ PRESETS: dict[str, Preset] = {
         "The paper's FLOPs figure (bert-small/base/large, k 1..32, moe vs meo) and a layer-level "
         "latency and memory grid (experts 4..64 x k 1..8 x dense/moe/moe-seq/meo, d 512, "
         "d_ff 2048, batch 8, sequence 128), and the four methods (moe/meo/ce/xmoe) at one "
-        "expert budget (16 FFN experts, k 4, n_ce 2, XMoE g 4 threshold 0.9), and the FLOPs "
-        "the built-in claims read, so `meo-profile check reports/default` judges them.",
-        "about 1.5 min on a 2-core CPU",
+        "expert budget (16 FFN experts, k 4, n_ce 2, XMoE g 4 threshold 0.9), the merging "
+        "family (smear, lory T 32, soft-moe p 8) at that budget with a training step's memory, "
+        "and the FLOPs the built-in claims read, so `meo-profile check reports/default` "
+        "judges them.",
+        "about 2 min on a 2-core CPU",
         Grid([PAPER_FLOPS,
               layer_grid([4, 16, 64], [1, 2, 4, 8], ["dense", "moe", "moe-seq", "meo"],
                          d_model=512, d_ff=2048, batch=8, seq=128),
-              METHODS_LAYER, ClaimsBlock()]),
+              METHODS_LAYER, FAMILY_LAYER, FAMILY_VANILLA_K, FAMILY_TRAIN, ClaimsBlock()]),
     ),
     "paper": Preset(
         "The MEO paper's efficiency figure and table: FLOPs for bert-small/base/large at k 1..32, "

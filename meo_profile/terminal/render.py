@@ -20,7 +20,8 @@ from rich.text import Text
 
 from meo_profile.core.identity import spec_title
 from meo_profile.core.units import fmt_giga, fmt_share
-from meo_profile.models import Spec
+from meo_profile.models import VARIANTS, Spec
+from meo_profile.models.merging import merge_groups
 from meo_profile.results.record import Result
 
 
@@ -138,6 +139,20 @@ def params_line(counts) -> str:
             f"({fmt_share(counts.params_active / max(counts.params_total, 1))})")
 
 
+def merge_line(spec: Spec) -> str | None:
+    """What the `merge` part holds, for a variant that merges expert weights: how many merged
+    experts each MoE layer makes per sequence, and how many experts each reads."""
+    if not VARIANTS[spec.variant].merges:
+        return None
+    per_sequence = merge_groups(spec) // spec.batch_size
+    every = VARIANTS[spec.variant].every_expert or spec.impl == "dense"
+    read = f"all {spec.num_experts} experts" if every else f"the {spec.top_k} chosen experts"
+    where = (f"one per segment of {min(spec.segment_len, spec.seq_len)} tokens"
+             if spec.segment_len else f"one per sequence of {spec.seq_len} tokens")
+    return (f"merge: {per_sequence} merge(s) per sequence ({where}) of {read} ({spec.impl}), "
+            f"in each MoE layer")
+
+
 def skipped_line(counts) -> str:
     if not counts.unsupported_ops:
         return "counted as 0: nothing"
@@ -233,6 +248,8 @@ def print_counts(result: Result, by_module: bool, by_operator: bool, depth: int)
     console = Console()
     print_table(counts_table(counts, spec), console)
     print_line(params_line(counts), console)
+    if (merges := merge_line(spec)) is not None:
+        print_line(merges, console)
     print_line(skipped_line(counts), console)
     if result.host_router_gates is not None:  # a native host: whose router ran says a lot
         print_line(routers_line(result.router_gates, result.host_router_gates), console)

@@ -13,7 +13,7 @@ from meo_profile.core.identity import spec_title
 from meo_profile.core.units import human_bytes
 from meo_profile.measure.preflight import memory_limit
 from meo_profile.report.document import load_results, rich_table, summary_tables
-from meo_profile.sweep.grid import IMPOSSIBLE
+from meo_profile.sweep.grid import NOT_A_MODEL_TEXT
 from meo_profile.sweep.plan import PlannedJob, SweepPlan, long_sweep_warning
 from meo_profile.terminal.render import print_line, print_table
 
@@ -59,7 +59,7 @@ def plan_lines(plan: SweepPlan, planned: list[PlannedJob]) -> list[str]:
     todo = [j for j in planned if not j.stored]
     timed = [j for j in todo if "latency" in j.metrics]
     lines = [f"{len(planned)} configurations ({plan.impossible} grid combinations left out: "
-             f"{IMPOSSIBLE}); {len(planned) - len(todo)} stored already in "
+             f"{NOT_A_MODEL_TEXT}); {len(planned) - len(todo)} stored already in "
              f"{options.out}, {len(todo)} to measure"]
     lines.append(f"timing: {len(timed)} configurations x --min-run-time "
                  f"{options.timing.min_run_time:g} s = at least "

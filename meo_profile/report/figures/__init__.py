@@ -9,6 +9,7 @@ throughout. A new figure is one draw function and one entry in `FIGURES`.
 
 from __future__ import annotations
 
+from meo_profile.report.figures.family import draw_family
 from meo_profile.report.figures.flops import draw_flops_ratio, draw_flops_vs_k
 from meo_profile.report.figures.latency import draw_latency_vs_k, draw_speedup_heatmap
 from meo_profile.report.figures.memory import draw_memory_vs_experts
@@ -29,9 +30,11 @@ FIGURES: dict[str, FigureEntry] = {e.name: e for e in (
     FigureEntry("fig6_memory_vs_experts", "Peak memory against experts", draw_memory_vs_experts),
     FigureEntry("fig7_roofline", "Measured time against the roofline bound", draw_roofline),
     FigureEntry("fig8_methods", "Four methods at one expert budget", draw_methods),
+    FigureEntry("fig10_merging_family", "The merging family at one expert budget",
+                draw_family),
     FigureEntry("fig9_where_time_goes", "Where the time goes on CUDA", draw_where_time_goes),
-    FigureEntry("fig10_routing", "Latency against skew and locality of routing", draw_routing),
-    FigureEntry("fig11_regimes", "Where merging pays off: MEO's speedup, batch × regime",
+    FigureEntry("fig11_routing", "Latency against skew and locality of routing", draw_routing),
+    FigureEntry("fig12_regimes", "Where merging pays off: MEO's speedup, batch × regime",
                 draw_regimes),
 )}
 

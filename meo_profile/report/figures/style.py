@@ -25,11 +25,15 @@ VARIANT_COLOURS = {
     "meo-token": "#E69F00",
     "ce": "#009E73",
     "xmoe": "#CC79A7",
+    "smear": "#F0E442",
+    "lory": "#8C564B",
+    "soft-moe": "#999933",
 }
 # variant -> (marker, size): a second cue beside colour, for grey print; earlier variants are
 # drawn with larger markers so that identical values (moe and moe-seq memory) stay visible.
 VARIANT_MARKERS = {"moe": ("o", 8), "moe-seq": ("s", 5), "meo": ("D", 6), "meo-token": ("^", 5),
-                   "ce": ("v", 6), "xmoe": ("P", 6)}
+                   "ce": ("v", 6), "xmoe": ("P", 6), "smear": ("<", 6), "lory": (">", 6),
+                   "soft-moe": ("*", 7)}
 # host -> (marker, line style)
 HOST_STYLES = {
     "bert-small": ("o", ":"),
