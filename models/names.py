@@ -34,6 +34,9 @@ VARIANT_IMPLS = {
     "meo-token": ("gather", "dense", "fused"),
     "ce": ("grouped", "loop"),
     "xmoe": ("grouped", "loop", "padded"),
+    "smear": ("dense", "gather", "fused"),
+    "lory": ("dense", "gather", "fused"),
+    "soft-moe": ("stacked", "loop"),
 }
 VARIANT_NAMES = tuple(VARIANT_IMPLS)
 IMPL_NAMES = tuple(sorted({i for impls in VARIANT_IMPLS.values() for i in impls}
