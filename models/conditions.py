@@ -46,6 +46,51 @@ WORKLOADS = ("prefill", "decode", "generate:N")
 MAX_GENERATE_STEPS = 2**16
 
 
+@dataclass(frozen=True)
+class Call:
+    """One forward of a workload, as counters and bounds read it: `tokens` per sequence go
+    through the model, its attention reads `keys` positions per sequence (the KV cache's
+    length at decode; `tokens` when there is none), and `chooses`: whether the layers that route
+    each sequence as a whole route (and the merging ones merge) in it, or reuse the choice the
+    prompt made (`--merge-reuse sequence`). `times`: how many such calls the workload makes."""
+
+    tokens: int
+    keys: int
+    chooses: bool = True
+    times: int = 1
+    cached: bool = False  # the call reads and writes a KV cache (decoding a causal host)
+    keeps: bool = False  # a prompt whose choice later steps keep (`--merge-reuse sequence`)
+
+
+def workload_calls(spec) -> list[Call]:
+    """The forwards one call of the spec's workload makes, in order. Decoding keeps a static
+    KV cache of `cache_length(spec)` positions, which every step's attention reads whole
+    (masked beyond what it has written), as transformers' static cache does; a prompt into an
+    empty cache attends to its own tokens only (transformers then runs plain causal attention):
+        prefill       one forward of L tokens, attending L
+        decode        one step: 1 token per sequence after C, attending C + 1
+        generate:N    a prompt of L tokens attending L, then N steps of 1, each attending L + N"""
+    workload = parse_workload(spec.workload)
+    chooses = spec.merge_reuse != "sequence"  # with reuse, a decode step chooses nothing
+    if not workload.decodes:
+        return [Call(spec.seq_len, spec.seq_len)]
+    keys = cache_length(spec)
+    if workload.name == "decode":
+        return [Call(1, keys, chooses, cached=True)]
+    return [Call(spec.seq_len, spec.seq_len, cached=True, keeps=not chooses),
+            Call(1, keys, chooses, times=workload.steps, cached=True)]
+
+
+def cache_length(spec) -> int:
+    """Positions per sequence a decoding workload's KV cache holds: C + 1 for one step after C
+    tokens, L + N for a prompt of L and N steps; the prefill's L otherwise (also for sizes
+    without a workload: a config read at the host's own sizes)."""
+    workload = parse_workload(getattr(spec, "workload", "prefill"))
+    if workload.name == "decode":
+        return spec.context + 1
+    return spec.seq_len + workload.steps
+
+
 def parse_workload(text: str) -> WorkloadKind:
     name, _, arg = str(text).strip().partition(":")
     if name in ("prefill", "decode") and not arg:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
+from meo_profile.models.conditions import cache_length
 from torch import nn
 
 
@@ -56,6 +57,11 @@ class HostShape:
     # relative position bias) says so with `first_block_differs`.
     uniform_blocks: bool = False
     first_block_differs: bool = False
+    # How the host decodes (models/decode.py): "causal", a causal language model stepping with
+    # a KV cache; "hidden", hidden states in and out with no attention (the `layer` host); or
+    # "" with the reason in `no_decode`.
+    decode: str = ""
+    no_decode: str | None = None
 
 
 class FFNBlock(nn.Module):
@@ -127,11 +133,16 @@ def _build_gpt2(spec):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(n_embd=spec.d_model, n_inner=spec.d_ff, n_layer=spec.layers,
-                        n_head=HOSTS["gpt2"].heads, n_positions=max(1024, spec.seq_len))
+                        n_head=HOSTS["gpt2"].heads, n_positions=gpt2_positions(spec))
     model = GPT2LMHeadModel(config)
     sites = [Site((blk.mlp, "c_fc"), (blk.mlp, "act"), (blk.mlp, "c_proj"))
              for blk in model.transformer.h]
     return LogitsOnly(model, seq2seq=False), sites
+
+
+def gpt2_positions(spec) -> int:
+    """GPT-2's learned positions: its published 1024, or as many as the workload reaches."""
+    return max(1024, cache_length(spec))
 
 
 def _build_t5(spec):
@@ -167,20 +178,25 @@ def _build_bart(spec):
     return LogitsOnly(model, seq2seq=True), sites
 
 
+ENCODER_ONLY = ("an encoder-only model: every token attends to every other, so it has no "
+                "decode step")
+ENCODER_DECODER = ("an encoder-decoder: its decode step reads the encoder's output beside the "
+                   "decoder's cache, which this tool does not build")
 HOSTS: dict[str, HostShape] = {
-    "layer": HostShape(768, 3072, 1, 1, build=_build_layer),
+    "layer": HostShape(768, 3072, 1, 1, build=_build_layer, decode="hidden"),
     # BERT-Small as in Turc et al. 2019 (4 layers, 512 wide), the smallest of the paper's figure.
     "bert-small": HostShape(512, 2048, 4, 8, vocab=30522, build=_build_bert, inputs="ids",
-                            uniform_blocks=True),
+                            uniform_blocks=True, no_decode=ENCODER_ONLY),
     "bert-base": HostShape(768, 3072, 12, 12, vocab=30522, build=_build_bert, inputs="ids",
-                           uniform_blocks=True),
+                           uniform_blocks=True, no_decode=ENCODER_ONLY),
     "bert-large": HostShape(1024, 4096, 24, 16, vocab=30522, build=_build_bert, inputs="ids",
-                            uniform_blocks=True),
+                            uniform_blocks=True, no_decode=ENCODER_ONLY),
     "gpt2": HostShape(768, 3072, 12, 12, vocab=50257, build=_build_gpt2, inputs="ids",
-                      uniform_blocks=True),
+                      uniform_blocks=True, decode="causal"),
     # seq2seq hosts: `layers` counts encoder + decoder blocks (6 + 6)
     "t5-small": HostShape(512, 2048, 12, 8, vocab=32128, build=_build_t5, inputs="ids", bias=False,
-                         seq2seq=True, uniform_blocks=True, first_block_differs=True),
+                         seq2seq=True, uniform_blocks=True, first_block_differs=True,
+                         no_decode=ENCODER_DECODER),
     "bart-base": HostShape(768, 3072, 12, 12, vocab=50265, build=_build_bart, inputs="ids",
-                          seq2seq=True, uniform_blocks=True),
+                          seq2seq=True, uniform_blocks=True, no_decode=ENCODER_DECODER),
 }

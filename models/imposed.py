@@ -28,7 +28,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from meo_profile.models.catalog import host_shape
-from meo_profile.models.conditions import RoutingChoice, parse_routing, parse_workload
+from meo_profile.models.conditions import (
+    RoutingChoice,
+    cache_length,
+    parse_routing,
+    parse_workload,
+)
 from meo_profile.models.distributions import choice_table, source_positions
 from meo_profile.models.errors import SpecError
 from meo_profile.models.layers import SparseLayer
@@ -90,10 +95,7 @@ class ImposedRouting:
 def positions_routed(spec) -> int:
     """Positions a configuration's calls route, per sequence: L for a prefill; a decode step's
     context C and its own; the prompt and the N steps of `generate:N`."""
-    workload = parse_workload(spec.workload)
-    if workload.name == "decode":
-        return spec.context + 1
-    return spec.seq_len + workload.steps
+    return cache_length(spec)  # the positions a decoding workload's cache holds, the same
 
 
 def layer_seed(seed: int, layer: int) -> int:

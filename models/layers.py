@@ -8,6 +8,14 @@ S = N*k (token, expert) pairs. Every layer maps (B, T, d_in) -> (B, T, d_out).
 | TokenMoE      | every token         | y_t = sum_i g_ti f_{e_ti}(x_t)                        |
 | SequenceMoE   | mean token of a seq | y_t = sum_i g_bi f_{e_bi}(x_t)                        |
 | MergedExperts | mean token of a seq | W_b = sum_i g_bi W_{e_bi}; y_t = W_b x_t + b_b (MEO)  |
+
+Layers that route each sequence as a whole are `SequenceRouted`: a forward is `prepare` (MEO's
+token block; nothing for the others), `choose` on the sequence's mean token (the routing, and
+for a merging variant the merged expert) and `through` (every token through that choice);
+`whole` is the forward over whole sequences, which also returns the choice. A merging variant
+added later is one more `SequenceRouted` with these methods, marked `merges=True` in the
+variants table: decoding (models/decode.py) then keeps a running mean per sequence, or its
+prompt's choice (`--merge-reuse sequence`), with no case of its own.
 """
 
 from __future__ import annotations
@@ -149,10 +157,40 @@ class TokenMoE(SparseLayer):
 
 
 # ---------------------------------------------------------------------- sequence level
-def route_sequences(router: Router, x: torch.Tensor) -> Routing:
-    """Route on the mean token of each sequence, padding included, as the MEO code does."""
-    with phase("router"):
-        return router(x.mean(dim=1))  # (B, d_in) -> (B, k) each
+class SequenceRouted(SparseLayer):
+    """Routes each sequence on the mean of its tokens (padding included, as the MEO code does),
+    then runs every token through what its sequence chose. While decoding, `decoding` (a
+    models.decode.SequenceState) supplies the running mean or keeps the prompt's choice."""
+
+    decoding = None  # a SequenceState while the layer decodes
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """What the layer does to its input before routing (MEO's token block)."""
+        return x
+
+    def choose(self, mean: torch.Tensor):
+        """(B, d_in) mean tokens -> each sequence's choice, as `through` takes it."""
+        raise NotImplementedError
+
+    def through(self, x: torch.Tensor, choice) -> torch.Tensor:
+        """(B, T, d_in) tokens through their sequence's choice -> (B, T, d_out)."""
+        raise NotImplementedError
+
+    def whole(self, x: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, object]:
+        """A forward over whole sequences x (B, T, d_in): the output, and each sequence's choice
+        (what a decode step keeps with `--merge-reuse sequence`; a variant may skip making it
+        unless `keep`). A variant that routes parts of a sequence apart (Lory's segments)
+        overrides this, and says which choice a step keeps."""
+        with phase("router"):
+            mean = x.mean(dim=1)  # (B, T, d_in) -> (B, d_in)
+        choice = self.choose(mean)
+        return self.through(x, choice), choice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.prepare(x)
+        if self.decoding is not None:
+            return self.decoding.run(self, x)
+        return self.whole(x)[0]
 
 
 def seq_grouped(bank: ExpertBank, x: torch.Tensor, routing: Routing) -> torch.Tensor:
@@ -183,11 +221,15 @@ def seq_loop(bank: ExpertBank, x: torch.Tensor, routing: Routing) -> torch.Tenso
 SEQUENCE_DISPATCH = {"grouped": seq_grouped, "loop": seq_loop}
 
 
-class SequenceMoE(SparseLayer):
-    """Vanilla top-k MoE with sequence-level routing (`--variant moe-seq`)."""
+class SequenceMoE(SequenceRouted):
+    """Vanilla top-k MoE with sequence-level routing (`--variant moe-seq`): a sequence's
+    choice is its routing, (B, k) experts and gates."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        routing = self.remember(route_sequences(self.router, x))
+    def choose(self, mean: torch.Tensor) -> Routing:
+        with phase("router"):
+            return self.remember(self.router(mean))  # (B, k) each
+
+    def through(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         return SEQUENCE_DISPATCH[self.impl](self.experts, x, routing)
 
 
@@ -219,21 +261,26 @@ class Merger(nn.Module):
         return self.bank[0].merge(routing.top_k_index, routing.top_k_weights, self.how)
 
 
-class MergedExperts(SparseLayer):
+class MergedExperts(SequenceRouted):
     """MEO (`--variant meo`; `meo-token` adds the token block): merge once per sequence, then
     one matmul per token. With linear experts and gates summing to 1 this equals SequenceMoE:
-    sum_i g_i (W_i x + b_i) = (sum_i g_i W_i) x + sum_i g_i b_i."""
+    sum_i g_i (W_i x + b_i) = (sum_i g_i W_i) x + sum_i g_i b_i. A sequence's choice is its
+    merged expert: [(W (B, d_out_j, d_in_j), b (B, d_out_j) or None)] per matrix j."""
 
     def __init__(self, bank: ExpertBank, router: Router, impl: str, token_block: bool = False):
         super().__init__(bank, router, impl)
         self.token_block = TokenBlock(bank.d_in) if token_block else None
         self.merger = Merger(bank, impl)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.token_block is not None:
-            x = self.token_block(x)
-        routing = self.remember(route_sequences(self.router, x))
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.token_block is None else self.token_block(x)
+
+    def choose(self, mean: torch.Tensor) -> list[tuple]:
+        with phase("router"):
+            routing = self.remember(self.router(mean))  # (B, k) each
         with phase("merge"):
-            merged = self.merger(routing)
+            return self.merger(routing)
+
+    def through(self, x: torch.Tensor, merged: list[tuple]) -> torch.Tensor:
         with phase("experts"):
             return self.experts.forward_merged(x, merged)  # (B, T, d_out)

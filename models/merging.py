@@ -19,7 +19,8 @@ merged with the weights its predecessor's mean token gives, so no token's expert
 later token; the first segment routes on itself. Each merge serves T tokens: the merge costs
 E/T of an expert per token. This forward is that segment routing, as Lory runs a sequence it
 reads in parallel (training, prefill); the paper's inference shortcut, one routing decision
-from the prompt reused while generating, is a merge made once per sequence and reused at decode.
+from the prompt reused while generating, is a merge made once per sequence and reused at decode
+(`--workload decode|generate:N --merge-reuse sequence`, models/decode.py).
 """
 
 from __future__ import annotations
@@ -73,11 +74,20 @@ class SegmentMerged(MergedExperts):
             routed_on = torch.cat([means[:, :1], means[:, :-1]], dim=1)  # (B, S, d_in), shifted
             return self.router(routed_on.flatten(0, 1))  # (B·S, E) each
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def whole(self, x: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, Any]:
+        """The segment-routed forward (see the class doc), and with `keep` the merged expert of
+        the segment that follows the prompt, routed on its last segment's mean token: what a
+        prefill over the longer sequence would serve the next tokens with, made once (the
+        paper's inference: one routing decision from the prompt, kept while generating)."""
         B, L, _ = x.shape
         segments = self.segments(x)  # (B·S, T, d_in)
         routing = self.remember(self.route_segments(segments, B))
         with phase("merge"):
             merged = self.merger(routing)  # one merged expert per segment
         with phase("experts"):
-            return self.experts.forward_merged(segments, merged).view(B, L, -1)  # (B, L, d_out)
+            out = self.experts.forward_merged(segments, merged).view(B, L, -1)  # (B, L, d_out)
+        if not keep:
+            return out, None
+        with phase("router"):
+            last = segments.view(B, -1, *segments.shape[1:])[:, -1].mean(dim=1)  # (B, d_in)
+        return out, self.choose(last)

@@ -248,7 +248,8 @@ def _shape(own, **native: Any) -> HostShape:
     """A native host's shape: its own sizes as the spec's defaults. `heads` is 1 for the
     generic check: the host checks its sizes against its config itself (`check`)."""
     fields = dict(vocab=own.vocab, build=build_native, inputs="ids", bias=False,
-                  experts=own.experts, top_k=own.top_k, expert_unit="ffn", native=True, gated=True)
+                  experts=own.experts, top_k=own.top_k, expert_unit="ffn", native=True, gated=True,
+                  decode="causal")
     return HostShape(own.d_model, own.d_ff, own.layers, 1, **{**fields, **native})
 
 

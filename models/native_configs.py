@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meo_profile.models.conditions import cache_length
 from meo_profile.models.errors import SpecError
 
 HF_PREFIX = "hf:"
@@ -261,7 +262,7 @@ def sized_fields(host: str, spec: Any) -> dict[str, Any]:
     _regroup(out, fields, spec.num_experts, spec.top_k)
     positions = value(fields, "max_position_embeddings")
     if positions is not None:
-        out["max_position_embeddings"] = max(positions, spec.seq_len)
+        out["max_position_embeddings"] = max(positions, cache_length(spec))  # decode: C + 1
     return out
 
 

@@ -19,7 +19,13 @@ from typing import Any
 
 import torch
 from meo_profile.models.catalog import host_shape
-from meo_profile.models.conditions import MERGE_REUSE, SCOPES, parse_routing, parse_workload
+from meo_profile.models.conditions import (
+    MERGE_REUSE,
+    SCOPES,
+    WorkloadKind,
+    parse_routing,
+    parse_workload,
+)
 from meo_profile.models.errors import FLAG_OF, SpecError, flag_of  # noqa: F401 (their home was here)
 from meo_profile.models.imposed import check_routing
 from meo_profile.models.merging import LORY_SEGMENT_LEN
@@ -98,7 +104,7 @@ class Spec:
     scope: str = "model"  # model (the whole host), blocks (its block stack) or moe (MoE sublayers)
     workload: str = "prefill"  # prefill, decode or generate:N
     context: int | None = None  # decode: tokens already in the cache (C); None: L
-    merge_reuse: str | None = None  # merging variants at decode: step or sequence
+    merge_reuse: str | None = None  # merging variants at decode: step (the default) or sequence
     routing: str = "router"  # router, uniform, balanced, zipf:S, biased:STD (,local:P), replay:FILE
     vocab_size: int | None = None  # None: the host's own vocabulary
 
@@ -152,15 +158,44 @@ class Spec:
         workload = parse_workload(self.workload)
         self._set("workload", workload.text)
         self._set("routing", parse_routing(self.routing).text)
+        if self.merge_reuse is not None:
+            _choice("merge_reuse", self.merge_reuse, MERGE_REUSE)
         if not workload.decodes:
             for name in ("context", "merge_reuse"):
                 if getattr(self, name) is not None:
                     raise SpecError(name, getattr(self, name), "applies at decode: use it with "
-                                    "--workload decode or generate:N")
-        elif self.context is None:
-            self._set("context", self.seq_len)
-        if self.merge_reuse is not None:
-            _choice("merge_reuse", self.merge_reuse, MERGE_REUSE)
+                                    "--workload decode or generate:N", "inapplicable")
+            return
+        self._validate_decoding(workload)
+
+    def _validate_decoding(self, workload: WorkloadKind) -> None:
+        """What decodes: a host with a decode step, a variant with one, in inference; the
+        context (decode: C, default L; generate: its own prompt of L) and, for a merging
+        variant, how its merged expert is reused (default `step`: merged again every step)."""
+        shape, variant = host_shape(self.host), VARIANTS[self.variant]
+        if not shape.decode:
+            raise SpecError("workload", workload.text, f"{self.host} is {shape.no_decode}; use "
+                            "--workload prefill, or a causal host (gpt2, olmoe, mixtral, ...)",
+                            "impossible")
+        if variant.no_decode:
+            raise SpecError("workload", workload.text, f"{variant.label} {variant.no_decode}; "
+                            "use --workload prefill", "impossible")
+        if self.mode != "inference":
+            raise SpecError("mode", self.mode, f"--workload {workload.text} is inference (a "
+                            "decode step has no backward here): use --mode inference", "impossible")
+        if workload.name == "generate" and self.context not in (None, self.seq_len):
+            raise SpecError("context", self.context, f"generate decodes after its own prompt of "
+                            f"--seq-len {self.seq_len} tokens: set --seq-len instead",
+                            "inapplicable")
+        self._set("context", self.seq_len if self.context is None else self.context)
+        if not variant.merges:
+            if self.merge_reuse is not None:
+                raise SpecError("merge_reuse", self.merge_reuse, f"{self.variant} merges no "
+                                "experts; merge reuse applies to the merging variants ("
+                                f"{', '.join(v for v, e in VARIANTS.items() if e.merges)})",
+                                "inapplicable")
+            return
+        self._set("merge_reuse", self.merge_reuse or "step")
 
     def _validate_knob_values(self) -> None:
         """Each knob given is a valid value, whichever variant reads it (a bad value for a knob
@@ -195,7 +230,8 @@ class Spec:
         if VARIANTS[v].every_expert:  # the merging family reads all E: k is E, whatever was asked
             self._set("top_k", self.num_experts)
         if sparse and v != "xmoe" and self.top_k > self.num_experts:
-            raise SpecError("top_k", self.top_k, f"exceeds --experts {self.num_experts}")
+            raise SpecError("top_k", self.top_k, f"exceeds --experts {self.num_experts}",
+                            "impossible")
         if v == "ce":
             n_ce = self.top_k // 2 if self.n_ce is None else self.n_ce
             if not 0 <= n_ce < self.top_k:
@@ -221,7 +257,7 @@ class Spec:
         T = LORY_SEGMENT_LEN if self.segment_len is None else self.segment_len
         if self.seq_len > T and self.seq_len % T:
             raise SpecError("segment_len", T, f"must divide --seq-len {self.seq_len} (Lory's "
-                            "segments are equal), or be at least it (one segment)")
+                            "segments are equal), or be at least it (one segment)", "impossible")
         self._set("segment_len", T)
 
     @property

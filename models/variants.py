@@ -5,8 +5,10 @@ how its router reads the input (every token, each sequence's mean token, each se
 gate convention of that router and how the router is built, the spec fields only it reads (its
 knobs), whether every input reads all E experts (the merging family: k is then E), how to
 build its layer from an expert bank and a router, how to rerun an existing layer of any variant
-as this one over the same experts and router (what `verify` compares), and what some
-implementations need of a configuration (`needs`).
+as this one over the same experts and router (what `verify` compares), what some
+implementations need of a configuration (`needs`), whether it merges experts per input
+(`merges`: at decode it then takes `--merge-reuse`) and, where it cannot decode, why
+(`no_decode`).
 
 `--impl auto` has two meanings, kept apart: counting uses the variant's deterministic rule
 (`default_impl`, the same on every machine), timing picks by measurement among the
@@ -67,10 +69,14 @@ class Variant:
     router: RouterFactory = top_k_router
     knobs: tuple[str, ...] = ()  # spec fields only this variant reads (None for the others)
     every_expert: bool = False  # every input reads all E experts: k is E, stored so
-    merges: bool = False  # folds expert weights into one expert per input (MEO's merge kernels)
+    # folds expert weights into one expert per input (MEO's merge kernels); its layer is a
+    # SequenceRouted whose choice is the merged expert, so at decode it takes `--merge-reuse`:
+    # merge again every step, or keep the prompt's merged expert
+    merges: bool = False
     auto: Callable[[Spec], str] | None = None  # the rule for `--impl auto`, if not impls[0]
     # impl -> why it cannot run a configuration (None: it can); impls not named run anywhere
     needs: Mapping[str, Callable[[Spec], str | None]] = field(default_factory=dict)
+    no_decode: str | None = None  # why the variant has no decode step (None: it decodes)
 
     def default_impl(self, spec: Spec) -> str:
         """The deterministic rule behind `--impl auto` (what counting and a plain build use)."""
@@ -171,6 +177,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # matrix over every expert's slots; `loop`: expert by expert)
     Variant("soft-moe", "Soft MoE", ("stacked", "loop"), routes="token", gates="slots",
             router=slot_router, every_expert=True, knobs=("slots_per_expert",),
+            no_decode=("mixes every token of a sequence into each slot (no causal order): a "
+                       "step of one token has nothing to mix with"),
             layer=lambda bank, router, spec: SoftMoE(bank, router, spec.impl_by_rule),
             rerun=lambda layer, impl: SoftMoE(layer.experts, layer.router, impl)),
 )}

@@ -233,6 +233,60 @@ def routing_records() -> list[dict]:
     return out
 
 
+# Where merging pays off: the paper's layer (two MoE linears, 768 x 3072, E 16, k 4) on the toy
+# machine, phase by phase: vanilla reads the experts its tokens touch and computes k per token;
+# MEO reads the experts its sequences chose, writes and rereads B merged copies, and computes one
+# per token; kept from the prompt, a decode step only rereads the B merged copies.
+REGIME_LAYER = dict(host="layer", d_model=768, d_ff=3072, num_experts=16, top_k=4, device="cpu")
+EXPERT_PAIR_BYTES = 2 * 768 * 3072 * 4  # both linears of one expert, float32
+EXPERT_PAIR_MACS = 2 * 768 * 3072
+
+
+def regime_cost_ms(spec: Spec) -> tuple[float, float]:
+    """(compute ms, memory ms) of one call: a prefill of B x L tokens or a decode step."""
+    B, E, k = spec.batch_size, spec.num_experts, spec.top_k
+    tokens = B * (1 if spec.workload == "decode" else spec.seq_len)
+    if spec.variant == "dense":
+        experts, per_token = 1, 1
+    elif spec.variant == "moe":
+        experts, per_token = min(E, tokens * k), k
+    elif spec.merge_reuse == "sequence":
+        experts, per_token = B, 1
+    else:
+        experts, per_token = min(E, B * k) + 2 * B, 1
+    merge = 0 if spec.variant != "meo" or spec.merge_reuse == "sequence" else B * k
+    macs = (tokens * per_token + merge) * EXPERT_PAIR_MACS
+    return macs / (PEAK_FLOPS / 2) * 1e3, experts * EXPERT_PAIR_BYTES / BANDWIDTH_BYTES_S * 1e3
+
+
+def regime_records(batches=(1, 8, 64), lengths=(8, 32, 128, 512), device: str = "cpu") -> list[dict]:
+    out, seen = [], set()
+    for B in batches:
+        cases = [dict(seq_len=L) for L in lengths]
+        cases += [dict(workload="decode", seq_len=128, merge_reuse=r) for r in ("step", "sequence")]
+        for case in cases:
+            for variant in ("dense", "moe", "meo"):
+                reuse = case.get("merge_reuse") if variant == "meo" else None
+                spec = Spec(variant=variant, batch_size=B, **REGIME_LAYER,
+                            **{**case, "merge_reuse": reuse})
+                if spec in seen:  # vanilla and dense decode once, whatever MEO's reuse
+                    continue
+                seen.add(spec)
+                compute_ms, memory_ms = regime_cost_ms(spec)
+                bound = compute_ms + memory_ms
+                median = bound / EFFICIENCY[variant]
+                kept = (B * 2 * EXPERT_PAIR_BYTES // 2 if reuse == "sequence" else
+                        0 if reuse == "step" else None)  # two layers, one linear of each
+                record = Result(spec, env=dict(ENV), latency_ms_median=median,
+                                latency_ms_p20=median * 0.97, latency_ms_p80=median * 1.04,
+                                latency_samples_ms=[median * f for f in (0.97, 1.0, 1.04)],
+                                timer="torch_benchmark", roofline_ms=bound,
+                                roofline_ratio=median / bound, below_bound=False,
+                                merged_cache_bytes=kept).to_dict()
+                out.append(_on_device(record, device))
+    return out
+
+
 def failure_records() -> list[dict]:
     oom = Result(Spec(host="bert-large", variant="moe", num_experts=64, top_k=32, device="cpu"),
                  status="oom", error="estimated 41.2 GiB exceeds --max-memory 8 GiB", env=dict(ENV))
@@ -274,7 +328,7 @@ def family_records(members=FAMILY_MEMBERS[3:] + FAMILY_MEMBERS[:1]) -> list[dict
 
 def full_set(gpu: bool = False, train: bool = False) -> list[dict]:
     records = flops_records() + layer_records(modes=("inference", "train") if train else ("inference",))
-    records += method_records() + routing_records() + family_records()
+    records += method_records() + routing_records() + family_records() + regime_records()
     if gpu:
         records += layer_records(device="cuda", dtype="bfloat16")
         records += method_records(device="cuda", dtype="bfloat16")

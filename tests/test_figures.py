@@ -192,4 +192,5 @@ def test_real_sweep_draws_the_figures(real_sweep):
                                           "Four methods at one expert budget",
                                           "The merging family at one expert budget",
                                           "Where the time goes on CUDA",
-                                          "Latency against skew and locality of routing"}
+                                          "Latency against skew and locality of routing",
+                                          figures.FIGURES["fig12_regimes"].title}

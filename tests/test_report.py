@@ -204,7 +204,8 @@ def test_full_results_draw_every_figure(built):
                                                "fig4_latency_vs_k", "fig5_speedup_heatmap",
                                                "fig6_memory_vs_experts", "fig7_roofline",
                                                "fig8_methods", "fig10_merging_family",
-                                               "fig9_where_time_goes", "fig11_routing"]
+                                               "fig9_where_time_goes", "fig11_routing",
+                                               "fig12_regimes"]
     assert not [b for b in built.blocks if isinstance(b, report.Omitted)]
     assert "| oom | bert-large moe E=64 k=32" in report.to_markdown(built)
 
@@ -226,7 +227,8 @@ def test_flops_only_results_leave_the_measured_figures_out_with_reasons():
                             "Peak memory against experts", "Measured time against the roofline bound",
                             "Four methods at one expert budget", "The merging family at one expert budget",
                             "Where the time goes on CUDA",
-                            "Latency against skew and locality of routing"}
+                            "Latency against skew and locality of routing",
+                            "Where merging pays off: MEO's speedup, batch × regime"}
     assert "no latency measurements" in report.to_markdown(rep)
     assert [f.name for f in rep.figure_blocks()] == ["fig1_flops_vs_k", "fig3_flops_ratio"]
 
@@ -240,7 +242,8 @@ def test_latency_without_flops_or_bounds_still_reports():
     assert {"GFLOPs against selected experts", "FLOPs ratio MEO / vanilla against k",
             "Measured time against the roofline bound", "Four methods at one expert budget",
             "The merging family at one expert budget", "Where the time goes on CUDA",
-            "Latency against skew and locality of routing"} == omitted
+            "Latency against skew and locality of routing",
+            "Where merging pays off: MEO's speedup, batch × regime"} == omitted
     speedup = next(t for t in rep.tables() if t.title.startswith("MEO speedup"))
     assert speedup.rows[0][5] == "–"  # FLOPs ratio unknown, not invented
 

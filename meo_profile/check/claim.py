@@ -9,6 +9,11 @@ current code must be able to do before the claim can be measured at all; while i
 claim is `pending`, never `pass`. A claim whose records are absent from the results judged is
 `unmeasured` (the results were made without those configurations); it neither passes nor fails.
 
+With `region` (region.py), the cases are every point the records hold inside the region (and
+within `select`, a list there meaning "any of these"), not the combinations `select` lists:
+each point passes, fails, or is unmeasured (one side of a ratio without the other), and the
+claim passes when every measured point does; with no point measured it is `unmeasured`.
+
 Judging never measures: it reads records (check/run.py measures what claims need).
 """
 
@@ -22,8 +27,9 @@ from typing import Any
 
 from meo_profile.check.expectations import Approx, Limit
 from meo_profile.check.quantities import Quantity
+from meo_profile.check.region import Region
 from meo_profile.core.errors import BadInput
-from meo_profile.core.identity import config_key, symbol
+from meo_profile.core.identity import config_fields, config_key, symbol
 from meo_profile.core.units import format_value
 from meo_profile.models.spec import Spec, SpecError
 from meo_profile.models.variants import VARIANTS
@@ -45,7 +51,7 @@ def _fields(selection: dict[str, Any]) -> str:
 
 # Spec fields that differ between variants by construction (resolved per variant, or stored as
 # None for the others): never part of "the same configuration" across a ratio's two sides.
-VARIANT_FIELDS = ("variant", "impl", *(k for v in VARIANTS.values() for k in v.knobs))
+VARIANT_FIELDS = ("variant", "impl", "merge_reuse", *(k for v in VARIANTS.values() for k in v.knobs))
 
 
 @dataclass
@@ -110,17 +116,19 @@ class Claim:
     ratio: tuple[dict[str, Any], dict[str, Any]] | None = None  # (numerator, denominator) fields
     requires: dict[str, str] = field(default_factory=dict)  # probe -> variant (probes.PROBES)
     note: str = ""
+    region: Region | None = None  # every measured point inside it is a case (see the module doc)
 
     @property
     def unit(self) -> str:
         return "ratio" if self.ratio else self.quantity.spec.unit
 
     def quantity_text(self) -> str:
+        where = f", where {self.region.describe()}" if self.region is not None else ""
         if self.ratio is None:
-            return self.quantity.describe()
+            return self.quantity.describe() + where
         num, den = (" ".join(str(v) if k == "variant" else f"{symbol(k)}={v}"
                              for k, v in side.items()) for side in self.ratio)
-        return f"{self.quantity.describe()}, {num} / {den}"
+        return f"{self.quantity.describe()}, {num} / {den}{where}"
 
     # ------------------------------------------------------------------------ configurations
     def cases(self) -> list[dict[str, Any]]:
@@ -134,14 +142,17 @@ class Claim:
         return [case] if self.ratio is None else [{**case, **side} for side in self.ratio]
 
     def specs(self) -> list[Spec]:
-        """Every configuration the claim needs measured, validated (errors name the claim)."""
+        """Every configuration the claim needs measured, validated (errors name the claim);
+        with a region, the listed combinations inside it."""
         out = []
         for case in self.cases():
             for side in self.sides(case):
                 try:
-                    out.append(Spec(**side))
+                    spec = Spec(**side)
                 except (SpecError, TypeError) as e:
                     raise ClaimError(f"claim {self.name!r}: selection {side}: {e}") from None
+                if self.region is None or self.region.contains(spec.to_dict()):
+                    out.append(spec)
         return out
 
     def _label(self, case: dict[str, Any]) -> str:
@@ -156,6 +167,8 @@ class Claim:
     def judge(self, records: list[dict[str, Any]]) -> Verdict:
         """Judge every case against `records`: all must hold (`pass`); one that does not is a
         `fail`; without a failure, a case with no record makes the claim `unmeasured`."""
+        if self.region is not None:
+            return self._judge_region(records)
         outcomes = []
         for case in self.cases():
             outcomes += self._judge_case(case, records)
@@ -171,6 +184,61 @@ class Claim:
         detail = "; ".join(o.line(self.unit) for o in (failed or outcomes))
         return Verdict(self.name, "fail" if failed else "pass", self.quantity_text(),
                        self.expect.describe(self.unit), measured, detail, self.source, outcomes)
+
+    # ------------------------------------------------------------------------ regions
+    def _judge_region(self, records: list[dict[str, Any]]) -> Verdict:
+        """Every point inside the region judged (see the module doc)."""
+        inside = [r for r in records if self._selected(r) and self.region.contains(r)]
+        sides = [self.select] if self.ratio is None else [{**self.select, **s} for s in self.ratio]
+        groups = [self._latest_per_point([r for r in inside if self._selected(r, side)])
+                  for side in sides]
+        labels = _point_labels([r for group in groups for r in group.values()])
+        outcomes = [self._region_outcome(labels, *pair) for pair in _aligned(groups)]
+        failed = [o for o in outcomes if not o.ok and not o.missing]
+        judged = [o for o in outcomes if not o.missing]
+        verdict = "fail" if failed else "pass" if judged else "unmeasured"
+        shown = failed or judged
+        measured = (f"{len(judged) - len(failed)}/{len(judged)} measured points hold"
+                    + (f" ({len(outcomes) - len(judged)} unmeasured)" if len(judged) < len(outcomes) else "")
+                    + (f"; {'failing' if failed else 'closest'}: "
+                       f"{max(shown, key=lambda o: o.margin).line(self.unit, versus=False)}"
+                       if shown else ""))
+        detail = "; ".join(o.line(self.unit) for o in outcomes) or \
+            f"no record inside {self.region.describe()}"
+        return Verdict(self.name, verdict, self.quantity_text(), self.expect.describe(self.unit),
+                       measured, detail, self.source, outcomes)
+
+    def _selected(self, record: dict[str, Any], selection: dict[str, Any] | None = None) -> bool:
+        """The record matches `selection` (default `select`): a list means any of its values."""
+        return all(any(_same(k, record.get(k), v) for v in (want if isinstance(want, list) else [want]))
+                   for k, want in (selection or self.select).items())
+
+    def _latest_per_point(self, records: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+        """One record per point (the configuration, without the variant's own fields; on one
+        machine for a timed quantity): the newest with the quantity measured, else the newest."""
+        out: dict[tuple, dict[str, Any]] = {}
+        ignore = VARIANT_FIELDS + tuple(f for side in self.ratio or () for f in side)
+        for r in sorted(records, key=lambda r: r.get("created_utc") or ""):
+            key = config_key(r, machine=self.quantity.spec.timed, ignore=ignore)
+            if key not in out or self._measured(r) or not self._measured(out[key]):
+                out[key] = r
+        return out
+
+    def _measured(self, record: dict[str, Any]) -> bool:
+        return record.get("status") == "ok" and self.quantity.of(record) is not None
+
+    def _region_outcome(self, labels: dict[int, str], num: dict | None, den: dict | None) -> Outcome:
+        present = num if num is not None else den
+        label = labels[id(present)]
+        if num is None or den is None:
+            side = "numerator" if num is None else "denominator"
+            return Outcome(label, False, missing=f"no {side} record at this point")
+        for r in (num, den):
+            if not self._measured(r):
+                return Outcome(label, False, error=f"status {r.get('status')}: {r.get('error')}")
+        if self.ratio is None:
+            return self._outcome(label, self.quantity.of(num), num)
+        return self._ratio_outcome(label, num, den, {})
 
     def _unmeasured(self, outcomes: list[Outcome], missing: list[Outcome]) -> Verdict:
         judged = len(outcomes) - len(missing)
@@ -255,6 +323,22 @@ def _same(name: str, stored: Any, wanted: Any) -> bool:
     if isinstance(wanted, (int, float)) and isinstance(stored, (int, float)):
         return math.isclose(stored, wanted, rel_tol=1e-12)
     return stored == wanted
+
+
+def _aligned(groups: list[dict[tuple, dict]]) -> list[tuple[dict | None, dict | None]]:
+    """(numerator, denominator) per point, either None where that side was not measured; a
+    claim without a ratio judges each record alone (as its own numerator and denominator)."""
+    if len(groups) == 1:
+        return [(r, r) for r in groups[0].values()]
+    num, den = groups
+    return [(num.get(key), den.get(key)) for key in dict.fromkeys([*num, *den])]
+
+
+def _point_labels(records: list[dict[str, Any]]) -> dict[int, str]:
+    """Each record's label: the spec fields that vary among the points, by symbol."""
+    fields = [f for f in config_fields(ignore=VARIANT_FIELDS)
+              if len({repr(r.get(f)) for r in records}) > 1]
+    return {id(r): " ".join(f"{symbol(f)}={r.get(f)}" for f in fields) for r in records}
 
 
 def judge_all(claims: Iterable[Claim], records: list[dict[str, Any]],

@@ -13,6 +13,7 @@ from meo_profile.check.claim import Claim, ClaimError
 from meo_profile.check.expectations import EXPECT_KEYS, EXPECTATIONS, Approx, Limit
 from meo_profile.check.probes import PROBES
 from meo_profile.check.quantities import CLAIM_METRICS, MACS_PER, PARTS, Quantity
+from meo_profile.check.region import parse_region
 from meo_profile.core.inputs import read_text
 from meo_profile.models.spec import SPEC_FIELDS
 
@@ -20,7 +21,7 @@ BUILTIN = "claims_builtin.yaml"  # shipped beside this module (package data)
 
 
 _CLAIM_KEYS = {"name", "source", "note", "select", "metric", "parts", "exclude_parts", "ratio",
-               "expect", "requires"}
+               "expect", "requires", "region"}
 
 
 def parse_claims(data: Any, origin: str = "claims") -> list[Claim]:
@@ -56,7 +57,8 @@ def _parse_claim(item: Any) -> Claim:
                  select=_selection(item["select"], "select", lists=True),
                  quantity=_quantity(item), expect=_expectation(item["expect"]),
                  ratio=_ratio(item.get("ratio")), requires=_requires(item.get("requires")),
-                 note=str(item.get("note", "")).strip())
+                 note=str(item.get("note", "")).strip(),
+                 region=None if item.get("region") is None else parse_region(item["region"]))
 
 
 def _selection(select: Any, where: str, lists: bool) -> dict[str, Any]:

@@ -31,6 +31,9 @@ CLAIM_METRICS: dict[str, ClaimMetric] = {
     "tokens_per_s": ClaimMetric("latency", "tokens/s", timed=True),
     "peak_mem_bytes": ClaimMetric("memory", "bytes", timed=True),
     "peak_mem_above_weights_bytes": ClaimMetric("memory", "bytes", timed=True),
+    "prefill_ms": ClaimMetric("latency", "ms", timed=True),
+    "decode_ms_per_step": ClaimMetric("latency", "ms", timed=True),
+    "merged_cache_bytes": ClaimMetric("flops", "bytes"),  # from the structure: any measurement
 }
 # The parts of `macs_by_part` (see flops.parts_from_modules), checked when a claim is read
 # because a misspelt part would silently count as 0.

@@ -56,6 +56,9 @@ def verify(spec: Spec, max_memory_bytes: int | None = None) -> list[Check]:
     is built when the forward would not fit: preflight.DoesNotFit)."""
     if spec.device == "meta":
         raise SpecError("device", "meta", "verify compares real outputs: use cpu or cuda")
+    if spec.workload != "prefill":  # not silently a prefill check under a decode flag
+        raise SpecError("workload", spec.workload, "verify compares the variants over one "
+                        "prefill: use --workload prefill")
     check_fits(spec.replace(mode="inference"), max_memory_bytes)
     tol = TOLERANCE[spec.dtype]
     # the merging family stores k = E: MEO's checks run at the host's k (smear's own compare

@@ -108,7 +108,8 @@ def config_title(fields: Mapping[str, Any]) -> str:
 
 
 # The conditions a title names when they are not the usual ones (models/conditions.py).
-CONDITION_DEFAULTS = {"scope": "model", "workload": "prefill", "routing": "router"}
+CONDITION_DEFAULTS = {"scope": "model", "workload": "prefill", "context": None,
+                      "merge_reuse": None, "routing": "router"}
 
 
 def _unsaid(value: Any, usual: str) -> bool:

@@ -13,6 +13,15 @@ reading d_0 features (the MEO paper, Sec. 3, per MoE linear):
     router: token level N*d_0*E; sequence level B*d_0*E (on the mean token)
 so MEO / vanilla for one linear = (N*P + B*k*P) / (N*k*P) = 1/k + 1/T.
 
+A workload is a list of calls (models/conditions.py `workload_calls`), each counted with the
+formulas above read at its own shape (`CallShape`): T tokens per sequence, attention over K
+keys (a decode step: T = 1, K = C + 1, the KV cache read; a prefill: K = T = L), and summed:
+    decode              one step after C tokens; with `--merge-reuse sequence` a merging
+                        variant's step has no router and no merge, only experts B*P (Lory's
+                        prompt then routes and merges once more, on its last segment)
+    generate:N          the prompt (T = K = L) + N steps (T = 1, K = L + N)
+(a decode step of the merging family below makes G = B merged experts: one token per sequence).
+
 The merging family, every input reading all E experts (G merged experts per layer: B for
 SMEAR, B*S for Lory, whose sequences split into S segments of --segment-len tokens; Soft MoE
 has S' = E*p slots, p per expert):
@@ -29,12 +38,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from meo_profile.measure import analytic_native
 from meo_profile.measure.counts import Counts
 from meo_profile.models.catalog import host_shape
+from meo_profile.models.conditions import Call, cache_length, workload_calls
+from meo_profile.models.hosts import gpt2_positions
 from meo_profile.models.merging import merge_groups
 from meo_profile.models.spec import Spec, SpecError
+from meo_profile.models.variants import VARIANTS
 
 LAYER_NORM_MACS_PER_ELEMENT = 5  # fvcore's rule for an affine layer_norm
 
@@ -167,9 +180,11 @@ def _ln(spec: Spec, count: int) -> int:
 
 
 def _self_attention(spec: Spec, bias: bool = True) -> tuple[int, int]:
-    """(MACs, params) of one self-attention: q, k, v, o projections and both score products."""
+    """(MACs, params) of one self-attention: q, k, v, o projections and both score products,
+    T queries against K keys (the KV cache's length at decode)."""
     B, T, d = spec.batch_size, spec.seq_len, spec.d_model
-    return 4 * B * T * d * d + 2 * B * T * T * d, 4 * (d * d + (d if bias else 0))
+    K = getattr(spec, "keys", T)
+    return 4 * B * T * d * d + 2 * B * T * K * d, 4 * (d * d + (d if bias else 0))
 
 
 def _bert(spec: Spec) -> tuple[Counter, int]:
@@ -186,7 +201,7 @@ def _bert(spec: Spec) -> tuple[Counter, int]:
 def _gpt2(spec: Spec) -> tuple[Counter, int]:
     N, d, L, V = spec.batch_size * spec.seq_len, spec.d_model, spec.layers, host_shape(spec.host).vocab
     attn_macs, attn_params = _self_attention(spec)
-    positions = max(1024, spec.seq_len)
+    positions = gpt2_positions(spec)
     macs = Counter(attention=L * attn_macs, head=N * d * V, norm=_ln(spec, 2 * L + 1))
     params = V * d + positions * d + L * (attn_params + 2 * 2 * d) + 2 * d  # lm_head tied
     return macs, params
@@ -227,26 +242,79 @@ HOST_PARTS: dict[str, Callable[[Spec], tuple[Counter, int]]] = {
 
 
 # ------------------------------------------------------------------------------- the model
+class CallShape:
+    """The spec as one call of its workload reads it: `seq_len` is the call's tokens per
+    sequence (T), `keys` the positions its attention reads (K), `chooses` whether the layers
+    that route a sequence as a whole route and merge in it, `keeps` whether later steps keep
+    its choice, `cache_positions` the KV cache's length (T without one); every other field is
+    the spec's."""
+
+    def __init__(self, spec: Spec, call: Call):
+        self.whole, self.seq_len, self.keys = spec, call.tokens, call.keys
+        self.chooses, self.keeps = call.chooses, call.keeps
+        self.cache_positions = cache_length(spec) if call.cached else call.tokens
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.whole, name)
+
+
+NOT_CHOSEN = ("router", "merge")  # what a step that reuses its prompt's choice does not run
+
+
 def count(spec: Spec) -> Counts:
-    """MACs by part and parameters of the spec's model, in closed form."""
+    """MACs by part and parameters of one call of the spec's workload, in closed form."""
     if spec.host not in HOST_PARTS and not host_shape(spec.host).native:
         raise SpecError("host", spec.host, "has no closed form here; count it with --source fvcore")
     if spec.variant not in LAYER_MACS:  # XMoE's cost depends on where the router sends tokens
         raise SpecError("variant", spec.variant, "has a data-dependent cost and no closed form; "
                         "count it with --source fvcore")
-    if host_shape(spec.host).native:  # the MoE sites are the sparse layers only
-        macs, params_total, sites = analytic_native.host_parts(spec)
-    else:
-        (macs, params_total), sites = HOST_PARTS[spec.host](spec), spec.layers
-    inactive = 0
-    for dims in expert_dims(spec):
-        macs += _times(LAYER_MACS[spec.variant](spec, dims), sites)
-        layer_total, layer_idle = _layer_params(spec, dims)
-        params_total += sites * layer_total
-        inactive += sites * layer_idle
+    macs = Counter()
+    for call in workload_calls(spec):
+        macs += _times(_call_macs(CallShape(spec, call)), call.times)
+    params_total, inactive = _params(spec)
     parts = {k: v for k, v in sorted(macs.items()) if v}
     return Counts(macs=sum(parts.values()), macs_by_part=parts, params_total=params_total,
                   params_active=params_total - inactive, source="analytic")
+
+
+def _host(spec: Spec) -> tuple[Counter, int, int]:
+    """(MACs by part, parameters, MoE sites) of the host around its MoE sites."""
+    if host_shape(spec.host).native:  # the MoE sites are the sparse layers only
+        return analytic_native.host_parts(spec)
+    macs, params = HOST_PARTS[spec.host](spec)
+    return macs, params, spec.layers
+
+
+def _call_macs(shape: CallShape) -> Counter:
+    macs, _, sites = _host(shape)
+    for dims in expert_dims(shape):
+        layer = LAYER_MACS[shape.variant](shape, dims)
+        if not shape.chooses:
+            layer = Counter({k: v for k, v in layer.items() if k not in NOT_CHOSEN})
+        if shape.keeps and VARIANTS[shape.variant].routes == "segment":
+            layer += kept_choice(shape, dims)
+        macs += _times(layer, sites)
+    return macs
+
+
+def kept_choice(shape: CallShape, dims: list[int]) -> Counter:
+    """What a segment-routed prompt (Lory's) adds to keep its choice for the steps: one more
+    routing and merge per sequence, on its last segment's mean, as one token per sequence
+    would route and merge."""
+    one_token = CallShape(shape.whole, Call(1, 1))
+    layer = LAYER_MACS[shape.variant](one_token, dims)
+    return Counter({k: v for k, v in layer.items() if k in NOT_CHOSEN})
+
+
+def _params(spec: Spec) -> tuple[int, int]:
+    """(total, inactive per token) parameters of the model, whatever the workload."""
+    _, params_total, sites = _host(spec)
+    inactive = 0
+    for dims in expert_dims(spec):
+        layer_total, layer_idle = _layer_params(spec, dims)
+        params_total += sites * layer_total
+        inactive += sites * layer_idle
+    return params_total, inactive
 
 
 def _times(counter: Counter, n: int) -> Counter:

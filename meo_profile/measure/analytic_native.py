@@ -1,14 +1,16 @@
 """Closed forms for the native MoE hosts, one per family, from the transformers config alone.
 
 Same convention as the fvcore counter (meo_profile/measure/fvcore_count.py): a matmul-like op
-counts output elements x contraction; SDPA counts B*heads*T*T*(D_qk + D_v); nn.LayerNorm 5 per
+counts output elements x contraction; SDPA counts B*heads*T*K*(D_qk + D_v) (K keys: T, or the
+KV cache's length at decode, see analytic.CallShape); nn.LayerNorm 5 per
 element; RMSNorm, activations, softmax, sigmoid, top-k, gathers, embeddings and bias adds 0.
 Symbols: B batch, T sequence length, N = B*T tokens, H hidden width, V vocabulary, E experts,
 k chosen, I one routed expert's width.
 
 This module gives what surrounds the MoE sites, by part (the sites themselves, router and
 routed experts, are the variant's and come from meo_profile/measure/analytic.py):
-    attention       per layer N*(projection weights) + B*heads*T*T*(D_qk + D_v)
+    attention       per layer N*(projection weights) + B*heads*T*K*(D_qk + D_v) (+ MLA's
+                    latent expanded at every cached position, see `_latent_expansion`)
     shared_experts  per sparse layer N*3*H*I_shared (+ N*H for Qwen2-MoE's shared gate)
     dense_ffn       per dense layer N*3*H*I_dense (DeepSeek-V3's first layers, mlp_only_layers)
     head            N*H*V
@@ -139,6 +141,18 @@ def _attention(f: Family) -> tuple[int, int, int, int]:
     return q_w + kv_w + o_w, q_extra + kv_extra + (H if bias else 0), qk, a["v"]
 
 
+def _latent_expansion(f: Family, spec: Spec) -> int:
+    """MLA with a KV cache: transformers caches the compressed latent and expands every
+    position of the static cache through kv_b at each call, not only the call's T tokens
+    (counted with them in `_attention`): B x (cache length - T) x kv_rank x heads x (nope + v)
+    more per layer."""
+    a = f.attention
+    extra = getattr(spec, "cache_positions", spec.seq_len) - spec.seq_len
+    if a["kind"] != "mla" or not extra:
+        return 0
+    return spec.batch_size * extra * a["kv_rank"] * a["heads"] * (a["nope"] + a["v"])
+
+
 # ------------------------------------------------------------------------------- the host
 def host_parts(spec: Spec) -> tuple[Counter, int, int]:
     """(MACs by part, parameters, MoE sites) of everything around the sparse blocks' routed
@@ -150,7 +164,9 @@ def host_parts(spec: Spec) -> tuple[Counter, int, int]:
     n_dense = layers - n_sparse
     attn_w, attn_extra, d_qk, d_v = _attention(f)
     shared = 3 * H * f.shared_I + (H if f.shared_gate else 0)  # weights per token, gate included
-    macs = Counter(attention=layers * (N * attn_w + B * f.attention["heads"] * T * T * (d_qk + d_v)),
+    K = getattr(spec, "keys", T)  # positions attention reads: the KV cache's length at decode
+    macs = Counter(attention=layers * (N * attn_w + B * f.attention["heads"] * T * K * (d_qk + d_v)
+                                       + _latent_expansion(f, spec)),
                    shared_experts=n_sparse * N * shared, dense_ffn=n_dense * N * 3 * H * f.dense_I,
                    head=N * H * V)
     if f.layer_norm:

@@ -36,3 +36,21 @@ class Counts:
                 "count_device": self.count_device, "unsupported_ops": dict(self.unsupported_ops),
                 "macs_by_part": dict(self.macs_by_part), "params_total": self.params_total,
                 "params_active": self.params_active, "count_note": self.note, **self.routing}
+
+
+ADDED = ("macs_by_part", "macs_by_operator", "macs_by_module", "unsupported_ops")
+
+
+def combined(calls: list[tuple[Counts, int]]) -> Counts:
+    """The counts of a workload of several calls, each (counts of one call, times it is made):
+    MACs, their breakdowns and skipped ops add up; parameters are the model's, counted once."""
+    first, _ = calls[0]
+    maps = {f: {} for f in ADDED}
+    for counts, times in calls:
+        for f in ADDED:
+            for key, n in getattr(counts, f).items():
+                maps[f][key] = maps[f].get(key, 0) + times * n
+    return Counts(macs=sum(c.macs * n for c, n in calls), params_total=first.params_total,
+                  params_active=first.params_active, source=first.source,
+                  count_device=first.count_device, note=first.note,
+                  routing=calls[-1][0].routing, **{f: dict(sorted(m.items())) for f, m in maps.items()})

@@ -16,6 +16,9 @@ Convention (fvcore's): one multiply-add counts as one MAC. Records carry `macs` 
 The count comes from one traced forward. Where the implementation's shapes do not depend on the
 data, it runs on the meta device (no weights in memory, so a 26 GB model counts in a second);
 routing is frozen by the trace, but the counted implementations' costs do not depend on it.
+A decoding workload is counted call by call (models/decode.py `counted_calls`): a decode, its
+step traced after the prompt ran; generate:N, its prompt traced, then one step traced and
+counted N times (every step has the same shapes); the calls' counts add up (counts.combined).
 """
 
 from __future__ import annotations
@@ -33,12 +36,14 @@ import torch
 from torch import nn
 
 from meo_profile.measure import stacks
-from meo_profile.measure.counts import Counts
+from meo_profile.measure.counts import Counts, combined
 from meo_profile.measure.preflight import check_fits
 from meo_profile.measure.stacks import block_roots
 from meo_profile.models import Spec, build_model, make_inputs
 from meo_profile.models.catalog import host_shape
 from meo_profile.models.compressed import CompressedVectors
+from meo_profile.models.conditions import parse_workload
+from meo_profile.models.decode import counted_calls
 from meo_profile.models.layers import Merger, SparseLayer, TokenBlock
 from meo_profile.models.native import NativeMoE
 from meo_profile.models.routing import Router
@@ -190,16 +195,18 @@ def _traced_blocks(spec: Spec) -> int:
 
 def _count_stack(spec: Spec) -> Counts:
     traced_blocks = _traced_blocks(spec)
-    trace = _Trace.of(spec.replace(layers=traced_blocks * _per_stack(spec)), "meta")
-    roots = block_roots(trace.ops, traced_blocks - 1)
-    if len(roots) != _per_stack(spec):  # blocks not found by name: trace the whole model
-        return _count_on(spec, "meta")
-    return stacks.extend(trace.counts(), trace.counts(roots), roots,
-                         spec.layers // _per_stack(spec))
+    calls = []
+    for trace, times in _Trace.calls(spec.replace(layers=traced_blocks * _per_stack(spec)), "meta"):
+        roots = block_roots(trace.ops, traced_blocks - 1)
+        if len(roots) != _per_stack(spec):  # blocks not found by name: trace the whole model
+            return _count_on(spec, "meta")
+        calls.append((stacks.extend(trace.counts(), trace.counts(roots), roots,
+                                    spec.layers // _per_stack(spec)), times))
+    return combined(calls)
 
 
 def _count_on(spec: Spec, device: str) -> Counts:
-    return _Trace.of(spec, device).counts()
+    return combined([(trace.counts(), times) for trace, times in _Trace.calls(spec, device)])
 
 
 @dataclass
@@ -213,11 +220,16 @@ class _Trace:
     unsupported: dict[str, Counter]
 
     @classmethod
-    def of(cls, spec: Spec, device: str) -> _Trace:
+    def calls(cls, spec: Spec, device: str) -> list[tuple[_Trace, int]]:
+        """A trace of each distinct call of the spec's workload, with the times it is made."""
         # grouped_mm's meta kernel accepts bf16 only; multiply-add counts do not depend on dtype
         build_spec = spec.replace(dtype="bfloat16") if device == "meta" else spec
         model = build_model(build_spec, device=device).eval()
-        return cls.of_model(model, make_inputs(build_spec, device=device), device)
+        if not parse_workload(spec.workload).decodes:
+            return [(cls.of_model(model, make_inputs(build_spec, device=device), device), 1)]
+        with torch.no_grad():  # the prompts run outside the traces, as they do inside
+            return [(cls.of_model(_Called(model, call), (x,), device), times)
+                    for call, x, times in counted_calls(model, build_spec, device)]
 
     @classmethod
     def of_model(cls, model: nn.Module, inputs: tuple[torch.Tensor, ...], device: str) -> _Trace:
@@ -259,6 +271,18 @@ class _Trace:
             macs_by_module={n: int(sum(m.values())) for n, m in macs.items()},
             routing=routing_summary(self.model) if self.device != "meta" else {},
         )
+
+
+class _Called(nn.Module):
+    """One call of a decoding workload as a module to trace: the model its child (its modules
+    keep their names, under `model.`), the call a function of one input."""
+
+    def __init__(self, model: nn.Module, call):
+        super().__init__()
+        self.model, self.call = model, call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return self.call(x)
 
 
 def _within(name: str, root: str) -> bool:
@@ -338,8 +362,10 @@ def module_tags(model: nn.Module) -> dict[int, str]:
     """Parts a builder named by module, where types cannot tell: the dense variant's FFN
     (`ffn_modules`), a native host's own experts, router, shared experts and dense layers
     (`tagged_parts`)."""
-    tags = {id(m): "ffn" for m in getattr(model, "ffn_modules", ())}
-    tags.update((id(m), part) for m, part in getattr(model, "tagged_parts", ()))
+    tags = {}
+    for holder in model.modules():  # the built model, or the call that wraps it (decoding)
+        tags.update((id(m), "ffn") for m in getattr(holder, "ffn_modules", ()))
+        tags.update((id(m), part) for m, part in getattr(holder, "tagged_parts", ()))
     return tags
 
 

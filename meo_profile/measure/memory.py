@@ -10,8 +10,8 @@ Methods (one per device, chosen by the registry `PEAK_MEMORY_BY_DEVICE`):
 - `cpu_profiler_alloc_events`: the CPU allocator has no peak counter, so the call runs once under
   `torch.profiler` with `profile_memory=True`; every allocation and free is an event with a signed
   byte count; their running sum in time order is the memory the call holds above what existed
-  before it, and its maximum is the peak. Resident = parameters + buffers + inputs (gradients are
-  cleared first). Checked against a hand-made allocation pattern in tests/test_memory.py. It sees
+  before it, and its maximum is the peak. Resident = parameters + buffers + inputs + what a
+  decode keeps between steps (KV cache, merged experts; gradients are cleared first). Checked against a hand-made allocation pattern in tests/test_memory.py. It sees
   torch's own allocations only: scratch that MKL or oneDNN allocate inside a kernel is missed.
 """
 
@@ -80,7 +80,8 @@ def cpu_alloc_profile(fn: Callable[[], Any]) -> AllocProfile:
 def cpu_peak(work: Workload) -> PeakMemory:
     work.clear_grads()
     above_resident = cpu_alloc_profile(work.step).peak_bytes
-    resident = work.weights_bytes + work.inputs_bytes
+    # a decode's KV cache and kept merged experts were allocated before the step, and stay
+    resident = work.weights_bytes + work.inputs_bytes + work.state_bytes
     return PeakMemory(resident + above_resident, work.weights_bytes, "cpu_profiler_alloc_events")
 
 

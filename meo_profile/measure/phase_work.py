@@ -31,6 +31,14 @@ one per segment), each reading all E; Soft MoE's router reads the tokens and wri
 logits, its dispatch reads them and the tokens and writes the B x S slots, its experts read
 all E experts and the slots' rows, its combine reads the logits and the slots' outputs and
 writes the tokens'.
+
+A workload is summed over its calls (models/conditions.py `workload_calls`), each read at its
+own shape as the closed form reads it (analytic.CallShape), every call reading the host's
+weights again. A decode step of a merging variant reads k·P per sequence and writes the B
+merged matrices (`--merge-reuse step`), or reads the B merged matrices kept from the prompt and
+nothing else (`sequence`: no router, no merge). A call on a causal host's KV cache also reads
+its K keys and writes its T new positions, per sequence: the host's bytes. In a generate, the
+prompt's distinct experts are the expected number (the last forward the model ran is a step).
 """
 
 from __future__ import annotations
@@ -40,10 +48,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from meo_profile.measure.analytic import count
+from meo_profile.measure.analytic import CallShape, count
 from meo_profile.models import VARIANTS, Spec, sparse_layers, torch_dtype
 from meo_profile.models.compressed import CompressedExperts
-from meo_profile.models.layers import MergedExperts, SparseLayer, distinct_of, experts_touched
+from meo_profile.models.conditions import Call, workload_calls
+from meo_profile.models.decode import kv_bytes_per_position
+from meo_profile.models.layers import SparseLayer, distinct_of, experts_touched
 from meo_profile.models.merging import merge_groups
 from meo_profile.models.native import NativeMoE
 from meo_profile.models.phases import PHASES
@@ -80,14 +90,25 @@ def phase_macs(spec: Spec) -> Counter:
 
 
 def phase_bytes(spec: Spec, model: nn.Module) -> Counter:
+    """Bytes per phase of one call of the spec's workload, summed over its calls."""
     itemsize = torch_dtype(spec).itemsize
     layers = sparse_layers(model)
     native = [m for m in model.modules() if isinstance(m, NativeMoE)]
-    out = Counter({HOST: host_bytes(model, layers, native, spec, itemsize)})
-    for layer in layers:
-        out.update(layer_bytes(layer, spec, itemsize))
-    for block in native:
-        out.update(native_bytes(block, spec, itemsize))
+    calls = workload_calls(spec)
+    out = Counter()
+    for i, call in enumerate(calls):
+        shape = CallShape(spec, call)
+        moved = Counter({HOST: host_bytes(model, layers, native, shape, itemsize)})
+        if call.cached:  # K positions read, T written, per sequence
+            moved[HOST] += spec.batch_size * (call.keys + call.tokens) * kv_bytes_per_position(spec)
+        for layer in layers:
+            moved.update(layer_bytes(layer, shape, itemsize, last=i == len(calls) - 1))
+            if call.keeps and VARIANTS[spec.variant].routes == "segment":  # see analytic.kept_choice
+                kept = layer_bytes(layer, CallShape(spec, Call(1, 1)), itemsize, last=False)
+                moved.update({p: kept[p] for p in ("router", "merge")})
+        for block in native:
+            moved.update(native_bytes(block, shape, itemsize, last=i == len(calls) - 1))
+        out.update({p: call.times * b for p, b in moved.items()})
     return out
 
 
@@ -105,9 +126,10 @@ def routed(spec: Spec) -> tuple[int, int]:
     return inputs, spec.top_k - (spec.n_ce or 0)
 
 
-def distinct_experts(layer: SparseLayer, spec: Spec) -> float:
-    """Distinct experts the layer runs in full: as its last forward touched them, else expected."""
-    touched = experts_touched(layer)
+def distinct_experts(layer: SparseLayer, spec: Spec, last: bool = True) -> float:
+    """Distinct experts the layer runs in full: as its last forward touched them (when the
+    call is the kind of the last forward), else expected."""
+    touched = experts_touched(layer) if last else None
     if touched is not None:
         return touched
     inputs, picks = routed(spec)
@@ -123,25 +145,29 @@ def expert_bytes(layer: SparseLayer) -> int:
     return _numel_bytes(layer.experts) // layer.experts.num_experts
 
 
-def layer_bytes(layer: SparseLayer, spec: Spec, itemsize: int) -> Counter:
-    """Bytes per phase of one MoE layer (see the module doc)."""
+def layer_bytes(layer: SparseLayer, spec: Spec, itemsize: int, last: bool = True) -> Counter:
+    """Bytes per phase of one MoE layer in one call (see the module doc); `spec` may be a call
+    of a workload (analytic.CallShape), `last`: the call is the kind the model ran last."""
     if isinstance(layer, SoftMoE):
         return soft_moe_bytes(layer, spec, itemsize)
     tokens, B = spec.batch_size * spec.seq_len, merge_groups(spec)  # B: merged experts made
-    per_expert, touched = expert_bytes(layer), distinct_experts(layer, spec)
+    per_expert, touched = expert_bytes(layer), distinct_experts(layer, spec, last)
     rows_io = tokens * sum(linear_widths(layer)) * itemsize
-    out = Counter(router=router_bytes(layer, spec, itemsize))
-    if isinstance(layer, MergedExperts):
-        read = layer.experts.num_experts if layer.impl == "dense" else touched
-        out["merge"] = (read + B) * per_expert  # read the experts, write one merged per sequence
+    chooses = getattr(spec, "chooses", True)  # False: a step reusing its prompt's choice
+    out = Counter(router=router_bytes(layer, spec, itemsize) if chooses else 0)
+    if VARIANTS[spec.variant].merges:
+        if chooses:
+            read = layer.experts.num_experts if layer.impl == "dense" else touched
+            out["merge"] = (read + B) * per_expert  # read the experts, write one merged per sequence
         out["experts"] = B * per_expert + rows_io  # read the merged matrices
-        if layer.token_block is not None:
-            out[HOST] += _numel_bytes(layer.token_block) + tokens * itemsize * sum(
-                sum(linear_widths(m)) for m in (layer.token_block.down, layer.token_block.up))
+        block = getattr(layer, "token_block", None)
+        if block is not None:
+            out[HOST] += _numel_bytes(block) + tokens * itemsize * sum(
+                sum(linear_widths(m)) for m in (block.down, block.up))
     else:
         out["experts"] = touched * per_expert + rows_io
     if isinstance(layer, CompressedExperts):
-        out["compress"] = compress_bytes(layer, spec, itemsize)
+        out["compress"] = compress_bytes(layer, spec, itemsize, last)
     return out
 
 
@@ -158,13 +184,13 @@ def soft_moe_bytes(layer: SoftMoE, spec: Spec, itemsize: int) -> Counter:
         combine=logits + (slots + tokens) * d_out * itemsize)
 
 
-def native_bytes(block: NativeMoE, spec: Spec, itemsize: int) -> Counter:
+def native_bytes(block: NativeMoE, spec: Spec, itemsize: int, last: bool = True) -> Counter:
     """A native host's own MoE block (`moe`): the routed experts its tokens touch, read once,
     and each token's rows through them (H -> I -> H); its router and shared experts are host
     parameters, read once like the rest."""
     tokens = spec.batch_size * spec.seq_len
     per_expert = _numel_bytes(block.experts) / block.num_experts
-    touched = experts_touched(block)  # its router's last choice, kept by a hook
+    touched = experts_touched(block) if last else None  # its router's last choice, by a hook
     if touched is None:
         touched = expected_distinct(block.num_experts, block.top_k, tokens)
     rows_io = tokens * 2 * (block.hidden + block.expert_width) * itemsize
@@ -178,10 +204,11 @@ def router_bytes(layer: SparseLayer, spec: Spec, itemsize: int) -> float:
     return tokens * layer.experts.d_in * itemsize + _numel_bytes(layer.router) + chosen
 
 
-def compress_bytes(layer: CompressedExperts, spec: Spec, itemsize: int) -> float:
+def compress_bytes(layer: CompressedExperts, spec: Spec, itemsize: int,
+                   last: bool = True) -> float:
     """Vectors of the distinct auxiliary experts read; one scale per token and input written."""
     tokens, width = spec.batch_size * spec.seq_len, layer.vectors.weight.shape[1]
-    aux = distinct_of(layer.last_aux_index)
+    aux = distinct_of(layer.last_aux_index) if last else None
     if aux is None:
         aux = expected_distinct(layer.experts.num_experts, layer.n_ce, tokens)
     return (aux + tokens) * width * itemsize

@@ -24,6 +24,13 @@ element), one MoE block's working set:
   (B*L/T), moe-seq `batched`'s B*k copies;
 - the language-model head's logits and their bias added (2*N*V), once (3*N*V in training).
 
+A decoding workload (`--workload decode|generate:N`) is estimated as its prompt, a prefill of
+P tokens (C, or L) whose attention reads the whole static KV cache (P x its length), plus what
+it keeps between steps (`state_bytes`): the KV cache (models/decode.py `kv_bytes_per_position`
+x B x its length), each sequence's merged experts with `--merge-reuse sequence`
+(`merged_cache_bytes`), and the float32 running sums of the sequence-routed layers that route
+again every step (B x d_in).
+
 Inference holds one block's working set at a time; training keeps every block's for the
 backward, and needs one more for the backward's own temporaries ((layers + 1) x the working
 set), and the gradients (as large as the weights). tests/
@@ -45,8 +52,11 @@ import torch
 from meo_profile.core.errors import BadInput
 from meo_profile.core.identity import spec_title
 from meo_profile.core.units import human_bytes
-from meo_profile.models import Spec, build_model
+from meo_profile.models import Spec, build_model, sparse_layers
 from meo_profile.models.catalog import host_shape
+from meo_profile.models.conditions import cache_length, parse_workload
+from meo_profile.models.decode import RUNNING_SUM_DTYPE, kv_bytes_per_position, merged_cache_bytes
+from meo_profile.models.layers import SequenceRouted
 from meo_profile.models.merging import merge_groups
 
 HEADROOM = 0.9  # of the free memory: the estimate is not a bound, and the process needs some
@@ -70,10 +80,12 @@ class MemoryEstimate:
     inputs_bytes: int
     activations_bytes: int
     build_bytes: int  # peak while building (float32, before the cast to the spec's dtype)
+    state_bytes: int = 0  # what a decode keeps between steps: KV cache, merged experts, sums
 
     @property
     def total_bytes(self) -> int:
-        run = self.weights_bytes + self.gradients_bytes + self.inputs_bytes + self.activations_bytes
+        run = (self.weights_bytes + self.gradients_bytes + self.inputs_bytes
+               + self.activations_bytes + self.state_bytes)
         return max(run, self.build_bytes)
 
     def describe(self) -> str:
@@ -82,17 +94,35 @@ class MemoryEstimate:
             parts.append(f"gradients {human_bytes(self.gradients_bytes)}")
         parts += [f"inputs {human_bytes(self.inputs_bytes)}",
                   f"activations ~{human_bytes(self.activations_bytes)}"]
+        if self.state_bytes:
+            parts.append(f"decode state {human_bytes(self.state_bytes)}")
         if self.build_bytes > self.weights_bytes:
             parts.append(f"building in float32 {human_bytes(self.build_bytes)}")
         return f"about {human_bytes(self.total_bytes)} ({', '.join(parts)})"
 
 
 @functools.cache
-def _resident(spec: Spec) -> tuple[int, int]:
-    """(elements, bytes) of the spec's parameters and buffers, from a meta-device build."""
+def _resident(spec: Spec) -> tuple[int, int, int]:
+    """(elements, bytes) of the spec's parameters and buffers, and the bytes its workload keeps
+    per sequence between decode steps, from a meta-device build (of one sequence: see
+    `_weights_key`)."""
     model = build_model(spec, device="meta")
     tensors = [*model.parameters(), *model.buffers()]
-    return sum(t.numel() for t in tensors), sum(t.numel() * t.element_size() for t in tensors)
+    return (sum(t.numel() for t in tensors), sum(t.numel() * t.element_size() for t in tensors),
+            _state_bytes(spec, model))
+
+
+def _state_bytes(spec: Spec, model: torch.nn.Module) -> int:
+    """A decode's KV cache, merged experts kept and running sums for the spec's batch (see the
+    module doc); each is B times one sequence's."""
+    if not parse_workload(spec.workload).decodes:
+        return 0
+    B = spec.batch_size
+    routed_again = spec.merge_reuse != "sequence"  # keeping the prompt's choice keeps no sums
+    sums = sum(B * layer.experts.d_in * RUNNING_SUM_DTYPE.itemsize for layer in sparse_layers(model)
+               if isinstance(layer, SequenceRouted) and routed_again)
+    kv = kv_bytes_per_position(spec) * B * cache_length(spec)
+    return kv + (merged_cache_bytes(model, spec) or 0) + sums
 
 
 def weight_bytes(spec: Spec) -> int:
@@ -107,8 +137,15 @@ def _weights_key(spec: Spec) -> Spec:
     return spec.replace(device="meta", seed=0, batch_size=1, mode="inference", router_scale=1.0)
 
 
+def prompt_length(spec: Spec) -> int:
+    """Tokens per sequence of the workload's first call: L, or a decode's context C."""
+    return spec.context if parse_workload(spec.workload).name == "decode" else spec.seq_len
+
+
 def inputs_bytes(spec: Spec) -> int:
-    tokens = spec.batch_size * spec.seq_len
+    workload = parse_workload(spec.workload)
+    steps = workload.steps or (1 if workload.decodes else 0)
+    tokens = spec.batch_size * (prompt_length(spec) + steps)
     if host_shape(spec.host).inputs == "hidden":
         return tokens * spec.d_model * _element_bytes(spec)
     return tokens * TOKEN_ID_BYTES
@@ -120,25 +157,30 @@ def _element_bytes(spec: Spec) -> int:
 
 def estimate(spec: Spec) -> MemoryEstimate:
     """The memory one step of `spec` needs (see the module doc)."""
-    elements, weights = _resident(_weights_key(spec))
-    block = block_elements(spec)
+    elements, weights, state_per_sequence = _resident(_weights_key(spec))
+    state = spec.batch_size * state_per_sequence
+    prompt = prompt_length(spec)
+    block = block_elements(spec, prompt, cache_length(spec) if state else prompt)
     shape = host_shape(spec.host)
-    tokens = spec.batch_size * spec.seq_len
+    tokens = spec.batch_size * prompt
     train = spec.mode == "train"
     blocks = spec.layers + 1 if train else 1  # training: every block saved, one more for backward
     activations = blocks * block + tokens * shape.vocab * (3 if train else 2)
     return MemoryEstimate(weights_bytes=weights, gradients_bytes=weights if train else 0,
                           inputs_bytes=inputs_bytes(spec),
                           activations_bytes=activations * _element_bytes(spec),
-                          build_bytes=max(weights, elements * 4))
+                          build_bytes=max(weights, elements * 4), state_bytes=state)
 
 
-def block_elements(spec: Spec) -> int:
-    """Elements one block holds at its widest (see the module doc)."""
-    B, L, d, f = spec.batch_size, spec.seq_len, spec.d_model, spec.d_ff
+def block_elements(spec: Spec, L: int | None = None, keys: int | None = None) -> int:
+    """Elements one block holds at its widest (see the module doc), for L tokens per sequence
+    (default the spec's) attending to `keys` positions (default L)."""
+    B, d, f = spec.batch_size, spec.d_model, spec.d_ff
+    L = spec.seq_len if L is None else L
     shape = host_shape(spec.host)
     N = B * L
-    attention = 0 if shape.inputs == "hidden" else 3 * N * d + 2 * B * shape.heads * L * L
+    scores = 2 * B * shape.heads * L * (L if keys is None else keys)
+    attention = 0 if shape.inputs == "hidden" else 3 * N * d + scores
     rows = _rows_per_token(spec)
     ffn = 3 * N * rows * f + 4 * N * rows * d
     return 4 * N * d + attention + ffn + _slot_weights(spec) + _weight_copies(spec)

@@ -22,7 +22,7 @@ the usual estimate, in every phase.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -115,6 +115,7 @@ class RooflineBound:
 
     compute_ms: dict[str, float]
     memory_ms: dict[str, float]
+    bytes_by_phase: dict[str, float] = field(default_factory=dict)  # what each phase must move
 
     @property
     def by_phase_ms(self) -> dict[str, float]:
@@ -135,6 +136,7 @@ class RooflineBound:
     def to_fields(self, measured_ms: float | None = None) -> dict[str, Any]:
         ratio = None if measured_ms is None else measured_ms / self.bound_ms
         return {"roofline_ms": self.bound_ms, "roofline_by_phase": self.by_phase_ms,
+                "roofline_bytes_by_phase": dict(self.bytes_by_phase) or None,
                 "roofline_overlap_ms": self.overlap_ms, "roofline_ratio": ratio,
                 "below_bound": None if ratio is None else ratio < 1}
 
@@ -145,7 +147,8 @@ def roofline(spec: Spec, work: dict[str, Work], peaks: DevicePeaks | None = None
     forwards = MODE_COST[spec.mode]
     return RooflineBound(
         compute_ms={p: forwards * w.macs / peaks.macs_per_s * 1e3 for p, w in work.items()},
-        memory_ms={p: forwards * w.bytes / peaks.bytes_per_s * 1e3 for p, w in work.items()})
+        memory_ms={p: forwards * w.bytes / peaks.bytes_per_s * 1e3 for p, w in work.items()},
+        bytes_by_phase={p: forwards * w.bytes for p, w in work.items()})
 
 
 def configuration_bound(spec: Spec, model: nn.Module | None = None,

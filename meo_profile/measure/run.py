@@ -23,6 +23,7 @@ sweep records the row and goes on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -43,9 +44,10 @@ from meo_profile.models import Spec, build_model, make_inputs
 from meo_profile.models.catalog import router_gates
 from meo_profile.models.compressed import model_rel_l2_error
 from meo_profile.models.conditions import parse_routing
+from meo_profile.models.decode import merged_cache_bytes
 from meo_profile.models.routing_trace import load_trace
 from meo_profile.models.spec import SpecError
-from meo_profile.models.variants import CUDA_ONLY
+from meo_profile.models.variants import CUDA_ONLY, VARIANTS
 from meo_profile.models.xmoe import routing_summary
 from meo_profile.results.record import Result
 
@@ -110,10 +112,17 @@ def measure(spec: Spec, measurements: tuple[str, ...] = MEASUREMENTS, *, source:
 
 
 def choose_impl(spec: Spec, measurements: tuple[str, ...]) -> Choice:
-    """What `--impl` runs: as given; for auto, the fastest here when timed, else the rule."""
-    if spec.impl == "auto" and "latency" not in measurements:
+    """What `--impl` runs: as given; for auto, the fastest here when timed, else the rule. A
+    merging variant's implementations differ in how they merge, and a decode step that keeps
+    each sequence's merged expert merges nothing: the rule picks for its prompt, untimed."""
+    if spec.impl == "auto" and ("latency" not in measurements or merges_nothing_timed(spec)):
         return Choice(spec.impl_by_rule, "rule")
     return autotune(spec)
+
+
+def merges_nothing_timed(spec: Spec) -> bool:
+    return (VARIANTS[spec.variant].merges and spec.merge_reuse == "sequence"
+            and spec.workload == "decode")
 
 
 def _measure_into(result: Result, measurements, source, timing, max_memory_bytes, phases) -> None:
@@ -127,8 +136,10 @@ def _measure_into(result: Result, measurements, source, timing, max_memory_bytes
     if "latency" in measurements or "memory" in measurements:
         with timed(phases, "building"):
             work = Workload.build(spec)
+    result.update(**decode_fields(spec, work))
     if "flops" in measurements:  # a count on real tensors traces the timed model, if any
-        built = (work.model, work.inputs) if work is not None and spec.mode == "inference" else None
+        reusable = work is not None and spec.mode == "inference" and work.decoding is None
+        built = (work.model, work.inputs) if reusable else None
         with timed(phases, "counting"):
             result.add_counts(count(spec, "fvcore" if source == "both" else source,
                                     max_memory_bytes, built))
@@ -160,6 +171,7 @@ def time_workload(result: Result, work: Workload, options: TimingOptions, memory
     malloc = allocator_setting(work.spec.device, options)
     stepped = time_step(work, options)
     result.add_timing(stepped.timing)
+    result.update(**time_parts(work, options))
     result.update(tokens_per_s=work.tokens / (result.timing.median_ms / 1e3), allocator=malloc,
                   timing_options=options.to_dict(), **stepped.to_fields(),
                   **routing_summary(work.model), **routing_fields(work.model, work.spec),
@@ -171,6 +183,28 @@ def time_workload(result: Result, work: Workload, options: TimingOptions, memory
         if roof is not None:
             result.update(**roof.to_fields(result.timing.median_ms))
     return result
+
+
+def time_parts(work: Workload, options: TimingOptions) -> dict[str, float]:
+    """The shares of a workload timed on their own (generate: `prefill_ms`, and
+    `decode_ms_per_step`: the N steps from the prompt's state, per step), in the same timing
+    mode as the whole, median ms per unit."""
+    out = {}
+    for name, part in work.parts.items():
+        with part.calls() as call:
+            timed = time_step(dataclasses.replace(work, step=call, parts={}), options)
+        out[name] = timed.timing.median_ms / part.per_call
+    return out
+
+
+def decode_fields(spec: Spec, work: Workload | None) -> dict[str, int | None]:
+    """`merged_cache_bytes` of a merging variant at decode (the record says what its reuse
+    keeps: B merged experts per MoE layer, or nothing), from the model as built (the timed
+    one, or a meta-device build for a count)."""
+    if spec.merge_reuse is None:
+        return {}
+    model = work.model if work is not None else build_model(spec, device="meta")
+    return {"merged_cache_bytes": merged_cache_bytes(model, spec)}
 
 
 def replayed_trace(spec: Spec) -> dict:

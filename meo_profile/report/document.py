@@ -28,6 +28,7 @@ from meo_profile.core.inputs import output_dir
 from meo_profile.report import figures, provenance, tables, views
 from meo_profile.report.family import family_tables
 from meo_profile.report.findings import findings
+from meo_profile.report.regimes import regime_tables
 from meo_profile.report.routing import routing_tables
 from meo_profile.report.tables import Table, as_list
 from meo_profile.results.store import load, load_warnings, results_path
@@ -134,6 +135,14 @@ SECTIONS: list[Section] = [
             "(`--routing`): vanilla's cost follows the distinct experts its tokens touch and "
             "the busiest expert, MEO's merge the experts each sequence chose.",
             "fig11_routing", (routing_tables,)),
+    Section("Where merging pays off",
+            "A merge costs k·P bytes per sequence whatever the number of tokens it serves: over "
+            "many tokens it buys MEO one matmul per token instead of k, over one token per "
+            "decode step nothing, unless the merged expert is kept from the prompt, which then "
+            "costs B·P bytes per layer. MEO against the best vanilla MoE over batch and tokens "
+            "per sequence per forward, prefill and decode, measured and as the phase-wise "
+            "bounds predict.",
+            "fig12_regimes", (regime_tables,)),
 ]
 
 
@@ -326,6 +335,7 @@ def render_report(results: str | Path, out_dir: str | Path | None = None, fmt: s
 KEY_TABLES: tuple[tables.TableFn, ...] = (
     as_list(tables.paper_table), as_list(tables.flops_table), tables.speedup_tables,
     tables.roofline_tables, tables.time_tables, tables.methods_tables, family_tables,
+    regime_tables,
 )
 
 

@@ -25,6 +25,7 @@ from meo_profile.core.units import (
 )
 from meo_profile.report import views
 from meo_profile.report.family import MERGING, cheapest, family_view
+from meo_profile.report.regimes import regime_findings
 from meo_profile.report.routing import routing_speedup
 from meo_profile.report.tables import marked, paper_rows, printed_values
 
@@ -370,7 +371,8 @@ FAMILY_REASONS = {
 
 FINDINGS: tuple[Finding, ...] = (paper_flops, flops_ratio, latency_growth, latency_noise,
                                   speedup_shortfall, memory_cost, roofline_distance,
-                                  launch_bound, methods_compared, routing_speedup, merging_family)
+                                  launch_bound, methods_compared, routing_speedup, merging_family,
+                                  regime_findings)
 
 
 def findings(ok: pd.DataFrame) -> list[str]:

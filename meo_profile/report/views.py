@@ -34,7 +34,8 @@ NUMERIC = ("macs", "flops", "params_total", "params_active", "latency_ms_median"
            "peak_mem_bytes", "peak_mem_above_weights_bytes", "weights_bytes",
            "experts_per_token_mean", "experts_per_token_p90", "experts_per_token_max",
            "dropped_pairs", "rel_l2_error", "num_experts", "top_k", "seq_len", "batch_size",
-           "d_model", "d_ff", "layers")
+           "d_model", "d_ff", "layers", "context", "merged_cache_bytes", "prefill_ms",
+           "decode_ms_per_step")
 
 # One configuration per machine: records of the same spec measured on two machines stay apart.
 CONFIG_KEY = config_fields(machine=True)
@@ -158,6 +159,7 @@ def describe_setting(chosen: dict[str, Any]) -> str:
 
 
 SETTING_FORMAT = {
+    "workload": lambda v: "" if v == "prefill" else f"workload {v}",
     "host": lambda v: f"host {short_host(v)}",  # a panel title: the full path is in the tables
     "d_model": lambda v: f"d={v}",
     "d_ff": lambda v: f"d_ff={v}",
@@ -176,8 +178,9 @@ SETTING_FORMAT = {
 # ------------------------------------------------------------------------------- views
 # The paper's figure plots these hosts; other hosts are drawn only when none of them is present.
 PAPER_HOSTS = ("bert-small", "bert-base", "bert-large")
-FLOPS_PREFER = {"expert_unit": "linear", "mode": "inference", "seq_len": 128, "batch_size": 1,
-                "num_experts": 32}
+# The paper's figures are of one forward over whole sequences: a prefill (--workload).
+FLOPS_PREFER = {"workload": "prefill", "expert_unit": "linear", "mode": "inference", "seq_len": 128,
+                "batch_size": 1, "num_experts": 32}
 
 
 def flops_view(df: pd.DataFrame, hosts: tuple[str, ...] | None = PAPER_HOSTS,
@@ -233,8 +236,9 @@ def ratio_view(flops: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-LATENCY_PREFER = {"host": "layer", "mode": "inference", "expert_unit": "linear", "dtype": None,
-                  "d_model": None, "d_ff": None, "layers": None, "batch_size": 8, "seq_len": 128,
+LATENCY_PREFER = {"workload": "prefill", "host": "layer", "mode": "inference",
+                  "expert_unit": "linear", "dtype": None, "d_model": None, "d_ff": None,
+                  "layers": None, "batch_size": 8, "seq_len": 128,
                   "routing": ("router", "uniform")}  # the random router's, or the routing like it
 # What the dense baseline is matched on: not E, k or routing, which it has none of.
 NOT_DENSE = ("num_experts", "top_k", "routing")
@@ -346,9 +350,10 @@ BUDGET_METHODS = ("moe", "meo", "ce", "xmoe")
 NEWER_METHODS = ("ce", "xmoe")
 # The shared setting, read from the newer methods' records. XMoE splits whole FFN experts, so
 # the comparison is made with ffn experts for all four.
-BUDGET_PREFER = {"host": "layer", "mode": "inference", "expert_unit": "ffn", "dtype": None,
-                 "d_model": None, "d_ff": None, "layers": None, "num_experts": 16,
-                 "batch_size": 8, "seq_len": 128, "routing": ("router", "uniform")}
+BUDGET_PREFER = {"workload": "prefill", "host": "layer", "mode": "inference",
+                 "expert_unit": "ffn", "dtype": None, "d_model": None, "d_ff": None,
+                 "layers": None, "num_experts": 16, "batch_size": 8, "seq_len": 128,
+                 "routing": ("router", "uniform")}
 # Each method's own knobs, held at one value (the papers' defaults where present; compressed
 # experts' n_ce at k/2, set where k is known).
 METHOD_KNOBS = {"ce": {"n_ce": None, "ce_init": "ones"},

@@ -95,6 +95,7 @@ class Result:
     tokens_per_s: float | None = None
     roofline_ms: float | None = None  # the phase-wise bound: the sum of roofline_by_phase
     roofline_by_phase: dict[str, float] | None = None  # phase -> bound ms
+    roofline_bytes_by_phase: dict[str, float] | None = None  # phase -> bytes it must move
     roofline_overlap_ms: float | None = None  # whole-call max(compute, memory): phases overlapped
     roofline_ratio: float | None = None  # measured / bound (>= 1 for an honest measurement)
     below_bound: bool | None = None  # measured < bound: a measurement to distrust, not a result

@@ -145,7 +145,8 @@ FIELD_RULES: dict[str, Rule] = {
     "latency_runs": AT_LEAST_ONE, "latency_samples_ms": each_item(POSITIVE),
     "eager_ms_median": POSITIVE, "kernel_ms": MS, "kernel_ms_by_phase": each_value(MS),
     "launch_overhead": number(), "tokens_per_s": POSITIVE, "roofline_ms": MS,
-    "roofline_by_phase": each_value(MS), "roofline_overlap_ms": MS, "roofline_ratio": NON_NEGATIVE,
+    "roofline_by_phase": each_value(MS), "roofline_bytes_by_phase": each_value(NON_NEGATIVE),
+    "roofline_overlap_ms": MS, "roofline_ratio": NON_NEGATIVE,
     "below_bound": boolean, "impl_candidates": each_value(POSITIVE, nulls=True),
     "prefill_ms": MS, "decode_ms_per_step": MS,
     # memory (`peak_mem_above_weights_bytes` is a difference: either sign)

@@ -34,11 +34,10 @@ class GridError(BadInput):
     """A grid or config file that cannot be expanded; one line naming the key and the value."""
 
 
-# What a grid may cross into that is no model at all, left out and counted rather than refused:
-# (spec field, words of its SpecError's reason).
-NOT_A_MODEL = (("top_k", "exceeds"),  # k above E
-               ("segment_len", "must divide"))  # Lory segments that do not tile the sequence
-NOT_A_MODEL_TEXT = "top-k above the expert count, or Lory segments that do not divide the sequence"
+# What a grid leaves out when it crosses its axes (SpecErrors of kind "impossible", said wherever
+# the count is printed).
+NOT_A_MODEL_TEXT = ("top-k above the expert count, Lory segments that do not divide the "
+                    "sequence, or a workload the host or variant cannot run")
 
 
 @dataclass
@@ -48,16 +47,16 @@ class Block:
     label: str = ""
 
     def specs(self) -> tuple[list[Spec], int]:
-        """Every valid combination, and how many combinations were no model (NOT_A_MODEL)."""
+        """Every valid combination, and how many combinations were no model (NOT_A_MODEL_TEXT:
+        SpecErrors of kind "impossible")."""
         names = list(self.axes)
         specs, seen, impossible = [], set(), 0
         for values in itertools.product(*(self.axes[n] for n in names)):
-            fields = dict(zip(names, values))
             try:
-                spec = Spec(**fields)
+                spec = crossed_spec(dict(zip(names, values)))
             except SpecError as e:
-                if any(e.field_name == name and words in e.reason for name, words in NOT_A_MODEL):
-                    impossible += 1  # a grid crosses k with E, or T with L: simply not a model
+                if e.kind == "impossible":  # a grid crosses k with E, T with L: simply not a model
+                    impossible += 1
                     continue
                 raise
             if spec not in seen:  # dense ignores E and k: one baseline, not one per cell
@@ -74,6 +73,20 @@ class Block:
 
     def with_metrics(self, metrics: tuple[str, ...]) -> Block:
         return Block(self.axes, metrics, self.label)
+
+
+def crossed_spec(fields: dict[str, Any]) -> Spec:
+    """The spec of one combination of a grid's axes. A value that does not apply to the rest
+    (merge reuse at prefill, or for a variant that merges nothing) is dropped, as a variant's
+    knob is for the other variants: `--workload prefill,decode --merge-reuse step,sequence`
+    crosses into one prefill and two decodes of a merging variant, one decode of the others."""
+    while True:  # each retry drops one more field given: it ends
+        try:
+            return Spec(**fields)
+        except SpecError as e:
+            if e.kind != "inapplicable" or fields.get(e.field_name) is None:
+                raise
+            fields = {**fields, e.field_name: None}
 
 
 @dataclass

@@ -54,7 +54,7 @@ class SweepPlan:
     jobs: Jobs  # a function of the workers' Site: the grid expanded for their device
     total: int  # configurations in the grid
     options: SweepOptions
-    impossible: int  # grid combinations left out as no model (sweep/grid.py NOT_A_MODEL)
+    impossible: int  # grid combinations left out as no model (sweep/grid.py NOT_A_MODEL_TEXT)
     estimate: str | None = None  # a preset's measured duration, as `meo-profile presets` says
     checked: list[Job] | None = None  # the jobs as planned and checked here (for --dry-run)
 

@@ -70,6 +70,33 @@ FAMILY_TRAIN = Block({**FAMILY_AXES, **FAMILY_MEMBERS, "mode": ["train"]}, ("mem
                      "merging family, a training step's memory")
 
 
+# Where merging pays off (the report's regime map): tokens per sequence per forward (a decode
+# step's one, then prefills of L) crossed with the batch, for the best vanilla MoE, MEO (decode
+# with its merged expert merged every step or kept from the prompt) and one dense expert.
+REGIME_BATCHES = [1, 8, 64]
+REGIME_LENGTHS = [8, 32, 128, 512]
+REGIME_CONTEXT = 128  # a decode step's context: the paper's sequence length
+
+
+def regime_blocks(d_model: int, d_ff: int, dtype: str = "float32", device: str = "auto",
+                  most_tokens: int | None = None, label: str = "regimes") -> list[Block]:
+    """The regime map at one layer size (E 16, k 4, as the paper's layer): a prefill block per
+    batch, its lengths cut where B·L would pass `most_tokens` (a CPU would take minutes there),
+    and the decode block."""
+    layer = {"host": ["layer"], "num_experts": [16], "top_k": [4], "d_model": [d_model],
+             "d_ff": [d_ff], "dtype": [dtype], "device": [device]}
+    # no peak memory: what decoding keeps is in every record (merged_cache_bytes), and a
+    # profiled call of the largest prefills would cost a CPU as much as their timing
+    metrics = ("flops", "latency")
+    blocks = [Block({**layer, "variant": ["dense", "moe", "meo"], "batch_size": [b],
+                     "seq_len": [L for L in REGIME_LENGTHS if most_tokens is None or b * L <= most_tokens]},
+                    metrics, f"{label}: prefill, B={b}") for b in REGIME_BATCHES]
+    decode = Block({**layer, "variant": ["dense", "moe", "meo"], "workload": ["decode"],
+                    "merge_reuse": ["step", "sequence"], "batch_size": REGIME_BATCHES,
+                    "seq_len": [REGIME_CONTEXT]}, metrics, f"{label}: decode after {REGIME_CONTEXT}")
+    return [*blocks, decode]
+
+
 @dataclass
 class ClaimsBlock:
     """The configurations the built-in efficiency claims read, each with the metrics it needs,
@@ -139,13 +166,26 @@ PRESETS: dict[str, Preset] = {
         "about 3 min on a 2-core CPU",
         Grid([ROUTING_LAYER]),
     ),
+    "regimes": Preset(
+        "Where merging pays off: the paper's layer (d 768, d_ff 3072, E 16, k 4) at batch 1/8/64 "
+        "over a decode step after 128 tokens (MEO merging every step, or keeping each "
+        "sequence's merged expert from its prompt) and prefills of L 8/32/128/512 tokens, for "
+        "the best vanilla MoE, MEO and one dense expert; prefills above 2,048 tokens per "
+        "forward (B·L) are left to the gpu preset.",
+        "20 min on a 2-core CPU shared at load average 10 (its matmul peak a tenth of an idle "
+        "one's); an idle one takes a fraction of that",
+        Grid(regime_blocks(768, 3072, most_tokens=2048)),
+    ),
     "gpu": Preset(
         "For CUDA machines: bfloat16 layer grid (d 2048, d_ff 8192, batch 16, sequence 512) over "
-        "experts 8..128 x k 1..16 x moe/moe-seq/meo and dense, plus the paper's FLOPs figure.",
+        "experts 8..128 x k 1..16 x moe/moe-seq/meo and dense, the regime map at that size "
+        "(batch 1/8/64 x decode after 128, merged every step or kept, and prefills of L "
+        "8..512; E 16, k 4), plus the paper's FLOPs figure.",
         "a few minutes on one H100",
         Grid([PAPER_FLOPS,
               layer_grid([8, 32, 128], [1, 2, 4, 8, 16], ["dense", "moe", "moe-seq", "meo"],
                          d_model=2048, d_ff=8192, batch=16, seq=512, dtype="bfloat16",
-                         device="cuda", label="bf16 layer")]),
+                         device="cuda", label="bf16 layer"),
+              *regime_blocks(2048, 8192, "bfloat16", "cuda", label="bf16 regimes")]),
     ),
 }

@@ -30,12 +30,13 @@ def _scaled(value_ms: float | None, ms_per_unit: float) -> str:
 def latency_table(result: Result) -> Table:
     """Latency statistics (with how they were timed), throughput, the phase-wise bound and
     memory of one record."""
-    unit, per = time_unit([result.latency_ms_p20, result.roofline_ms, result.kernel_ms])
+    unit, per = time_unit([result.latency_ms_p20, result.roofline_ms, result.kernel_ms,
+                           result.decode_ms_per_step])
     table = Table(title=f"latency: {spec_title(result.spec)}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
-    for name, value in [*_timing_rows(result, unit, per), *_bound_rows(result, unit, per),
-                        *_routing_rows(result),
+    for name, value in [*_timing_rows(result, unit, per), *_workload_rows(result, unit, per),
+                        *_bound_rows(result, unit, per), *_routing_rows(result),
                         ("peak memory", human_bytes(result.peak_mem_bytes)),
                         ("  above weights", human_bytes(result.peak_mem_above_weights_bytes)),
                         ("  weights", human_bytes(result.weights_bytes)),
@@ -64,6 +65,18 @@ def _timing_rows(result: Result, unit: str, per: float) -> list[tuple[str, str]]
         rows += [(f"eager median ({unit})", _scaled(result.eager_ms_median, per)),
                  (f"kernel time ({unit})", _scaled(result.kernel_ms, per)),
                  ("launch overhead", _fmt(result.launch_overhead, ".0%"))]
+    return rows
+
+
+def _workload_rows(result: Result, unit: str, per: float) -> list[tuple[str, str]]:
+    """generate:N's parts timed apart; what a merging variant keeps between decode steps."""
+    rows = []
+    if result.prefill_ms is not None:
+        rows += [(f"  prefill ({unit})", _scaled(result.prefill_ms, per)),
+                 (f"  decode, per step ({unit})", _scaled(result.decode_ms_per_step, per))]
+    if result.merged_cache_bytes is not None:
+        rows.append((f"merged experts kept ({result.spec.merge_reuse} reuse)",
+                     human_bytes(result.merged_cache_bytes)))
     return rows
 
 

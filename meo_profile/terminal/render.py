@@ -281,6 +281,7 @@ EXTRA_LABELS = {
     "experts_per_token_max": "experts chosen per token, max",
     "dropped_pairs": "(token, expert) pairs dropped by capacity",
     "rel_l2_error": "relative L2 error vs full top-k (fidelity)",
+    "merged_cache_bytes": "merged experts kept between decode steps (bytes)",
 }
 
 

@@ -14,6 +14,7 @@ from meo_profile.report.figures.flops import draw_flops_ratio, draw_flops_vs_k
 from meo_profile.report.figures.latency import draw_latency_vs_k, draw_speedup_heatmap
 from meo_profile.report.figures.memory import draw_memory_vs_experts
 from meo_profile.report.figures.methods import draw_methods
+from meo_profile.report.figures.regimes import draw_regimes
 from meo_profile.report.figures.roofline import draw_roofline
 from meo_profile.report.figures.routing import draw_routing
 from meo_profile.report.figures.style import VARIANT_COLOURS, Drawn, FigureEntry, Missing, save
@@ -33,6 +34,8 @@ FIGURES: dict[str, FigureEntry] = {e.name: e for e in (
                 draw_family),
     FigureEntry("fig9_where_time_goes", "Where the time goes on CUDA", draw_where_time_goes),
     FigureEntry("fig11_routing", "Latency against skew and locality of routing", draw_routing),
+    FigureEntry("fig12_regimes", "Where merging pays off: MEO's speedup, batch × regime",
+                draw_regimes),
 )}
 
 __all__ = ["FIGURES", "VARIANT_COLOURS", "Drawn", "FigureEntry", "Missing", "save"]
